@@ -1,0 +1,184 @@
+"""The Interlaced Sparse Self-Attention decoder (mmsegmentation ``ISAHead`` semantics).
+
+A feature map of ``H x W`` positions is cut into ``gh x gw`` local blocks of ``lh x lw``
+(``down_factor``, 8 x 8 by default; the map is zero-padded symmetrically to a multiple of it).
+Writing a row index as ``i = gi * lh + li`` (block ``gi``, offset ``li``):
+
+* long-range step (``global_relation``): positions that share an offset ``(li, lj)`` attend to
+  each other -- ``lh * lw`` sequences of ``gh * gw`` positions, each ``lh`` rows apart;
+* short-range step (``local_relation``): positions of one block attend to each other --
+  ``gh * gw`` sequences of ``lh * lw`` positions.
+
+After both steps every position has drawn information from every other one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from isa_explorer.models.heads import ContextHead
+from isa_explorer.models.layers import AttnImpl, RelationBlock
+
+Order = Literal["long-short", "short-long"]
+
+# Permutations of the padded map viewed as (B, C, gh, lh, gw, lw):
+_NCHW_TO_LONG = (0, 3, 5, 2, 4, 1)  # -> (B, lh, lw, gh, gw, C)
+_NCHW_TO_SHORT = (0, 2, 4, 3, 5, 1)  # -> (B, gh, gw, lh, lw, C)
+_SWAP = (0, 3, 4, 1, 2, 5)  # long <-> short: (B, a, b, c, d, C) -> (B, c, d, a, b, C)
+_LONG_TO_NCHW = (0, 5, 3, 1, 4, 2)  # (B, lh, lw, gh, gw, C) -> (B, C, gh, lh, gw, lw)
+_SHORT_TO_NCHW = (0, 5, 1, 3, 2, 4)  # (B, gh, gw, lh, lw, C) -> (B, C, gh, lh, gw, lw)
+
+
+@dataclass(frozen=True)
+class GroupGrid:
+    """Geometry of the interlaced grouping of one feature map.
+
+    Attributes:
+        h, w: Unpadded feature size.
+        lh, lw: Local block size (``down_factor``).
+        gh, gw: Number of blocks per column / row.
+        pad_top, pad_left: Symmetric zero padding before the map (bottom/right get the rest).
+    """
+
+    h: int
+    w: int
+    lh: int
+    lw: int
+    gh: int
+    gw: int
+    pad_top: int
+    pad_left: int
+
+    @classmethod
+    def of(cls, h: int, w: int, down_factor: tuple[int, int]) -> GroupGrid:
+        lh, lw = down_factor
+        gh, gw = math.ceil(h / lh), math.ceil(w / lw)
+        return cls(h, w, lh, lw, gh, gw, (gh * lh - h) // 2, (gw * lw - w) // 2)
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        return self.gh * self.lh, self.gw * self.lw
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero-pad ``(B, C, h, w)`` to the padded size, symmetrically as mmseg does."""
+        hp, wp = self.padded
+        if (hp, wp) == (self.h, self.w):
+            return x
+        pl, pt = self.pad_left, self.pad_top
+        return F.pad(x, (pl, wp - self.w - pl, pt, hp - self.h - pt))
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        """Crop ``(..., hp, wp)`` back to ``(..., h, w)``."""
+        return x[..., self.pad_top : self.pad_top + self.h, self.pad_left : self.pad_left + self.w]
+
+    def to_tokens(self, x: torch.Tensor, step: str) -> torch.Tensor:
+        """Padded ``(B, C, hp, wp)`` -> token sequences of one step.
+
+        ``long``: ``(B * lh * lw, gh * gw, C)``; ``short``: ``(B * gh * gw, lh * lw, C)``.
+        """
+        b, c = x.shape[:2]
+        x = x.view(b, c, self.gh, self.lh, self.gw, self.lw)
+        x = x.permute(_NCHW_TO_LONG if step == "long" else _NCHW_TO_SHORT)
+        return x.reshape(-1, self._seq_len(step), c)
+
+    def swap(self, t: torch.Tensor, step: str) -> torch.Tensor:
+        """Tokens of ``step`` -> tokens of the other step (one permutation)."""
+        b, c = t.shape[0] // self._num_seq(step), t.shape[-1]
+        t = t.view(b, *self._dims(step), c).permute(_SWAP)
+        other = "short" if step == "long" else "long"
+        return t.reshape(-1, self._seq_len(other), c)
+
+    def to_map(self, t: torch.Tensor, step: str) -> torch.Tensor:
+        """Tokens of ``step`` -> padded map ``(B, C, hp, wp)``."""
+        b, c = t.shape[0] // self._num_seq(step), t.shape[-1]
+        t = t.view(b, *self._dims(step), c)
+        t = t.permute(_LONG_TO_NCHW if step == "long" else _SHORT_TO_NCHW)
+        return t.reshape(b, c, *self.padded)
+
+    def _dims(self, step: str) -> tuple[int, int, int, int]:
+        return (
+            (self.lh, self.lw, self.gh, self.gw)
+            if step == "long"
+            else (self.gh, self.gw, self.lh, self.lw)
+        )
+
+    def _seq_len(self, step: str) -> int:
+        return self.gh * self.gw if step == "long" else self.lh * self.lw
+
+    def _num_seq(self, step: str) -> int:
+        return self.lh * self.lw if step == "long" else self.gh * self.gw
+
+
+class ISADecoder(ContextHead):
+    """ISA head: ``in_conv`` -> long-range -> short-range -> ``out_conv`` -> classifier.
+
+    Capture keys (inside :meth:`capture`): ``grid`` (:class:`GroupGrid`) and, for ``step`` in
+    ``long``/``short``, ``{step}_q`` and ``{step}_k`` as padded maps ``(B, Ck, hp, wp)``.
+
+    Args:
+        in_channels: Channels of the encoder's last stage (2048 for ResNet-50).
+        classes: Number of output classes.
+        channels: Channels of the head (512 in the published models).
+        isa_channels: Channels of queries and keys (256).
+        down_factor: Local block size ``(lh, lw)`` (8, 8).
+        order: ``"long-short"`` (the paper's) or ``"short-long"`` (ablation).
+        dropout: Dropout before the classifier (0.1).
+        attn_impl: ``"fused"`` (scaled_dot_product_attention) or ``"explicit"``.
+
+    Shapes:
+        ``(B, in_channels, H, W) -> (B, classes, H, W)`` logits at feature resolution.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        classes: int,
+        channels: int = 512,
+        isa_channels: int = 256,
+        down_factor: tuple[int, int] = (8, 8),
+        order: Order = "long-short",
+        dropout: float = 0.1,
+        attn_impl: AttnImpl = "fused",
+    ):
+        super().__init__(in_channels, classes, channels, dropout, attn_impl)
+        if order not in ("long-short", "short-long"):
+            raise ValueError(f"order must be 'long-short' or 'short-long', got {order!r}")
+        self.down_factor = (int(down_factor[0]), int(down_factor[1]))
+        self.order = order
+        self.global_relation = RelationBlock(channels, isa_channels)
+        self.local_relation = RelationBlock(channels, isa_channels)
+
+    @property
+    def steps(self) -> tuple[tuple[str, RelationBlock], tuple[str, RelationBlock]]:
+        """The two attention steps in the order they run: ``(("long", block), ("short", block))``."""
+        long_, short_ = ("long", self.global_relation), ("short", self.local_relation)
+        return (long_, short_) if self.order == "long-short" else (short_, long_)
+
+    def context(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run ``in_conv`` and both attention steps.
+
+        Returns:
+            ``(context, residual)``, both ``(B, channels, H, W)``.
+        """
+        residual = self.in_conv(x)  # (B, C, H, W)
+        grid = GroupGrid.of(*residual.shape[-2:], self.down_factor)
+        (first, block1), (second, block2) = self.steps
+        rec1 = rec2 = None
+        if self._capture is not None:
+            rec1, rec2 = {}, {}
+        t = grid.to_tokens(grid.pad(residual), first)  # (B * groups, L, C)
+        t = block1(t, self.attn_impl, record=rec1)
+        t = grid.swap(t, first)  # tokens of the second step
+        t = block2(t, self.attn_impl, record=rec2)
+        if self._capture is not None:
+            self._capture["grid"] = grid
+            for step, rec in ((first, rec1), (second, rec2)):
+                self._capture[f"{step}_q"] = grid.to_map(rec["q"], step)
+                self._capture[f"{step}_k"] = grid.to_map(rec["k"], step)
+        context = grid.crop(grid.to_map(t, second))  # (B, C, H, W)
+        return context, residual

@@ -1,0 +1,176 @@
+"""ISANet as a segmentation-models-pytorch model: any smp encoder + the ISA decoder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from segmentation_models_pytorch.base import SegmentationModel
+from segmentation_models_pytorch.base.hub_mixin import supports_config_loading
+from segmentation_models_pytorch.encoders import get_encoder
+
+from isa_explorer.models.heads import DenseAttentionDecoder, FCNHead
+from isa_explorer.models.isa.decoder import ISADecoder, Order
+from isa_explorer.models.layers import AttnImpl
+
+Head = Literal["isa", "dense", "fcn"]
+
+#: mmsegmentation's normalisation (RGB, 0-255 pixels) of the published ISANet models.
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+class ISANet(SegmentationModel):
+    """ISANet (Huang et al., arXiv 1907.12273) on any smp encoder.
+
+    ``ISANet(encoder_name="tu-resnet50c", classes=19, aux_head=True)`` is mmsegmentation's
+    ISANet R-50-D8 (``tu-resnet101c`` the R-101-D8). ``head="dense"`` swaps the ISA head for
+    dense self-attention and ``head="fcn"`` for an FCN head with no attention, for comparisons.
+
+    Args:
+        encoder_name: smp encoder name (``resnet18``, ``tu-resnet50c``, ...).
+        encoder_depth: Encoder stages used (3-5); the head sits on the last one.
+        encoder_weights: Pretrained encoder weights (``"imagenet"``) or ``None``.
+        encoder_output_stride: Output stride of the last stage (8 as published, or 16).
+        decoder_channels: Head channels (512).
+        decoder_isa_channels: Query/key channels (256).
+        decoder_down_factor: ISA local block size (8, 8).
+        decoder_order: ``"long-short"`` or ``"short-long"``.
+        decoder_dropout: Dropout before the classifier.
+        decoder_attn_impl: ``"fused"`` (SDPA) or ``"explicit"`` (materialised affinities).
+        head: ``"isa"``, ``"dense"`` or ``"fcn"``.
+        aux_head: Add mmseg's FCN auxiliary head on the second-to-last stage.
+        aux_channels: Channels of the auxiliary head (256).
+        in_channels: Image channels.
+        classes: Number of classes.
+        class_names: Names of the classes (saved with the model).
+        palette: One RGB colour per class (saved with the model).
+        mean: Per-channel mean of the 0-255 RGB input normalisation.
+        std: Per-channel std of the input normalisation.
+        kwargs: Passed to the encoder (timm ``tu-`` encoders only).
+
+    Shapes:
+        ``forward``: ``(B, in_channels, H, W) -> (B, classes, H, W)`` logits, any ``H, W``.
+    """
+
+    requires_divisible_input_shape = False
+
+    @supports_config_loading
+    def __init__(
+        self,
+        encoder_name: str = "tu-resnet50c",
+        encoder_depth: int = 5,
+        encoder_weights: str | None = "imagenet",
+        encoder_output_stride: int = 8,
+        decoder_channels: int = 512,
+        decoder_isa_channels: int = 256,
+        decoder_down_factor: Sequence[int] = (8, 8),
+        decoder_order: Order = "long-short",
+        decoder_dropout: float = 0.1,
+        decoder_attn_impl: AttnImpl = "fused",
+        head: Head = "isa",
+        aux_head: bool = False,
+        aux_channels: int = 256,
+        in_channels: int = 3,
+        classes: int = 19,
+        class_names: Sequence[str] | None = None,
+        palette: Sequence[Sequence[int]] | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        **kwargs: Any,
+    ):
+        super().__init__()
+        if class_names is not None and len(class_names) != classes:
+            raise ValueError(f"{len(class_names)} class names given for {classes} classes")
+        if palette is not None and len(palette) != classes:
+            raise ValueError(f"{len(palette)} palette colours given for {classes} classes")
+        self.encoder = get_encoder(
+            encoder_name,
+            in_channels=in_channels,
+            depth=encoder_depth,
+            weights=encoder_weights,
+            output_stride=encoder_output_stride,
+            **kwargs,
+        )
+        # The encoder's weights are saved with the model: a reloaded model must not download them.
+        self._hub_mixin_config["encoder_weights"] = None
+        enc_ch = self.encoder.out_channels
+        if head == "isa":
+            self.decoder = ISADecoder(
+                enc_ch[-1],
+                classes,
+                decoder_channels,
+                decoder_isa_channels,
+                tuple(decoder_down_factor),
+                decoder_order,
+                decoder_dropout,
+                decoder_attn_impl,
+            )
+        elif head == "dense":
+            self.decoder = DenseAttentionDecoder(
+                enc_ch[-1],
+                classes,
+                decoder_channels,
+                decoder_isa_channels,
+                decoder_dropout,
+                decoder_attn_impl,
+            )
+        elif head == "fcn":
+            self.decoder = FCNHead(enc_ch[-1], classes, decoder_channels, 2, True, decoder_dropout)
+        else:
+            raise ValueError(f"head must be 'isa', 'dense' or 'fcn', got {head!r}")
+        self.aux_head = FCNHead(enc_ch[-2], classes, aux_channels, 1) if aux_head else None
+        self.segmentation_head = None
+        self.classification_head = None
+        self.head = head
+        self.classes = classes
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(classes)]
+        self.palette = [list(map(int, c)) for c in palette] if palette else None
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), False
+        )
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), False)
+        self.name = f"isanet-{head}-{encoder_name}"
+
+    def initialize(self) -> None:
+        """Decoder weights keep PyTorch's default initialisation (as mmseg's heads)."""
+
+    @property
+    def output_stride(self) -> int:
+        return self.encoder.output_stride
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        """0-255 RGB ``(B, 3, H, W)`` -> normalised model input."""
+        return (image.to(self.mean.dtype) - self.mean) / self.std
+
+    def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits for training: ``{"out": (B, K, H, W), "aux": (B, K, H, W)}`` (aux if any)."""
+        features = self.encoder(x)
+        out = {"out": self._resize(self.decoder(features[-1]), x)}
+        if self.aux_head is not None:
+            out["aux"] = self._resize(self.aux_head(features[-2]), x)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` normalised images -> ``(B, classes, H, W)`` logits."""
+        return self._resize(self.decoder(self.encoder(x)[-1]), x)
+
+    @torch.inference_mode()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval-mode logits for any input size.
+
+        The input is zero-padded at the bottom/right to a multiple of the output stride, so
+        feature cells align with ``stride x stride`` pixel blocks, and the logits are cropped.
+        """
+        if self.training:
+            self.eval()
+        h, w = x.shape[-2:]
+        s = self.output_stride
+        x = F.pad(x, (0, -w % s, 0, -h % s))
+        return self(x)[..., :h, :w]
+
+    @staticmethod
+    def _resize(logits: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(logits, size=like.shape[-2:], mode="bilinear", align_corners=False)
