@@ -70,8 +70,8 @@ def attention(
         Context ``(B, L, Cv)``.
     """
     if impl == "explicit":
-        attn = torch.baddbmm(q.new_empty(()), q, k.transpose(1, 2), beta=0.0, alpha=scale)
-        attn = attn.softmax(dim=-1)  # (B, L, L)
+        attn = torch.bmm(q * scale, k.transpose(1, 2))  # (B, L, L)
+        attn = attn.softmax(dim=-1)
         return torch.bmm(attn, v)
     if impl != "fused":
         raise ValueError(f"unknown attention implementation {impl!r}: use 'fused' or 'explicit'")

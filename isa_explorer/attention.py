@@ -1,0 +1,239 @@
+"""Attention probes: where does one pixel look, in each ISA step and after both?
+
+:func:`capture_attention` runs the model once and keeps the queries and keys of its attention
+steps; :func:`query_maps` then answers for any query pixel in ``O(N)`` memory (never the
+``N x N`` matrix), so clicking around an image costs no network forward.
+
+For the paper's order (long-range, then short-range) the output at query ``p`` is, up to the
+value/output projections, ``sum_j S[p, j] * sum_k L[j, k] v_k`` with ``j`` in ``p``'s local
+block and ``k`` in ``j``'s long-range group. The *combined* map is the product of the two
+sparse affinities, ``C[p, k] = sum_j S[p, j] L[j, k]``. ``p``'s block holds exactly one
+position of every long-range group, so for each ``k`` exactly one ``j`` contributes:
+``C[p, k] = S[p, j(k)] * L[j(k), k] > 0`` -- every position reaches every other one, and
+``C[p]`` sums to one over the padded grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from isa_explorer.models.heads import DenseAttentionDecoder
+from isa_explorer.models.isa.decoder import GroupGrid, ISADecoder
+from isa_explorer.models.isa.model import ISANet
+
+
+@dataclass
+class AttentionCache:
+    """Queries/keys of one image, captured by :func:`capture_attention`.
+
+    Attributes:
+        head: ``"isa"`` or ``"dense"``.
+        order: ``"long-short"`` / ``"short-long"`` (ISA) or ``"dense"``.
+        qk: ``{step}_q`` / ``{step}_k`` maps ``(Ck, hp, wp)`` (ISA: padded grid; dense: ``(Ck, h, w)``).
+        grid: The ISA grouping geometry (``None`` for dense).
+        scale: Affinity scale ``isa_channels ** -0.5``.
+        feature_size: ``(h, w)`` of the feature map.
+        image_size: ``(H, W)`` of the image.
+        stride: Pixels per feature cell (the encoder's output stride).
+        logits: ``(K, H, W)`` logits of the image.
+    """
+
+    head: str
+    order: str
+    qk: dict[str, torch.Tensor]
+    grid: GroupGrid | None
+    scale: float
+    feature_size: tuple[int, int]
+    image_size: tuple[int, int]
+    stride: int
+    logits: torch.Tensor
+
+    def to_feature(self, x: int, y: int) -> tuple[int, int]:
+        """Image pixel ``(x, y)`` -> feature cell ``(fx, fy)``; raises ``ValueError`` outside."""
+        H, W = self.image_size
+        if not (0 <= x < W and 0 <= y < H):
+            raise ValueError(f"pixel (x={x}, y={y}) is outside the {W}x{H} image")
+        h, w = self.feature_size
+        return min(x // self.stride, w - 1), min(y // self.stride, h - 1)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the cache (queries, keys and logits)."""
+        return sum(t.numel() * t.element_size() for t in self.qk.values()) + (
+            self.logits.numel() * self.logits.element_size()
+        )
+
+
+@dataclass
+class AttentionMaps:
+    """Attention maps of one query pixel on the feature grid ``(h, w)``.
+
+    ``maps`` holds ``long``, ``short`` and ``combined`` (ISA) or ``dense``; each sums to at
+    most one (exactly one over the padded grid).
+    """
+
+    query: tuple[int, int]
+    query_feature: tuple[int, int]
+    maps: dict[str, torch.Tensor]
+    image_size: tuple[int, int]
+    stride: int
+    _image_maps: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def long_range(self) -> torch.Tensor:
+        return self.maps["long"]
+
+    @property
+    def short_range(self) -> torch.Tensor:
+        return self.maps["short"]
+
+    @property
+    def combined(self) -> torch.Tensor:
+        return self.maps["combined"]
+
+    def on_image(self, name: str) -> torch.Tensor:
+        """Map ``name`` upsampled to the image ``(H, W)``: each cell fills its stride block."""
+        if name not in self._image_maps:
+            m = self.maps[name]
+            up = m.repeat_interleave(self.stride, 0).repeat_interleave(self.stride, 1)
+            self._image_maps[name] = up[: self.image_size[0], : self.image_size[1]]
+        return self._image_maps[name]
+
+
+@torch.inference_mode()
+def capture_attention(model: ISANet, image: torch.Tensor) -> AttentionCache:
+    """Run ``model`` on one image and keep what :func:`query_maps` needs.
+
+    Args:
+        model: An :class:`ISANet` with an ``"isa"`` or ``"dense"`` head.
+        image: RGB image ``(3, H, W)`` or ``(1, 3, H, W)``, 0-255 (uint8 or float).
+
+    Returns:
+        The cache of queries, keys and logits.
+    """
+    decoder = model.decoder
+    if not isinstance(decoder, ISADecoder | DenseAttentionDecoder):
+        raise ValueError(f"the model's {model.head!r} head has no attention to probe")
+    if image.dim() == 3:
+        image = image[None]
+    if image.dim() != 4 or image.shape[:2] != (1, 3):
+        raise ValueError(f"expected one RGB image (3, H, W), got shape {tuple(image.shape)}")
+    device = next(model.parameters()).device
+    x = model.normalize(image.to(device))
+    with decoder.capture() as store:
+        logits = model.predict(x)[0]  # pads to the stride, so cells align with pixel blocks
+    H, W = image.shape[-2:]
+    qk = {k: v[0] for k, v in store.items() if k != "grid"}
+    if isinstance(decoder, ISADecoder):
+        grid = store["grid"]
+        head, order, feature_size = "isa", decoder.order, (grid.h, grid.w)
+        scale = decoder.global_relation.scale
+    else:
+        grid, head, order = None, "dense", "dense"
+        feature_size = tuple(qk["dense_q"].shape[-2:])
+        scale = decoder.relation.scale
+    return AttentionCache(
+        head, order, qk, grid, scale, feature_size, (H, W), model.output_stride, logits
+    )
+
+
+def query_maps(cache: AttentionCache, x: int, y: int) -> AttentionMaps:
+    """Long-range, short-range and combined maps (or the dense map) of image pixel ``(x, y)``.
+
+    Memory and time are ``O(N * Ck)`` for ``N`` feature positions: one query against the keys
+    it meets, never the ``N x N`` affinity.
+    """
+    fx, fy = cache.to_feature(x, y)
+    with torch.inference_mode():
+        if cache.head == "dense":
+            maps = {"dense": _dense_map(cache, fx, fy)}
+        else:
+            maps = _isa_maps(cache, fx, fy)
+    return AttentionMaps((x, y), (fx, fy), maps, cache.image_size, cache.stride)
+
+
+def _softmax(logits: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    # float64: the combined map multiplies two softmax weights, keep tiny ones non-zero.
+    logits = logits.double()
+    flat = logits.flatten(-len(dims))
+    return flat.softmax(-1).view_as(logits)
+
+
+def _dense_map(cache: AttentionCache, fx: int, fy: int) -> torch.Tensor:
+    q, k = cache.qk["dense_q"], cache.qk["dense_k"]  # (Ck, h, w)
+    logits = torch.einsum("c,chw->hw", q[:, fy, fx], k) * cache.scale
+    return _softmax(logits, (0, 1))
+
+
+def _isa_maps(cache: AttentionCache, fx: int, fy: int) -> dict[str, torch.Tensor]:
+    g = cache.grid
+    py, px = fy + g.pad_top, fx + g.pad_left  # padded coordinates of the query
+    li, lj, bi, bj = py % g.lh, px % g.lw, py // g.lh, px // g.lw
+    first, second = cache.order.split("-")
+    q1, k1 = cache.qk[f"{first}_q"], cache.qk[f"{first}_k"]  # (Ck, hp, wp)
+    q2, k2 = cache.qk[f"{second}_q"], cache.qk[f"{second}_k"]
+    ck = q1.shape[0]
+    # Keys viewed as (Ck, gh, lh, gw, lw): [.., m, a, n, b] is position (m*lh + a, n*lw + b).
+    k1v, k2v = (k.view(ck, g.gh, g.lh, g.gw, g.lw) for k in (k1, k2))
+    q1v = q1.view(ck, g.gh, g.lh, g.gw, g.lw)
+    s = cache.scale
+    if first == "long":
+        # Second step (short): p's weights over its block (a, b).
+        w2 = _softmax(torch.einsum("c,cab->ab", q2[:, py, px], k2v[:, bi, :, bj, :]) * s, (0, 1))
+        # First step (long) for every j = (bi, a, bj, b) of p's block over its group (m, n).
+        qb = q1v[:, bi, :, bj, :]  # (Ck, lh, lw)
+        w1 = _softmax(torch.einsum("cab,cmanb->abmn", qb, k1v) * s, (2, 3))  # (lh, lw, gh, gw)
+        combined = (w2[:, :, None, None] * w1).permute(2, 0, 3, 1)  # (gh, lh, gw, lw)
+        long_w, short_w = w1[li, lj], w2  # p's own first-step weights: (gh, gw)
+    else:
+        # Second step (long): p's weights over its long-range group (m, n).
+        w2 = _softmax(torch.einsum("c,cmn->mn", q2[:, py, px], k2v[:, :, li, :, lj]) * s, (0, 1))
+        # First step (short) for every j = (m, li, n, lj) of p's group over its block (a, b).
+        qg = q1v[:, :, li, :, lj]  # (Ck, gh, gw)
+        w1 = _softmax(torch.einsum("cmn,cmanb->mnab", qg, k1v) * s, (2, 3))  # (gh, gw, lh, lw)
+        combined = (w2[:, :, None, None] * w1).permute(0, 2, 1, 3)  # (gh, lh, gw, lw)
+        long_w, short_w = w2, w1[bi, bj]
+    hp, wp = g.padded
+    long_map = torch.zeros(g.gh, g.lh, g.gw, g.lw, dtype=long_w.dtype)
+    long_map[:, li, :, lj] = long_w
+    short_map = torch.zeros_like(long_map)
+    short_map[bi, :, bj, :] = short_w
+    maps = {"long": long_map, "short": short_map, "combined": combined}
+    return {k: g.crop(v.reshape(hp, wp)).float() for k, v in maps.items()}
+
+
+def affinity_matrices(cache: AttentionCache) -> dict[str, torch.Tensor]:
+    """The full sparse affinities of both ISA steps as dense ``(Np, Np)`` matrices.
+
+    For teaching and tests on small maps only (``Np`` = padded positions, row-major): memory is
+    ``Np^2``. ``C = A_second @ A_first`` is the combined affinity.
+    """
+    g = cache.grid
+    if g is None:
+        raise ValueError("affinity_matrices is for ISA heads")
+    hp, wp = g.padded
+    idx = torch.arange(hp * wp).view(hp, wp)
+    out = {}
+    for step in ("long", "short"):
+        q, k = cache.qk[f"{step}_q"].flatten(1).double(), cache.qk[f"{step}_k"].flatten(1).double()
+        logits = (q.T @ k) * cache.scale  # (Np, Np)
+        same = _group_ids(idx, g, step)
+        logits = logits.masked_fill(same[:, None] != same[None, :], float("-inf"))
+        out[step] = logits.softmax(-1)
+    return out
+
+
+def _group_ids(idx: torch.Tensor, g: GroupGrid, step: str) -> torch.Tensor:
+    rows = torch.div(idx, idx.shape[1], rounding_mode="floor")
+    cols = idx % idx.shape[1]
+    if step == "long":  # same offset inside the block
+        return ((rows % g.lh) * g.lw + cols % g.lw).flatten()
+    return ((rows // g.lh) * g.gw + cols // g.lw).flatten()  # same block
+
+
+def upsample_map(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling of a feature-grid map ``(h, w)`` to ``size`` (smooth display)."""
+    return F.interpolate(m[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]

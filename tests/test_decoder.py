@@ -1,0 +1,162 @@
+"""The ISA decoder: parity with mmsegmentation, fused vs explicit, grouping geometry."""
+
+import pytest
+import torch
+
+from isa_explorer.models.heads import DenseAttentionDecoder
+from isa_explorer.models.isa.decoder import GroupGrid, ISADecoder
+from isa_explorer.models.layers import attention
+
+
+@pytest.fixture(scope="module")
+def mmseg_head(fixtures_dir):
+    return torch.load(fixtures_dir / "isahead_small.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("impl", ["explicit", "fused"])
+def test_matches_mmsegmentation_isahead(mmseg_head, impl):
+    cfg = mmseg_head["config"]
+    head = ISADecoder(
+        cfg["in_channels"],
+        cfg["num_classes"],
+        cfg["channels"],
+        cfg["isa_channels"],
+        cfg["down_factor"],
+        attn_impl=impl,
+    ).eval()
+    head.load_state_dict(mmseg_head["state_dict"], strict=True)
+    assert set(mmseg_head["inputs"]) == {"20x27", "16x16", "9x31"}
+    for name, x in mmseg_head["inputs"].items():
+        with torch.no_grad():
+            out = head(x)
+        expected = mmseg_head["outputs"][name]
+        assert out.shape == expected.shape
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=0, msg=name)
+
+
+def test_padding_is_symmetric_like_mmseg():
+    g = GroupGrid.of(9, 31, (8, 8))
+    assert (g.gh, g.gw, g.pad_top, g.pad_left) == (2, 4, 3, 0)
+    x = torch.arange(9 * 31.0).view(1, 1, 9, 31)
+    p = g.pad(x)
+    assert p.shape[-2:] == (16, 32)
+    assert p[0, 0, 3, 0] == 0 and p[0, 0, 3 + 8, 30] == x[0, 0, 8, 30]
+    torch.testing.assert_close(g.crop(p), x)
+
+
+@pytest.mark.parametrize("step", ["long", "short"])
+def test_group_tokens_round_trip_and_membership(step):
+    g = GroupGrid.of(16, 24, (4, 8))
+    rows = torch.arange(16.0).view(1, 1, 16, 1).expand(2, 1, 16, 24)
+    cols = torch.arange(24.0).view(1, 1, 1, 24).expand(2, 1, 16, 24)
+    x = torch.cat([rows, cols], 1)  # (2, 2, 16, 24): each position carries its coordinates
+    t = g.to_tokens(x, step)  # (B * groups, L, 2)
+    torch.testing.assert_close(g.to_map(t, step), x)
+    if step == "long":  # members share the offset inside the block: rows 4 apart, cols 8 apart
+        assert t.shape == (2 * 4 * 8, 4 * 3, 2)
+        assert torch.all(t[..., 0] % 4 == t[:, :1, 0] % 4) and torch.all(
+            t[..., 1] % 8 == t[:, :1, 1] % 8
+        )
+    else:  # members share the block
+        assert t.shape == (2 * 4 * 3, 4 * 8, 2)
+        assert torch.all(t[..., 0] // 4 == t[:, :1, 0] // 4)
+    other = "short" if step == "long" else "long"
+    torch.testing.assert_close(g.swap(t, step), g.to_tokens(x, other))
+
+
+def test_fused_value_split_equals_explicit():
+    torch.manual_seed(0)
+    q, k = torch.randn(3, 50, 16), torch.randn(3, 50, 16)
+    for cv in (16, 32, 48, 20):
+        v = torch.randn(3, 50, cv)
+        torch.testing.assert_close(
+            attention(q, k, v, 0.25, "fused"),
+            attention(q, k, v, 0.25, "explicit"),
+            atol=1e-5,
+            rtol=1e-5,
+        )
+    with pytest.raises(ValueError, match="fused"):
+        attention(q, k, v, 0.25, "sparse")
+
+
+def _twins(cls, **kw):
+    torch.manual_seed(0)
+    a = cls(attn_impl="explicit", **kw)
+    b = cls(attn_impl="fused", **kw)
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+@pytest.mark.parametrize(
+    "cls,kw",
+    [
+        (ISADecoder, dict(in_channels=24, classes=3, channels=32, isa_channels=16, dropout=0.0)),
+        (
+            ISADecoder,
+            dict(
+                in_channels=24,
+                classes=3,
+                channels=32,
+                isa_channels=16,
+                dropout=0.0,
+                order="short-long",
+            ),
+        ),
+        (
+            DenseAttentionDecoder,
+            dict(in_channels=24, classes=3, channels=32, isa_channels=16, dropout=0.0),
+        ),
+    ],
+)
+def test_fused_and_explicit_agree_with_gradients(cls, kw):
+    a, b = _twins(cls, **kw)
+    x = torch.randn(2, 24, 19, 21)
+    # fp32 forward, both BatchNorm modes, to 1e-5.
+    for mode in ("train", "eval"):
+        getattr(a, mode)(), getattr(b, mode)()
+        torch.testing.assert_close(a(x), b(x), atol=1e-5, rtol=1e-5)
+    # Gradients: fp32 in eval mode; float64 in training mode (batch statistics of a ReLU'd
+    # channel that is almost constant amplify fp32 rounding alike on both paths).
+    for mode, dtype, tol in (("eval", torch.float32, 1e-4), ("train", torch.float64, 1e-8)):
+        a2, b2 = (getattr(m.to(dtype), mode)() for m in (a, b))
+        xa = x.to(dtype).requires_grad_()
+        xb = x.to(dtype).requires_grad_()
+        ya, yb = a2(xa), b2(xb)
+        w = torch.randn_like(ya)
+        a2.zero_grad(), b2.zero_grad()
+        (ya * w).sum().backward()
+        (yb * w).sum().backward()
+        torch.testing.assert_close(ya, yb, atol=tol, rtol=tol)
+        torch.testing.assert_close(xa.grad, xb.grad, atol=tol, rtol=tol)
+        for (name, pa), pb in zip(a2.named_parameters(), b2.parameters(), strict=True):
+            torch.testing.assert_close(pa.grad, pb.grad, atol=tol, rtol=tol, msg=f"{mode} {name}")
+
+
+def test_order_ablation_changes_the_output():
+    torch.manual_seed(0)
+    ls = ISADecoder(8, 3, 16, 8, order="long-short").eval()
+    sl = ISADecoder(8, 3, 16, 8, order="short-long").eval()
+    sl.load_state_dict(ls.state_dict())
+    x = torch.randn(1, 8, 16, 16)
+    assert not torch.allclose(ls(x), sl(x), atol=1e-4)
+    with pytest.raises(ValueError, match="order"):
+        ISADecoder(8, 3, 16, 8, order="diagonal")
+
+
+def test_capture_leaves_outputs_and_statistics_unchanged():
+    torch.manual_seed(0)
+    head = ISADecoder(8, 3, 16, 8, dropout=0.0).train()
+    x = torch.randn(2, 8, 12, 20)
+    before = head.in_conv.bn.running_mean.clone()
+    y = head(x)
+    after_one = head.global_relation.key_project[0].bn.running_mean.clone()
+    head.load_state_dict(head.state_dict())
+    torch.manual_seed(0)
+    head2 = ISADecoder(8, 3, 16, 8, dropout=0.0).train()
+    with head2.capture() as store:
+        y2 = head2(x)
+    torch.testing.assert_close(y, y2)
+    torch.testing.assert_close(after_one, head2.global_relation.key_project[0].bn.running_mean)
+    assert not torch.equal(before, head.in_conv.bn.running_mean)
+    assert store["long_q"].shape == (2, 8, 16, 24) and store["grid"].padded == (16, 24)
+    assert head2._capture is None
