@@ -1,0 +1,392 @@
+"""Convert mmsegmentation's released ISANet checkpoints into ISA Explorer models.
+
+mmseg's ISANet is ``ResNetV1c`` (deep stem, dilated to output stride 8) + ``ISAHead`` +
+``FCNHead`` auxiliary head. Its weights map one to one onto
+``ISANet(encoder_name="tu-resnet50c" / "tu-resnet101c", aux_head=True)``:
+
+* ``backbone.stem.{0,1,3,4,6}`` -> ``encoder.model.conv1.{0,1,3,4,6}``, ``backbone.stem.7`` ->
+  ``encoder.model.bn1``, ``backbone.layer*`` -> ``encoder.model.layer*`` (timm's ResNet);
+* ``decode_head.*`` -> ``decoder.*`` and ``auxiliary_head.*`` -> ``aux_head.*`` (same names).
+
+Depth, widths and class count are read from the weights' shapes. Command line::
+
+    python -m isa_explorer.convert isanet_r50-d8_....pth converted/isanet_r50_cityscapes
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from isa_explorer.data.info import ADE20K_INFO, CITYSCAPES_INFO, VOC_INFO
+from isa_explorer.models.isa.model import ISANet
+
+#: Dataset name -> info (class names, palette); a checkpoint's class count picks one.
+DATASETS = {"cityscapes": CITYSCAPES_INFO, "ade20k": ADE20K_INFO, "voc": VOC_INFO}
+#: Bottleneck blocks per stage of the timm ``resnet{depth}c`` encoders.
+RESNET_LAYERS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+_TIMM_STEM_WIDTH = 32
+_TIMM_CHANNELS = (64, 128, 256, 512)
+# Submodule of an mmseg decode head -> the head it belongs to (first match wins).
+_HEAD_HINTS = (
+    ("lateral_convs", "UPerHead (UPerNet)"),
+    ("psp_modules", "PSPHead (PSPNet)"),
+    ("sep_bottleneck", "DepthwiseSeparableASPPHead (DeepLabV3+)"),
+    ("aspp_modules", "ASPPHead (DeepLabV3)"),
+    ("nl_block", "NLHead (Non-local)"),
+    ("dnl_block", "DNLHead"),
+    ("gc_block", "GCHead (GCNet)"),
+    ("cca", "CCHead (CCNet)"),
+    ("ema_module", "EMAHead (EMANet)"),
+    ("pam", "DAHead (DANet)"),
+    ("object_context_block", "OCRHead (OCRNet)"),
+    ("convs", "FCNHead (FCN)"),
+)
+
+
+class ConversionError(ValueError):
+    """A checkpoint that cannot be converted; the message names the problem and the fix."""
+
+
+@dataclass
+class ISANetSpec:
+    """What a checkpoint's weight shapes say about the model.
+
+    Attributes:
+        depth: ResNet depth (50, 101, 152).
+        stem_width: Channels of the first two stem convolutions (32 in the released models).
+        channels: Bottleneck widths of the four stages (64, 128, 256, 512).
+        classes: Number of classes.
+        decoder_channels: ISA head channels (512).
+        isa_channels: Query/key channels (256).
+        aux_channels: Auxiliary head channels (256), ``None`` without an auxiliary head.
+    """
+
+    depth: int
+    stem_width: int
+    channels: tuple[int, ...]
+    classes: int
+    decoder_channels: int
+    isa_channels: int
+    aux_channels: int | None
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`ISANet` for this checkpoint (no pretrained download)."""
+        kwargs: dict[str, Any] = dict(
+            encoder_name=f"tu-resnet{self.depth}c",
+            encoder_weights=None,
+            encoder_output_stride=8,
+            classes=self.classes,
+            decoder_channels=self.decoder_channels,
+            decoder_isa_channels=self.isa_channels,
+            aux_head=self.aux_channels is not None,
+        )
+        if self.aux_channels is not None:
+            kwargs["aux_channels"] = self.aux_channels
+        # Reduced-width ResNets: timm's ResNet takes these through smp's encoder kwargs.
+        if self.stem_width != _TIMM_STEM_WIDTH:
+            kwargs["stem_width"] = self.stem_width
+        if self.channels != _TIMM_CHANNELS:
+            kwargs["channels"] = self.channels
+        return kwargs
+
+
+@dataclass
+class ConversionReport:
+    """Outcome of a conversion.
+
+    Attributes:
+        spec: The inferred model.
+        dataset: Dataset whose class names and palette the model carries, ``None`` if none
+            matched (then names come from the checkpoint's meta, if it has them, else ``"0"``...).
+        mapped: Number of checkpoint tensors loaded into the model.
+        unmapped: Checkpoint keys outside ``backbone.``/``decode_head.``/``auxiliary_head.``
+            (left out).
+        unexpected: Checkpoint keys that were renamed but name no tensor of the model (left out).
+        named: Whether the model carries class names (from ``dataset`` or the checkpoint).
+    """
+
+    spec: ISANetSpec
+    dataset: str | None
+    mapped: int
+    unmapped: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    named: bool = False
+
+    def __str__(self) -> str:
+        s = self.spec
+        aux = f"aux head {s.aux_channels} ch" if s.aux_channels else "no aux head"
+        labels = self.dataset or ("names from the checkpoint" if self.named else "generic names")
+        lines = [
+            f"ISANet R-{s.depth}-D8: {s.classes} classes ({labels}), "
+            f"head {s.decoder_channels} ch, isa {s.isa_channels} ch, {aux}",
+            f"mapped {self.mapped} tensors; unmapped {len(self.unmapped)}; "
+            f"unexpected {len(self.unexpected)}",
+        ]
+        lines += [f"  unmapped: {k}" for k in self.unmapped]
+        lines += [f"  unexpected: {k}" for k in self.unexpected]
+        return "\n".join(lines)
+
+
+def load_mmseg_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read an mmseg checkpoint safely (``torch.load(..., weights_only=True)``).
+
+    Accepts ``{"state_dict": ..., "meta": ...}`` (what mmseg saves) or a bare state dict.
+
+    Returns:
+        ``(state_dict, meta)``; ``meta`` is ``{}`` when the file has none.
+
+    Raises:
+        ConversionError: Missing file, or a file holding objects safe loading refuses.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(
+            f"checkpoint {path} not found: download a released ISANet .pth first "
+            "(URLs in docs/mmseg_checkpoints.md)"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f" (it needs {found.group(1)})" if found else ""
+        raise ConversionError(
+            f"{path} holds Python objects besides tensors{what}, which safe loading "
+            "(torch.load(weights_only=True)) refuses, and this converter never unpickles "
+            "arbitrary objects. If you trust the file, keep only its weights once: python -c "
+            f"\"import torch; c = torch.load('{path}', weights_only=False); "
+            f"torch.save(c.get('state_dict', c), '{path.with_suffix('.weights.pth')}')\" "
+            "and convert that file."
+        ) from e
+    if not isinstance(ckpt, Mapping):
+        raise ConversionError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
+    state = ckpt.get("state_dict", ckpt)
+    meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), Mapping) else {}
+    state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state, dict(meta)
+
+
+def rename_key(key: str) -> str | None:
+    """mmseg ISANet key -> ISA Explorer key, ``None`` for keys outside the model."""
+    if m := re.fullmatch(r"backbone\.stem\.(\d+)\.(.+)", key):
+        idx, rest = m.groups()
+        return f"encoder.model.bn1.{rest}" if idx == "7" else f"encoder.model.conv1.{idx}.{rest}"
+    for src, dst in (
+        ("backbone.layer", "encoder.model.layer"),
+        ("decode_head.", "decoder."),
+        ("auxiliary_head.", "aux_head."),
+    ):
+        if key.startswith(src):
+            return dst + key[len(src) :]
+    return None
+
+
+def _dim0(state: Mapping[str, torch.Tensor], key: str) -> int:
+    if key not in state:
+        raise ConversionError(f"the checkpoint has no {key}: it is incomplete or not an ISANet")
+    return state[key].shape[0]
+
+
+def _head_guess(state: Mapping[str, torch.Tensor]) -> str:
+    parts = sorted({k.split(".")[1] for k in state if k.startswith("decode_head.")})
+    guess = next((name for part, name in _HEAD_HINTS if part in parts), "an unknown head")
+    return f"{guess}; its modules: {', '.join(parts)}"
+
+
+def infer_spec(state: Mapping[str, torch.Tensor]) -> ISANetSpec:
+    """Read depth, widths and class count of an mmseg ISANet from its weight shapes.
+
+    Raises:
+        ConversionError: The weights are not those of an mmseg ResNetV1c ISANet.
+    """
+    if not any(k.startswith("decode_head.") for k in state):
+        prefixes = sorted({k.split(".")[0] for k in state})[:8]
+        raise ConversionError(
+            "this is not an mmseg segmentor checkpoint: no decode_head.* keys (top-level "
+            f"names: {', '.join(prefixes) or 'none'}). Convert a released ISANet .pth."
+        )
+    if "decode_head.global_relation.key_project.0.conv.weight" not in state:
+        raise ConversionError(
+            f"this is not an ISANet checkpoint (decode head looks like {_head_guess(state)}). "
+            "Only mmseg ISANet checkpoints (decode_head.global_relation/local_relation) convert."
+        )
+    if "backbone.stem.0.weight" not in state or "backbone.layer1.0.conv3.weight" not in state:
+        raise ConversionError(
+            "the backbone is not mmseg's ResNetV1c with bottleneck blocks (no backbone.stem.* "
+            "or layer1.0.conv3 keys), the backbone of every released ISANet; other backbones "
+            "have no timm counterpart here."
+        )
+    if state.get("backbone.layer1.0.downsample.1.weight", torch.empty(0)).dim() == 4:
+        raise ConversionError(
+            "the backbone is ResNetV1d (average-pool shortcuts), not the ResNetV1c of the "
+            "released ISANets; it cannot be converted."
+        )
+    blocks = tuple(
+        len({k.split(".")[2] for k in state if k.startswith(f"backbone.layer{i}.")})
+        for i in range(1, 5)
+    )
+    depth = next((d for d, layers in RESNET_LAYERS.items() if layers == blocks), None)
+    if depth is None:
+        raise ConversionError(
+            f"backbone stages have {blocks} blocks; supported: "
+            + ", ".join(f"R-{d} {layers}" for d, layers in RESNET_LAYERS.items())
+        )
+    head = "decode_head."
+    classes = _dim0(state, head + "conv_seg.weight")
+    aux_channels = None
+    if "auxiliary_head.convs.0.conv.weight" in state:
+        aux_channels = state["auxiliary_head.convs.0.conv.weight"].shape[0]
+        if "auxiliary_head.convs.1.conv.weight" in state or any(
+            k.startswith("auxiliary_head.conv_cat.") for k in state
+        ):
+            raise ConversionError(
+                "the auxiliary head has more than one conv (or conv_cat); ISANet's auxiliary "
+                "head is mmseg's FCNHead(num_convs=1, concat_input=False)"
+            )
+        aux_classes = _dim0(state, "auxiliary_head.conv_seg.weight")
+        if aux_classes != classes:
+            raise ConversionError(f"aux head has {aux_classes} classes, decode head {classes}")
+    return ISANetSpec(
+        depth=depth,
+        stem_width=state["backbone.stem.0.weight"].shape[0],
+        channels=tuple(_dim0(state, f"backbone.layer{i}.0.conv1.weight") for i in range(1, 5)),
+        classes=classes,
+        decoder_channels=_dim0(state, head + "in_conv.conv.weight"),
+        isa_channels=state[head + "global_relation.key_project.0.conv.weight"].shape[0],
+        aux_channels=aux_channels,
+    )
+
+
+def _labels(
+    classes: int, dataset: str | None, meta: Mapping[str, Any]
+) -> tuple[str | None, list[str] | None, list[list[int]] | None]:
+    """``(dataset, class_names, palette)`` for a model of ``classes`` classes."""
+    if dataset is not None:
+        if dataset not in DATASETS:
+            raise ConversionError(f"unknown dataset {dataset!r}; choose from {sorted(DATASETS)}")
+        n = DATASETS[dataset].num_classes
+        if n != classes:
+            raise ConversionError(
+                f"--dataset {dataset} has {n} classes but the checkpoint has {classes}"
+            )
+    else:
+        dataset = next((d for d, i in DATASETS.items() if i.num_classes == classes), None)
+    if dataset is not None:
+        info = DATASETS[dataset]
+        return dataset, list(info.class_names), [list(c) for c in info.palette]
+    # mmseg 0.x keeps CLASSES/PALETTE in meta, mmseg 1.x meta["dataset_meta"].
+    dmeta = meta.get("dataset_meta") or {}
+    names = meta.get("CLASSES") or dmeta.get("classes")
+    palette = meta.get("PALETTE") or dmeta.get("palette")
+    names = list(names) if names is not None and len(names) == classes else None
+    palette = (
+        [list(c) for c in palette] if palette is not None and len(palette) == classes else None
+    )
+    return None, names, palette
+
+
+def convert_checkpoint(
+    checkpoint: str | Path | Mapping[str, torch.Tensor],
+    dataset: str | None = None,
+    down_factor: Sequence[int] = (8, 8),
+    strict: bool = False,
+) -> tuple[ISANet, ConversionReport]:
+    """Build an :class:`ISANet` holding an mmseg ISANet checkpoint's weights.
+
+    Args:
+        checkpoint: Path of an mmseg ``.pth``, or its (``backbone.``/``decode_head.``...)
+            state dict.
+        dataset: ``"cityscapes"``, ``"ade20k"`` or ``"voc"`` for class names and palette;
+            ``None`` picks by class count (19, 150, 21).
+        down_factor: ISA local block size (``(8, 8)`` in every released model).
+        strict: Also fail on checkpoint keys left out (``unmapped``/``unexpected``).
+
+    Returns:
+        ``(model, report)``; the model is in eval mode.
+
+    Raises:
+        ConversionError: Not an ISANet checkpoint, or weights missing / of the wrong shape.
+    """
+    meta: dict[str, Any] = {}
+    if isinstance(checkpoint, (str, Path)):
+        state, meta = load_mmseg_checkpoint(checkpoint)
+    else:
+        state = dict(checkpoint)
+    spec = infer_spec(state)
+    dataset, names, palette = _labels(spec.classes, dataset, meta)
+    model = ISANet(
+        **spec.model_kwargs(),
+        decoder_down_factor=tuple(down_factor),
+        class_names=names,
+        palette=palette,
+    )
+    target = model.state_dict()
+    renamed, unmapped, unexpected = {}, [], []
+    for key, value in state.items():
+        new = rename_key(key)
+        if new is None:
+            unmapped.append(key)
+        elif new not in target:
+            unexpected.append(key)
+        else:
+            renamed[new] = value
+    report = ConversionReport(spec, dataset, len(renamed), unmapped, unexpected, bool(names))
+    if strict and (unmapped or unexpected):
+        raise ConversionError(f"checkpoint keys left out (strict):\n{report}")
+    missing = sorted(set(target) - set(renamed))
+    if missing:
+        raise ConversionError(
+            f"the checkpoint lacks {len(missing)} tensors of the model, e.g. "
+            f"{', '.join(missing[:5])}; it is incomplete or not a released ISANet."
+        )
+    wrong = [k for k, v in renamed.items() if v.shape != target[k].shape]
+    if wrong:
+        k = wrong[0]
+        raise ConversionError(
+            f"{len(wrong)} tensors have unexpected shapes, e.g. {k}: checkpoint "
+            f"{tuple(renamed[k].shape)}, model {tuple(target[k].shape)}"
+        )
+    model.load_state_dict(renamed, strict=True)
+    return model.eval(), report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m isa_explorer.convert IN.pth OUT_DIR``: convert and ``save_pretrained``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m isa_explorer.convert",
+        description="Convert an mmsegmentation ISANet checkpoint into an ISA Explorer model "
+        "directory (safetensors + config; load with ISANet.from_pretrained(OUT_DIR)).",
+    )
+    parser.add_argument("checkpoint", type=Path, help="mmseg ISANet .pth file")
+    parser.add_argument("out_dir", type=Path, help="output directory")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), help="class names and palette")
+    parser.add_argument(
+        "--down-factor", type=int, nargs=2, default=(8, 8), metavar=("H", "W"), help="ISA block"
+    )
+    parser.add_argument("--strict", action="store_true", help="fail on left-out keys")
+    args = parser.parse_args(argv)
+    try:
+        model, report = convert_checkpoint(
+            args.checkpoint, args.dataset, args.down_factor, args.strict
+        )
+    except ConversionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    model.save_pretrained(args.out_dir, dataset=report.dataset)
+    print(report)
+    print(f"saved to {args.out_dir} (ISANet.from_pretrained({str(args.out_dir)!r}))")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""mmseg ISANet checkpoints -> ISA Explorer: parity on the mmseg fixture, key coverage, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from isa_explorer import ISANet
+from isa_explorer.convert import (
+    ConversionError,
+    ISANetSpec,
+    convert_checkpoint,
+    infer_spec,
+    main,
+)
+from isa_explorer.data.info import CITYSCAPES_INFO
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SMALL = FIXTURES / "isanet_r50_small.pt"
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def small() -> dict:
+    """mmseg's 1/8-width ISANet R-50-D8 (7 classes): weights, an image and its logits."""
+    return torch.load(SMALL, weights_only=True)
+
+
+def feature_logits(model: ISANet, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode and aux logits at 1/8 resolution for a 0-255 RGB image."""
+    with torch.no_grad():
+        features = model.encoder(model.normalize(image))
+        return model.decoder(features[-1]), model.aux_head(features[-2])
+
+
+def released_r50_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random tensors under every key and shape of the released ISANet R-50-D8 (19 classes)."""
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for line in (FIXTURES / "isanet_r50_keys.txt").read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        key, shape = line.split("\t")
+        shape = tuple(int(s) for s in re.findall(r"\d+", shape))
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.tensor(1000)
+        elif key.endswith("running_var"):
+            state[key] = torch.rand(shape, generator=gen) + 0.5
+        else:
+            state[key] = torch.randn(shape, generator=gen)
+    return state
+
+
+def test_fixture_parity_with_mmseg(small):
+    model, report = convert_checkpoint(SMALL)
+    assert report.spec == ISANetSpec(
+        depth=50,
+        stem_width=8,
+        channels=(8, 16, 32, 64),
+        classes=7,
+        decoder_channels=64,
+        isa_channels=32,
+        aux_channels=32,
+    )
+    assert report.mapped == len(small["state_dict"]) == len(model.state_dict())
+    assert report.unmapped == [] and report.unexpected == [] and report.dataset is None
+    image = small["image_rgb_0_255"]  # (1, 3, 75, 90)
+    decode, aux = feature_logits(model, image)
+    assert decode.shape == aux.shape == (1, 7, 10, 12)
+    torch.testing.assert_close(decode, small["decode_logits"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(aux, small["aux_logits"], atol=1e-4, rtol=0)
+    # forward() is the same logits upsampled to the image.
+    with torch.no_grad():
+        full = model(model.normalize(image))
+    expected = F.interpolate(small["decode_logits"], size=(75, 90), mode="bilinear")
+    torch.testing.assert_close(full, expected, atol=1e-4, rtol=0)
+
+
+def test_every_released_r50_key_is_mapped():
+    torch.manual_seed(0)
+    state = released_r50_state()
+    model, report = convert_checkpoint(state)
+    assert report.unmapped == [] and report.unexpected == []
+    assert report.mapped == len(state) == len(model.state_dict())
+    assert report.dataset == "cityscapes"
+    assert model.class_names == list(CITYSCAPES_INFO.class_names)
+    assert model.palette == [list(c) for c in CITYSCAPES_INFO.palette]
+    # The published architecture, built by hand, takes the converted weights strictly.
+    reference = ISANet(encoder_name="tu-resnet50c", classes=19, aux_head=True, encoder_weights=None)
+    reference.load_state_dict(model.state_dict(), strict=True)
+    for src, dst in [
+        ("backbone.stem.0.weight", "encoder.model.conv1.0.weight"),
+        ("backbone.stem.7.running_mean", "encoder.model.bn1.running_mean"),
+        ("backbone.layer4.2.conv3.weight", "encoder.model.layer4.2.conv3.weight"),
+        (
+            "decode_head.local_relation.value_project.bias",
+            "decoder.local_relation.value_project.bias",
+        ),
+        ("auxiliary_head.convs.0.conv.weight", "aux_head.convs.0.conv.weight"),
+    ]:
+        assert torch.equal(reference.state_dict()[dst], state[src]), dst
+
+
+def test_r101_depth_inferred_from_layer3():
+    # Shapes only (meta tensors): R-101 has 23 blocks in layer3, with the shapes of block 5.
+    state = {k: torch.empty(v.shape, device="meta") for k, v in released_r50_state().items()}
+    for i in range(6, 23):
+        for k in [k for k in state if k.startswith("backbone.layer3.5.")]:
+            state[k.replace("layer3.5.", f"layer3.{i}.")] = state[k]
+    spec = infer_spec(state)
+    assert spec.depth == 101 and spec.model_kwargs()["encoder_name"] == "tu-resnet101c"
+    assert "stem_width" not in spec.model_kwargs() and "channels" not in spec.model_kwargs()
+
+
+def test_left_out_keys_are_reported_and_strict_fails(small):
+    state = dict(small["state_dict"])
+    state["data_preprocessor.mean"] = torch.zeros(3)
+    state["decode_head.extra.weight"] = torch.zeros(1)
+    _, report = convert_checkpoint(state)
+    assert report.unmapped == ["data_preprocessor.mean"]
+    assert report.unexpected == ["decode_head.extra.weight"]
+    assert "unmapped: data_preprocessor.mean" in str(report)
+    with pytest.raises(ConversionError, match="left out"):
+        convert_checkpoint(state, strict=True)
+
+
+def test_bad_checkpoints_give_clear_errors(small, tmp_path):
+    state = dict(small["state_dict"])
+    del state["decode_head.out_conv.bn.running_var"]
+    with pytest.raises(ConversionError, match="lacks 1 tensors.*decoder.out_conv.bn.running_var"):
+        convert_checkpoint(state)
+    v1b = {
+        k.replace("backbone.stem.0", "backbone.conv1"): v for k, v in small["state_dict"].items()
+    }
+    with pytest.raises(ConversionError, match="not mmseg's ResNetV1c"):
+        convert_checkpoint(v1b)
+    with pytest.raises(ConversionError, match="--dataset voc has 21 classes.*has 7"):
+        convert_checkpoint(SMALL, dataset="voc")
+    with pytest.raises(ConversionError, match="not found"):
+        convert_checkpoint(tmp_path / "missing.pth")
+    # Python objects in meta: refused by safe loading, with the way out named.
+    unsafe = tmp_path / "unsafe.pth"
+    torch.save({"meta": {"args": argparse.Namespace(lr=0.01)}, "state_dict": state}, unsafe)
+    with pytest.raises(ConversionError, match=r"argparse\.Namespace.*weights_only=True"):
+        convert_checkpoint(unsafe)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "isa_explorer.convert", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_cli_round_trip(small, tmp_path):
+    names = [f"class {i}" for i in range(7)]
+    palette = [[i * 30, 255 - i * 30, i] for i in range(7)]
+    ckpt = tmp_path / "isanet_small.pth"
+    meta = {"CLASSES": names, "PALETTE": palette, "config": "model = dict(...)"}
+    torch.save({"meta": meta, "state_dict": small["state_dict"]}, ckpt)
+    out = tmp_path / "converted"
+    result = run_cli(str(ckpt), str(out))
+    assert result.returncode == 0, result.stderr
+    assert "7 classes (names from the checkpoint)" in result.stdout
+    assert "mapped 416 tensors; unmapped 0; unexpected 0" in result.stdout
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    model = ISANet.from_pretrained(out).eval()
+    assert model.class_names == names and model.palette == palette
+    decode, aux = feature_logits(model, small["image_rgb_0_255"])
+    torch.testing.assert_close(decode, small["decode_logits"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(aux, small["aux_logits"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_cli_rejects_other_models(small, tmp_path):
+    # A PSPNet: same backbone, a pyramid-pooling decode head.
+    state = {k: v for k, v in small["state_dict"].items() if not k.startswith("decode_head.")}
+    state["decode_head.psp_modules.0.1.conv.weight"] = torch.zeros(16, 256, 1, 1)
+    state["decode_head.bottleneck.conv.weight"] = torch.zeros(64, 320, 3, 3)
+    state["decode_head.conv_seg.weight"] = torch.zeros(7, 64, 1, 1)
+    ckpt = tmp_path / "pspnet.pth"
+    torch.save({"state_dict": state}, ckpt)
+    result = run_cli(str(ckpt), str(tmp_path / "out"))
+    assert result.returncode != 0
+    assert "this is not an ISANet checkpoint (decode head looks like PSPHead" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_main_reports_errors_without_traceback(small, tmp_path, capsys):
+    assert main([str(SMALL), str(tmp_path / "out"), "--dataset", "cityscapes"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --dataset cityscapes has 19 classes")
