@@ -300,6 +300,7 @@ def convert_checkpoint(
     dataset: str | None = None,
     down_factor: Sequence[int] = (8, 8),
     strict: bool = False,
+    align_corners: bool | None = None,
 ) -> tuple[ISANet, ConversionReport]:
     """Build an :class:`ISANet` holding an mmseg ISANet checkpoint's weights.
 
@@ -310,6 +311,8 @@ def convert_checkpoint(
             ``None`` picks by class count (19, 150, 21).
         down_factor: ISA local block size (``(8, 8)`` in every released model).
         strict: Also fail on checkpoint keys left out (``unmapped``/``unexpected``).
+        align_corners: ``align_corners`` of the logits' upsampling; ``None`` takes ``True`` for
+            a file whose name says ``769x769`` (mmseg trained those Cityscapes models with it).
 
     Returns:
         ``(model, report)``; the model is in eval mode.
@@ -322,6 +325,8 @@ def convert_checkpoint(
         state, meta = load_mmseg_checkpoint(checkpoint)
     else:
         state = dict(checkpoint)
+    if align_corners is None:
+        align_corners = isinstance(checkpoint, (str, Path)) and "769x769" in Path(checkpoint).name
     spec = infer_spec(state)
     dataset, names, palette = _labels(spec.classes, dataset, meta)
     model = ISANet(
@@ -329,6 +334,7 @@ def convert_checkpoint(
         decoder_down_factor=tuple(down_factor),
         class_names=names,
         palette=palette,
+        align_corners=align_corners,
     )
     target = model.state_dict()
     renamed, unmapped, unexpected = {}, [], []
@@ -374,10 +380,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--down-factor", type=int, nargs=2, default=(8, 8), metavar=("H", "W"), help="ISA block"
     )
     parser.add_argument("--strict", action="store_true", help="fail on left-out keys")
+    parser.add_argument(
+        "--align-corners",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="align_corners of the logits' upsampling (default: on for *769x769* files)",
+    )
     args = parser.parse_args(argv)
     try:
         model, report = convert_checkpoint(
-            args.checkpoint, args.dataset, args.down_factor, args.strict
+            args.checkpoint, args.dataset, args.down_factor, args.strict, args.align_corners
         )
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -201,3 +201,18 @@ def test_main_reports_errors_without_traceback(small, tmp_path, capsys):
     assert main([str(SMALL), str(tmp_path / "out"), "--dataset", "cityscapes"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: --dataset cityscapes has 19 classes")
+
+
+def test_769x769_checkpoints_upsample_with_align_corners(small, tmp_path):
+    path = tmp_path / "isanet_r50-d8_769x769_40k_cityscapes.pth"
+    torch.save({"state_dict": small["state_dict"]}, path)
+    model, _ = convert_checkpoint(path)
+    assert model.align_corners is True
+    assert convert_checkpoint(small["state_dict"])[0].align_corners is False
+    image = small["image_rgb_0_255"]
+    decode, _ = feature_logits(model, image)
+    expected = torch.nn.functional.interpolate(
+        decode, size=image.shape[-2:], mode="bilinear", align_corners=True
+    )
+    with torch.inference_mode():
+        torch.testing.assert_close(model(model.normalize(image)), expected)

@@ -49,6 +49,8 @@ class ISANet(SegmentationModel):
         palette: One RGB colour per class (saved with the model).
         mean: Per-channel mean of the 0-255 RGB input normalisation.
         std: Per-channel std of the input normalisation.
+        align_corners: ``align_corners`` of the final bilinear upsampling of the logits (mmseg's
+            Cityscapes 769x769 models were trained with ``True``).
         kwargs: Passed to the encoder (timm ``tu-`` encoders only).
 
     Shapes:
@@ -79,6 +81,7 @@ class ISANet(SegmentationModel):
         palette: Sequence[Sequence[int]] | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        align_corners: bool = False,
         **kwargs: Any,
     ):
         super().__init__()
@@ -132,6 +135,7 @@ class ISANet(SegmentationModel):
             "mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), False
         )
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), False)
+        self.align_corners = align_corners
         self.name = f"isanet-{head}-{encoder_name}"
 
     def initialize(self) -> None:
@@ -171,6 +175,7 @@ class ISANet(SegmentationModel):
         x = F.pad(x, (0, -w % s, 0, -h % s))
         return self(x)[..., :h, :w]
 
-    @staticmethod
-    def _resize(logits: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(logits, size=like.shape[-2:], mode="bilinear", align_corners=False)
+    def _resize(self, logits: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(
+            logits, size=like.shape[-2:], mode="bilinear", align_corners=self.align_corners
+        )
