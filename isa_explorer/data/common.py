@@ -11,7 +11,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2.functional import pil_to_tensor
 
 from isa_explorer.data.info import DatasetInfo
 
@@ -68,8 +68,9 @@ def read_image(path: Path) -> tv_tensors.Image:
         CorruptFileError: If the file cannot be decoded (the message names the file).
     """
     try:
-        return tv_tensors.Image(decode_image(str(path), mode=ImageReadMode.RGB))
-    except (RuntimeError, OSError, ValueError) as err:
+        with Image.open(path) as im:
+            return tv_tensors.Image(pil_to_tensor(im.convert("RGB")))
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise CorruptFileError(
             f"cannot read image {path}: {err}. Re-download or remove it."
         ) from err
