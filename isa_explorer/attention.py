@@ -236,4 +236,6 @@ def _group_ids(idx: torch.Tensor, g: GroupGrid, step: str) -> torch.Tensor:
 
 def upsample_map(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear upsampling of a feature-grid map ``(h, w)`` to ``size`` (smooth display)."""
-    return F.interpolate(m[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
+    return F.interpolate(m[None, None].float(), size=size, mode="bilinear", align_corners=False)[
+        0, 0
+    ]
