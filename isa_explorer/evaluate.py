@@ -1,0 +1,131 @@
+"""Evaluate a segmentation model on a dataset as mmsegmentation does: mIoU, mAcc, aAcc.
+
+Predictions are compared with the labels at the labels' resolution and counted in one
+confusion matrix over the whole set; IoU is computed per class from it (classes absent from
+both labels and predictions are ``nan`` and left out of the mean).
+
+Example:
+    >>> from torch.utils.data import DataLoader
+    >>> from isa_explorer.data import build_dataset
+    >>> data = build_dataset("synthetic-context", None, "val", length=8, size=(128, 256))
+    >>> metrics = evaluate(model, DataLoader(data, batch_size=4), data.info.num_classes)
+    >>> print(format_table(metrics, data.info.class_names))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from isa_explorer.evaluation.distributed import world
+from isa_explorer.evaluation.inference import MS_SCALES, Mode, aug_inference, inference
+from isa_explorer.evaluation.metrics import ConfusionMatrix, format_table
+
+
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    return x.as_subclass(torch.Tensor) if type(x) is not torch.Tensor else x
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    num_classes: int,
+    *,
+    mode: Mode = "whole",
+    crop_size: tuple[int, int] = (769, 769),
+    stride: tuple[int, int] = (513, 513),
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    ignore_index: int = 255,
+    class_names: Sequence[str] | None = None,
+    normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict:
+    """Segmentation metrics of a model over a loader (summed over processes when distributed).
+
+    Args:
+        model: Normalised images -> logits at the input size; put in eval mode on ``device``.
+        loader: Yields ``(images, masks)``: uint8 ``(B, 3, H, W)`` 0-255 RGB and int
+            ``(B, H', W')`` labels (``ignore_index`` = unlabelled). The labels may be larger or
+            smaller than the images (eval transforms resize the image only).
+        num_classes: Number of classes ``K``.
+        mode: ``"whole"`` or ``"slide"`` inference (see :func:`inference`).
+        crop_size: Sliding window ``(H, W)``.
+        stride: Sliding window step ``(H, W)``.
+        scales: Test scales relative to the image size (:data:`MS_SCALES` for mmseg's ms test).
+        flip: Add horizontally flipped images (averaging softmax over all augmentations).
+        device: Where to run the model.
+        progress: Show a tqdm progress bar (on the first process only).
+        ignore_index: Label value of unlabelled pixels.
+        class_names: Names of the classes, returned under ``"class_names"`` (default: ids).
+        normalize: uint8-valued float images -> model input (default: ``model.normalize``).
+
+    Returns:
+        ``ConfusionMatrix.compute()``'s ``mIoU, mAcc, aAcc, IoU, Acc`` plus ``class_names``
+        and ``num_images`` (over all processes).
+
+    Raises:
+        ValueError: No ``normalize`` and the model has none, or a label/class-count mismatch.
+    """
+    normalize = normalize if normalize is not None else getattr(model, "normalize", None)
+    if normalize is None:
+        raise ValueError(
+            f"{type(model).__name__} has no normalize(); pass normalize=<0-255 images -> input>"
+        )
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+    model.eval().to(device)
+    align_corners = bool(getattr(model, "align_corners", False))
+    tta = len(scales) > 1 or flip or tuple(scales) != (1.0,)
+    matrix = ConfusionMatrix(num_classes, ignore_index)
+    rank, world_size = world()
+    n_images = torch.zeros((), dtype=torch.int64)
+    bar = tqdm(loader, desc="evaluate", unit="batch", disable=not progress or rank != 0)
+    for images, masks in bar:
+        images, masks = _plain(images).to(device), _plain(masks).to(device)
+        if images.ndim == 3:  # a single image (3, H, W)
+            images, masks = images[None], masks[None]
+        masks = masks.reshape(masks.shape[0], *masks.shape[-2:])  # (B, H', W')
+        x = normalize(images.float())
+        out_size = tuple(masks.shape[-2:])
+        if tta:
+            scores = aug_inference(
+                model, x, scales, flip, mode, crop_size, stride, num_classes, out_size
+            )
+        else:
+            scores = inference(model, x, mode, crop_size, stride, num_classes)
+            if scores.shape[-2:] != out_size:
+                scores = F.interpolate(
+                    scores, out_size, mode="bilinear", align_corners=align_corners
+                )
+        matrix.update(scores.argmax(dim=1), masks)
+        n_images += images.shape[0]
+        if not bar.disable:
+            bar.set_postfix(mIoU=f"{100 * matrix.compute()['mIoU']:.2f}")
+    bar.close()
+    matrix.reduce_from_all_processes()
+    if world_size > 1:
+        n_images = n_images.to(matrix.mat.device)
+        torch.distributed.all_reduce(n_images)
+    metrics = matrix.compute()
+    metrics["class_names"] = (
+        list(class_names) if class_names else [str(i) for i in range(num_classes)]
+    )
+    metrics["num_images"] = int(n_images)
+    return metrics
+
+
+__all__ = [
+    "MS_SCALES",
+    "ConfusionMatrix",
+    "aug_inference",
+    "evaluate",
+    "format_table",
+    "inference",
+]
