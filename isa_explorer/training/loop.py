@@ -1,0 +1,360 @@
+"""The training loop: SGD + poly schedule, periodic mIoU, atomic checkpoints, exact resume."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from isa_explorer.configs import TrainConfig
+from isa_explorer.evaluate import evaluate
+from isa_explorer.training import checkpoint as ckpt
+from isa_explorer.training.data import build_loaders
+from isa_explorer.training.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    cleanup_distributed,
+    gather_objects,
+    setup_distributed,
+)
+from isa_explorer.training.logs import close_logger, open_logger, prediction_grid
+from isa_explorer.training.model import build_model
+from isa_explorer.training.steps import (
+    NonFiniteLossError,
+    TrainForward,
+    all_finite,
+    check_resume_config,
+    poly_factor,
+    segmentation_loss,
+)
+
+CHECKPOINT = Path("checkpoints") / "last.pt"
+
+
+def train(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    *,
+    debug_rank_weights: bool = False,
+) -> dict[str, Any]:
+    """Train ISANet with a config, in one process or under ``torchrun`` (DDP).
+
+    Args:
+        cfg: The training config.
+        run_dir: Run directory (``config.json``, ``checkpoints/last.pt``, ``best/``, ``final/``,
+            ``log.txt``, ``metrics.json`` and TensorBoard events).
+        resume: Continue from ``run_dir/checkpoints/last.pt`` (a fresh start if there is none).
+        progress: Show a tqdm bar with the ETA (on rank 0).
+        debug_rank_weights: Every process also writes its final weights to
+            ``run_dir/debug/rank{R}.pt`` (to check that DDP kept the replicas identical).
+
+    Returns:
+        ``{"iters", "best_mIoU", "final_metrics", "sec_per_iter", "peak_memory_bytes",
+        "run_dir"}``.
+
+    Raises:
+        FileExistsError: ``run_dir`` holds a checkpoint and ``resume`` is False.
+        NonFiniteLossError: The loss or the weights became nan/inf (the last checkpoint is kept).
+    """
+    info = setup_distributed()
+    try:
+        return _Trainer(cfg, Path(run_dir), info, progress).run(resume, debug_rank_weights)
+    finally:
+        cleanup_distributed()
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with nan/inf floats as ``None`` (strict JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class _Trainer:
+    def __init__(self, cfg: TrainConfig, run_dir: Path, info: DistInfo, progress: bool):
+        self.cfg, self.run_dir, self.info, self.progress = cfg, run_dir, info, progress
+        self.ckpt_path = run_dir / CHECKPOINT
+        self.history: list[dict[str, Any]] = []
+        self.best_miou, self.start_iter, self.last_saved = -math.inf, 0, None
+
+    # -- set-up --------------------------------------------------------------------------------
+    def _setup(self, resume: bool) -> dict | None:
+        cfg, info = self.cfg, self.info
+        state = None
+        if self.ckpt_path.is_file():
+            if not resume:
+                raise FileExistsError(
+                    f"{self.run_dir} already holds a checkpoint ({self.ckpt_path}); pass --resume "
+                    "to continue that run or choose another --run-dir"
+                )
+            state = ckpt.load_checkpoint(self.ckpt_path)
+            check_resume_config(state["config"], cfg.to_dict())
+        if info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.run_dir / "config.json")
+        barrier(info)
+        self.log = open_logger(self.run_dir, info.is_main)
+        self.writer = None
+        if info.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            start = state["iteration"] if state else 0
+            self.writer = SummaryWriter(self.run_dir, purge_step=start + 1)
+
+        torch.manual_seed(cfg.seed)  # the same initial weights on every process
+        self.train_loader, self.batches, self.val_loader, self.data_info = build_loaders(cfg, info)
+        model = build_model(cfg.model, self.data_info).to(info.device)
+        if info.distributed and info.device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif info.distributed:
+            self.log.info("SyncBatchNorm needs CUDA: each CPU process keeps its own BN batch stats")
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.optimizer = torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, poly_factor(cfg))
+        cuda = info.device.type == "cuda"
+        self.amp_dtype = None
+        if cfg.amp and cuda:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        elif cfg.amp:
+            self.log.info("amp is for CUDA only; training in float32 on the CPU")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        torch.manual_seed(cfg.seed + 1 + info.rank)  # dropout differs between processes
+
+        step: torch.nn.Module = TrainForward(model)
+        if info.distributed:
+            step = DistributedDataParallel(step, device_ids=[info.local_rank] if cuda else None)
+        self.step_fn = torch.compile(step) if cfg.compile else step
+        return state
+
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.batches.load_state_dict(state["sampler"][self.info.rank])
+        self.start_iter, self.best_miou = int(state["iteration"]), float(state["best_mIoU"])
+        self.history = list(state["history"])
+        self.last_saved = self.start_iter
+        rngs = state["rng"]
+        if len(rngs) == self.info.world_size:
+            ckpt.set_rng_state(rngs[self.info.rank])
+        else:
+            self.log.warning(
+                f"checkpoint from {len(rngs)} processes resumed on {self.info.world_size}: "
+                "data order and random states are not those of an uninterrupted run"
+            )
+        self.log.info(f"resumed from {self.ckpt_path} at iteration {self.start_iter}")
+
+    # -- iteration pieces ----------------------------------------------------------------------
+    def _evaluate(self, it: int) -> dict[str, Any]:
+        cfg, info = self.cfg, self.info
+        devices = [info.device] if info.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            metrics = evaluate(
+                self.model,
+                self.val_loader,
+                self.data_info.num_classes,
+                mode=cfg.eval_mode,
+                crop_size=cfg.eval_crop,
+                stride=cfg.eval_stride,
+                device=info.device,
+                progress=False,
+                ignore_index=self.data_info.ignore_index,
+                class_names=self.data_info.class_names,
+            )
+            if self.writer is not None:
+                images, masks = next(iter(self.val_loader))
+                grid = prediction_grid(
+                    self.model, images, masks, self.data_info.palette, info.device
+                )
+                self.writer.add_image("val/predictions", grid, it)
+        self.model.train()
+        self.history.append({"iter": it, **metrics})
+        if self.writer is not None:
+            for key in ("mIoU", "mAcc", "aAcc"):
+                self.writer.add_scalar(f"val/{key}", metrics[key], it)
+        self.log.info(
+            f"iter {it}: mIoU {100 * metrics['mIoU']:.2f} mAcc {100 * metrics['mAcc']:.2f} "
+            f"aAcc {100 * metrics['aAcc']:.2f}"
+        )
+        if metrics["mIoU"] > self.best_miou:
+            self.best_miou = metrics["mIoU"]
+            if info.is_main:
+                ckpt.save_model_dir(self.model, self.run_dir / "best")
+        return metrics
+
+    def _checkpoint(self, it: int) -> None:
+        if not all_finite(self.model):
+            self._non_finite(it, "the weights")
+        rngs = gather_objects(ckpt.rng_state(), self.info)
+        samplers = gather_objects(self.batches.state_dict(), self.info)
+        if self.info.is_main:
+            state = {
+                "iteration": it,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "sampler": samplers,
+                "rng": rngs,
+                "config": self.cfg.to_dict(),
+                "best_mIoU": self.best_miou,
+                "history": self.history,
+            }
+            ckpt.save_checkpoint(self.ckpt_path, state)
+        self.last_saved = it
+        barrier(self.info)
+
+    def _non_finite(self, it: int, what: str) -> None:
+        where = (
+            f"the last good checkpoint ({self.ckpt_path}, iteration {self.last_saved}) is intact"
+            if self.last_saved is not None
+            else "no checkpoint was written yet"
+        )
+        msg = (
+            f"{what} became nan/inf at iteration {it}; training stopped and {where}. Lower the "
+            f"learning rate (lr={self.cfg.lr:g}), set clip_grad (e.g. --set clip_grad=10) or "
+            "check the data, then resume with --resume or start a new run"
+        )
+        self.log.error(msg)
+        ckpt_file = str(self.ckpt_path) if self.last_saved is not None else None
+        raise NonFiniteLossError(msg, it, ckpt_file)
+
+    # -- the run -------------------------------------------------------------------------------
+    def run(self, resume: bool, debug_rank_weights: bool) -> dict[str, Any]:
+        try:
+            state = self._setup(resume)
+            if state is not None:
+                self._restore(state)
+            elif resume:
+                self.log.info(f"no checkpoint in {self.run_dir}: starting from scratch")
+            return self._loop(debug_rank_weights)
+        finally:
+            if getattr(self, "writer", None) is not None:
+                self.writer.close()
+            if hasattr(self, "log"):
+                close_logger(self.log)
+
+    def _loop(self, debug_rank_weights: bool) -> dict[str, Any]:
+        cfg, info = self.cfg, self.info
+        cuda = info.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(info.device)
+        self.log.info(
+            f"training {cfg.name}: {cfg.iters} iterations, {info.world_size} process(es) x "
+            f"batch {cfg.batch_size} on {info.device}, run dir {self.run_dir}"
+        )
+        self.model.train()
+        data = iter(self.train_loader)
+        bar = tqdm(
+            total=cfg.iters,
+            initial=self.start_iter,
+            desc=cfg.name,
+            unit="it",
+            disable=not (self.progress and info.is_main),
+            dynamic_ncols=True,
+        )
+        warmup = min(5, max(0, (cfg.iters - self.start_iter) // 4))
+        step_times: list[float] = []
+        final = self.history[-1] if self.history else None
+        for it in range(self.start_iter + 1, cfg.iters + 1):
+            t0 = time.perf_counter()
+            images, masks = next(data)
+            images = images.to(info.device, non_blocking=True).as_subclass(torch.Tensor)
+            masks = masks.to(info.device, non_blocking=True).as_subclass(torch.Tensor)
+            x = self.model.normalize(images.float())
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            autocast = (
+                torch.autocast("cuda", dtype=self.amp_dtype)
+                if self.amp_dtype is not None
+                else contextlib.nullcontext()
+            )
+            with autocast:
+                outputs = self.step_fn(x)
+            loss, parts = segmentation_loss(
+                outputs, masks.long(), cfg.aux_weight, self.data_info.ignore_index
+            )
+            mean_loss = float(all_reduce_mean(loss, info))  # also agrees on nan across ranks
+            if not math.isfinite(mean_loss):
+                self._non_finite(it, "the loss")
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg.clip_grad is not None:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.batches.advance()
+            if cuda:
+                torch.cuda.synchronize(info.device)
+            if it > self.start_iter + warmup:
+                step_times.append(time.perf_counter() - t0)
+            bar.update(1)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+
+            if it % cfg.log_interval == 0 or it == cfg.iters:
+                parts_txt = " ".join(f"{k} {float(v.detach()):.4f}" for k, v in parts.items())
+                self.log.info(
+                    f"iter {it}/{cfg.iters} loss {mean_loss:.4f} ({parts_txt}) lr {lr:.3e}"
+                )
+                if self.writer is not None:
+                    self.writer.add_scalar("train/loss", mean_loss, it)
+                    self.writer.add_scalar("train/lr", lr, it)
+            if it % cfg.eval_interval == 0 or it == cfg.iters:
+                final = self._evaluate(it)
+            if it % cfg.ckpt_interval == 0 or it == cfg.iters:
+                self._checkpoint(it)
+        bar.close()
+        if final is None:  # resumed a finished run whose history is empty: evaluate once
+            final = self._evaluate(cfg.iters)
+
+        peak = (
+            torch.cuda.max_memory_allocated(info.device)
+            if cuda
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        )
+        result = {
+            "iters": cfg.iters,
+            "best_mIoU": self.best_miou,
+            "final_metrics": {k: v for k, v in final.items() if k != "iter"},
+            "sec_per_iter": sum(step_times) / len(step_times) if step_times else float("nan"),
+            "peak_memory_bytes": int(peak),
+            "run_dir": str(self.run_dir),
+        }
+        if debug_rank_weights:
+            (self.run_dir / "debug").mkdir(exist_ok=True)
+            weights = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+            torch.save(weights, self.run_dir / "debug" / f"rank{info.rank}.pt")
+        if info.is_main:
+            ckpt.save_model_dir(self.model, self.run_dir / "final")
+            summary = {**result, "history": self.history, "world_size": info.world_size}
+            text = json.dumps(_jsonable(summary), indent=2, allow_nan=False)
+            (self.run_dir / "metrics.json").write_text(text + "\n")
+        barrier(info)
+        self.log.info(
+            f"done: best mIoU {100 * self.best_miou:.2f}, final mIoU "
+            f"{100 * final['mIoU']:.2f}, {result['sec_per_iter']:.3f} s/iter"
+        )
+        return result
