@@ -1,0 +1,279 @@
+"""ISA Explorer: click a pixel, see where Interlaced Sparse Self-Attention looks.
+
+Run ``python app.py`` (the embedded default model) or ``python app.py --checkpoint DIR`` (a
+``train/fit.py`` run or a converted mmseg model); open http://127.0.0.1:7860. The logic lives in
+:mod:`isa_explorer.explorer`; this file only lays out the Gradio UI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+from collections.abc import Callable
+
+import gradio as gr
+
+from isa_explorer.explorer import Explorer, ExplorerError, ExplorerModel, SessionStore
+from isa_explorer.explorer import api as api_fns
+from isa_explorer.explorer.handlers import CONTEXTS, MAP_TITLES, NUM_EXAMPLES
+from isa_explorer.explorer.images import MAX_SIDE, MIN_SIDE
+
+log = logging.getLogger("isa_explorer.app")
+
+#: Largest upload accepted by the server.
+MAX_FILE_SIZE = "20mb"
+_MAP_SLOTS = ("long", "short", "combined")
+_INTRO = """# ISA Explorer
+Interlaced Sparse Self-Attention splits attention over an image into two sparse steps: a
+**long-range** step among positions that lie 8 feature cells apart (one per 8x8 block), then a
+**short-range** step inside each 8x8 block. Click a pixel of the prediction to see both maps of
+that query and their product, the **combined** map: every position reaches every other one."""
+
+
+def _key(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "default"
+
+
+def _guard(n_outputs: int, status_index: int | None = None) -> Callable:
+    """Turn :class:`ExplorerError` into a UI warning (and a status line), never a traceback."""
+
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except ExplorerError as err:
+                message = str(err)
+            except Exception:  # a bug: keep the details in the server log only
+                log.exception("explorer callback %s failed", fn.__name__)
+                message = "internal error while processing the request (see the server log)"
+            gr.Warning(message)
+            out = [gr.skip()] * n_outputs
+            if status_index is not None:
+                out[status_index] = f"**Problem:** {message}"
+            return tuple(out) if n_outputs > 1 else out[0]
+
+        return inner
+
+    return wrap
+
+
+def _api_guard(fn: Callable) -> Callable:
+    """API endpoints: errors go back to the client as :class:`gr.Error` messages."""
+
+    @functools.wraps(fn)
+    def inner(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ExplorerError as err:
+            raise gr.Error(str(err)) from None
+        except Exception:
+            log.exception("api call %s failed", fn.__name__)
+            raise gr.Error("internal error while processing the request") from None
+
+    return inner
+
+
+def build_app(
+    checkpoint: str | None = None,
+    explorer: Explorer | None = None,
+    max_sessions: int = 16,
+    max_cache_mb: int = 1024,
+) -> gr.Blocks:
+    """Build the Gradio app.
+
+    Args:
+        checkpoint: Model or run directory; ``None`` for the embedded default model. The model
+            is loaded on the first request.
+        explorer: Use this explorer instead of building one (tests share one model).
+        max_sessions: Browser sessions whose analysed image is kept (least recently used out).
+        max_cache_mb: Memory bound of those kept images, in MiB.
+
+    Returns:
+        The ``gr.Blocks`` app (call ``.launch(...)``; see :func:`launch_kwargs`).
+    """
+    if explorer is None:
+        store = SessionStore(max_sessions, max_cache_mb << 20)
+        explorer = Explorer(ExplorerModel(checkpoint), store)
+    em = explorer.model
+    ex = explorer
+
+    def loaded_outputs(state):
+        view = ex.prediction_view(state, 0.5, False)
+        h, w = state.size
+        status = f"Loaded {state.source}: {w}x{h} pixels. Click the prediction to see attention."
+        return (view, ex.legend(state), status, None, None, None, "", "")
+
+    with gr.Blocks(title="ISA Explorer") as demo:
+        gr.Markdown(_INTRO)
+        gr.Markdown(
+            f"Model: `{em.model_dir.name}` ({em.config.get('encoder_name', '?')}, "
+            f"{em.head} head, {em.num_classes} classes)."
+        )
+        with gr.Tab("Explore"):
+            with gr.Row():
+                with gr.Column(scale=1, min_width=280):
+                    with gr.Group(visible=em.is_synthetic):
+                        ex_index = gr.Slider(0, NUM_EXAMPLES - 1, 0, step=1, label="Example scene")
+                        ex_context = gr.Radio(list(CONTEXTS), value="as drawn", label="Cue colour")
+                        ex_button = gr.Button(
+                            "Load example", variant="primary", elem_id="load-example"
+                        )
+                    upload = gr.File(
+                        label=(
+                            f"...or upload an image (PNG/JPEG/WebP, at most {MAX_FILE_SIZE}; "
+                            f"sides >= {MIN_SIDE} px; longest side resized to {MAX_SIDE})"
+                        ),
+                        file_types=["image"],
+                        type="filepath",
+                        elem_id="upload",
+                    )
+                    opacity = gr.Slider(0.0, 1.0, 0.6, step=0.05, label="Overlay opacity")
+                    show_grid = gr.Checkbox(
+                        False, label="Show feature cells and 8x8 blocks (interlacing)"
+                    )
+                    status = gr.Markdown("Pick an example or upload an image.", elem_id="status")
+                with gr.Column(scale=2):
+                    pred = gr.Image(
+                        label="Prediction (click a pixel)",
+                        interactive=False,
+                        format="png",
+                        elem_id="prediction",
+                    )
+                    legend = gr.HTML(elem_id="legend")
+            query_md = gr.Markdown(elem_id="query")
+            with gr.Row():
+                slots = [
+                    gr.Image(
+                        label=MAP_TITLES[n], interactive=False, format="png", elem_id=f"map-{n}"
+                    )
+                    for n in _MAP_SLOTS
+                ]
+            regions = gr.Markdown(elem_id="regions")
+
+        # -- callbacks ------------------------------------------------------------------------
+        load_outputs = [pred, legend, status, *slots, query_md, regions]
+
+        @_guard(len(load_outputs), status_index=2)
+        def on_example(index, context, request: gr.Request):
+            return loaded_outputs(ex.load_example(_key(request), int(index), context))
+
+        @_guard(len(load_outputs), status_index=2)
+        def on_upload(path, request: gr.Request):
+            if path is None:  # the file was cleared
+                return tuple([gr.skip()] * len(load_outputs))
+            return loaded_outputs(ex.load_file(_key(request), path))
+
+        click_outputs = [pred, *slots, query_md, regions, status]
+
+        def click_values(result, state, op, grid):
+            x, y = result.query
+            fx, fy = result.cell
+            panels = [result.panels.get(n) for n in _MAP_SLOTS]
+            if "dense" in result.panels:
+                panels = [None, None, gr.Image(result.panels["dense"], label=MAP_TITLES["dense"])]
+            query = (
+                f"**Query** pixel (x={x}, y={y}), feature cell ({fx}, {fy}): predicted "
+                f"**{result.class_name}** (p = {result.confidence:.2f})."
+            )
+            return (ex.prediction_view(state, op, grid), *panels, query, result.regions, "")
+
+        @_guard(len(click_outputs), status_index=len(click_outputs) - 1)
+        def on_select(op, grid, evt: gr.SelectData, request: gr.Request):
+            if evt is None or evt.index is None or len(evt.index) != 2:
+                raise ExplorerError("click on a pixel of the prediction image")
+            result = ex.click_display(_key(request), evt.index[0], evt.index[1], op, grid)
+            return click_values(result, ex.state(_key(request)), op, grid)
+
+        @_guard(len(click_outputs), status_index=len(click_outputs) - 1)
+        def on_view(op, grid, request: gr.Request):
+            state = ex.store.get(_key(request))
+            if state is None:
+                return tuple([gr.skip()] * len(click_outputs))
+            if state.query is None or state.cache is None:
+                return (ex.prediction_view(state, op, grid), *[gr.skip()] * 5)
+            result = ex.click(_key(request), *state.query, op, grid)
+            return click_values(result, state, op, grid)
+
+        vis = dict(api_visibility="private")
+        ex_button.click(on_example, [ex_index, ex_context], load_outputs, **vis).then(
+            on_view, [opacity, show_grid], click_outputs, **vis
+        )
+        upload.upload(on_upload, [upload], load_outputs, **vis).then(
+            on_view, [opacity, show_grid], click_outputs, **vis
+        )
+        pred.select(on_select, [opacity, show_grid], click_outputs, **vis)
+        opacity.release(on_view, [opacity, show_grid], click_outputs, **vis)
+        show_grid.change(on_view, [opacity, show_grid], click_outputs, **vis)
+
+        _api_endpoints(ex)
+    return demo
+
+
+def _api_endpoints(ex: Explorer) -> None:
+    """Hidden components behind the ``predict`` and ``attention`` API endpoints."""
+    with gr.Row(visible=False):
+        image = gr.Image(type="pil", image_mode=None, label="image")
+        x = gr.Number(label="x", precision=0)
+        y = gr.Number(label="y", precision=0)
+        overlay = gr.Image(label="prediction overlay", format="png")
+        info = gr.JSON(label="prediction")
+        maps = gr.JSON(label="attention maps")
+        predict_button, attention_button = gr.Button("predict"), gr.Button("attention")
+
+    @_api_guard
+    def predict(img):
+        """Prediction overlay and per-class pixel shares of an image."""
+        state = api_fns.analyse_cached(ex, img)
+        return ex.prediction_view(state, 0.5), api_fns.predict_summary(ex, state)
+
+    @_api_guard
+    def attention(img, qx, qy):
+        """Long-range, short-range and combined attention maps (feature grid) of pixel (x, y)."""
+        state = api_fns.analyse_cached(ex, img)
+        return api_fns.attention_summary(ex, state, qx, qy)
+
+    predict_button.click(predict, [image], [overlay, info], api_name="predict")
+    attention_button.click(attention, [image, x, y], [maps], api_name="attention")
+
+
+def launch_kwargs(host: str = "127.0.0.1", port: int | None = None, share: bool = False) -> dict:
+    """Arguments of ``demo.launch`` (theme, upload limit, bind address)."""
+    return dict(
+        server_name=host,
+        server_port=port,
+        share=share,
+        max_file_size=MAX_FILE_SIZE,
+        theme=gr.themes.Soft(),
+        footer_links=["api"],
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--checkpoint",
+        metavar="DIR",
+        help="model directory or train/fit.py run directory (default: the embedded model)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (Gradio picks 7860+)")
+    parser.add_argument("--share", action="store_true", help="create a public share link")
+    parser.add_argument("--max-sessions", type=int, default=16, help="sessions kept in memory")
+    parser.add_argument("--max-cache-mb", type=int, default=1024, help="memory for those sessions")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    try:
+        demo = build_app(
+            args.checkpoint, max_sessions=args.max_sessions, max_cache_mb=args.max_cache_mb
+        )
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
+    demo.queue(default_concurrency_limit=2).launch(
+        **launch_kwargs(args.host, args.port, args.share)
+    )
+
+
+if __name__ == "__main__":
+    main()

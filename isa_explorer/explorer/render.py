@@ -1,0 +1,203 @@
+"""Drawing for the explorer: prediction overlays, attention heat maps, grid lines and legends.
+
+All drawing happens at a *display* size (:class:`Display`): small images are enlarged by an
+integer factor (crisp cells), large ones reduced so the longest side is at most
+:data:`DISPLAY_MAX_SIDE`. Maps live on the feature grid; a display pixel looks up its feature
+cell through precomputed index arrays, so a panel costs a gather and a blend, no resampling.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from isa_explorer.models.isa.decoder import GroupGrid
+
+#: Longest side of the images drawn for the browser.
+DISPLAY_MAX_SIDE = 1024
+_BLOCK_RGB = (0, 230, 255)  # block boundaries and highlighted cells
+_CELL_RGB = (200, 200, 200)  # feature-cell lines
+
+
+@cache
+def heat_lut(name: str = "inferno") -> np.ndarray:
+    """``(256, 3)`` uint8 colour lookup table of a matplotlib colormap."""
+    from matplotlib import colormaps
+
+    return (colormaps[name](np.arange(256))[:, :3] * 255).round().astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Display:
+    """Geometry of an ``(H, W)`` image drawn at display size.
+
+    Attributes:
+        height, width: Image size in pixels.
+        scale: Display pixels per image pixel.
+    """
+
+    height: int
+    width: int
+    scale: float
+
+    @classmethod
+    def of(cls, height: int, width: int, max_side: int = DISPLAY_MAX_SIDE) -> Display:
+        longest = max(height, width)
+        scale = float(max(1, max_side // longest)) if longest <= max_side else max_side / longest
+        return cls(height, width, scale)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(dh, dw)`` display size."""
+        return max(1, round(self.height * self.scale)), max(1, round(self.width * self.scale))
+
+    def to_image(self, x: float, y: float) -> tuple[int, int]:
+        """Display pixel ``(x, y)`` -> image pixel (clamped to the image)."""
+        ix, iy = int(x / self.scale), int(y / self.scale)
+        return min(max(ix, 0), self.width - 1), min(max(iy, 0), self.height - 1)
+
+    def to_display(self, x: float, y: float) -> tuple[float, float]:
+        """Image pixel ``(x, y)`` -> display position of its centre."""
+        return (x + 0.5) * self.scale, (y + 0.5) * self.scale
+
+    def pixel_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """Image row of every display row and image column of every display column."""
+        dh, dw = self.size
+        rows = np.minimum((np.arange(dh) / self.scale).astype(np.int64), self.height - 1)
+        cols = np.minimum((np.arange(dw) / self.scale).astype(np.int64), self.width - 1)
+        return rows, cols
+
+
+def resize_rgb(rgb: np.ndarray, display: Display) -> np.ndarray:
+    """``(H, W, 3)`` image at display size (nearest when enlarging, area when reducing)."""
+    dh, dw = display.size
+    if (dh, dw) == rgb.shape[:2]:
+        return rgb
+    method = Image.Resampling.NEAREST if display.scale >= 1 else Image.Resampling.BOX
+    return np.asarray(Image.fromarray(rgb).resize((dw, dh), method))
+
+
+def label_image(labels: np.ndarray, palette: np.ndarray, display: Display) -> np.ndarray:
+    """``(dh, dw, 3)`` colours of the predicted classes at display size."""
+    rows, cols = display.pixel_index()
+    return palette[labels[rows][:, cols]]
+
+
+def blend(base: np.ndarray, top: np.ndarray, opacity: float) -> np.ndarray:
+    """``base * (1 - opacity) + top * opacity`` of two ``(H, W, 3)`` uint8 images."""
+    a = float(np.clip(opacity, 0.0, 1.0))
+    return np.asarray(Image.blend(Image.fromarray(base), Image.fromarray(top), a))
+
+
+def heat_panel(
+    base: np.ndarray, m: np.ndarray, stride: int, display: Display, opacity: float
+) -> np.ndarray:
+    """A feature-grid map ``(h, w)`` as a heat map over ``base`` ``(dh, dw, 3)``.
+
+    Colours are scaled to the map's maximum; each feature cell covers its ``stride x stride``
+    pixels (the grid covers the image padded to the stride, so the drawn grid is cropped).
+    """
+    h, w = m.shape
+    dh, dw = base.shape[:2]
+    peak = float(m.max())
+    idx = np.zeros(m.shape, np.uint8) if peak <= 0 else (m / peak * 255).round().astype(np.uint8)
+    heat = Image.fromarray(idx, "L")
+    heat.putpalette(heat_lut().ravel().tolist())  # mode "P": cell value -> colour
+    full = (max(dw, round(w * stride * display.scale)), max(dh, round(h * stride * display.scale)))
+    heat = heat.resize(full, Image.Resampling.NEAREST).crop((0, 0, dw, dh)).convert("RGB")
+    a = float(np.clip(opacity, 0.0, 1.0))
+    return np.asarray(Image.blend(Image.fromarray(base), heat, a))
+
+
+def draw_grid(
+    panel: np.ndarray,
+    grid: GroupGrid | None,
+    stride: int,
+    display: Display,
+    query_cell: tuple[int, int] | None = None,
+    highlight: str | None = None,
+) -> np.ndarray:
+    """Draw the ISA grouping over a display image.
+
+    Lines: block boundaries (every ``lh x lw`` feature cells, short-range groups) and, when
+    cells are at least 8 display pixels, the feature cells. ``highlight`` ``"long"`` outlines
+    the cells of the query's long-range group (positions ``lh``/``lw`` cells apart), ``"short"``
+    the query's block.
+    """
+    if grid is None:
+        return panel
+    im = Image.fromarray(panel)
+    draw = ImageDraw.Draw(im)
+    dh, dw = panel.shape[:2]
+    cell = stride * display.scale
+
+    def px(v: int) -> int:  # feature index -> display pixel of its top/left edge
+        return round(v * cell)
+
+    if cell >= 8:
+        for r in range(1, grid.h):
+            draw.line([(0, px(r)), (dw, px(r))], fill=_CELL_RGB, width=1)
+        for c in range(1, grid.w):
+            draw.line([(px(c), 0), (px(c), dh)], fill=_CELL_RGB, width=1)
+    for r in range(grid.h + 1):
+        if (r + grid.pad_top) % grid.lh == 0 and 0 < r < grid.h:
+            draw.line([(0, px(r)), (dw, px(r))], fill=_BLOCK_RGB, width=2)
+    for c in range(grid.w + 1):
+        if (c + grid.pad_left) % grid.lw == 0 and 0 < c < grid.w:
+            draw.line([(px(c), 0), (px(c), dh)], fill=_BLOCK_RGB, width=2)
+    if query_cell is not None and highlight is not None:
+        fx, fy = query_cell
+        py, pxx = fy + grid.pad_top, fx + grid.pad_left
+        if highlight == "short":
+            r0 = (py // grid.lh) * grid.lh - grid.pad_top
+            c0 = (pxx // grid.lw) * grid.lw - grid.pad_left
+            box = [px(max(c0, 0)), px(max(r0, 0))]
+            box += [px(min(c0 + grid.lw, grid.w)) - 1, px(min(r0 + grid.lh, grid.h)) - 1]
+            draw.rectangle(box, outline=(255, 255, 255), width=3)
+        elif highlight == "long":
+            li, lj = py % grid.lh, pxx % grid.lw
+            for r in range(li - grid.pad_top, grid.h, grid.lh):
+                for c in range(lj - grid.pad_left, grid.w, grid.lw):
+                    if r >= 0 and c >= 0:
+                        draw.rectangle(
+                            [px(c), px(r), max(px(c + 1) - 1, px(c)), max(px(r + 1) - 1, px(r))],
+                            outline=(255, 255, 255),
+                            width=1,
+                        )
+    return np.asarray(im)
+
+
+def mark_query(panel: np.ndarray, x: int, y: int, display: Display) -> np.ndarray:
+    """Draw a cross-hair ring at image pixel ``(x, y)``."""
+    im = Image.fromarray(panel)
+    draw = ImageDraw.Draw(im)
+    cx, cy = display.to_display(x, y)
+    r = max(6, round(min(panel.shape[:2]) / 40))
+    for colour, width in (((0, 0, 0), 5), ((255, 255, 255), 2)):
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=width)
+        draw.line([(cx - 2 * r, cy), (cx - r // 2, cy)], fill=colour, width=width)
+        draw.line([(cx + r // 2, cy), (cx + 2 * r, cy)], fill=colour, width=width)
+        draw.line([(cx, cy - 2 * r), (cx, cy - r // 2)], fill=colour, width=width)
+        draw.line([(cx, cy + r // 2), (cx, cy + 2 * r)], fill=colour, width=width)
+    return np.asarray(im)
+
+
+def legend_html(
+    class_names: list[str], palette: np.ndarray, fractions: np.ndarray | None = None
+) -> str:
+    """Colour swatches with class names (and the share of pixels predicted, if given)."""
+    items = []
+    for k, name in enumerate(class_names):
+        r, g, b = (int(v) for v in palette[k])
+        share = "" if fractions is None else f" <small>{fractions[k]:.1%}</small>"
+        items.append(
+            f'<span class="isa-legend-item" style="display:inline-block;margin:2px 10px 2px 0">'
+            f'<span style="display:inline-block;width:14px;height:14px;background:rgb({r},{g},{b});'
+            f'border:1px solid #888;vertical-align:middle;margin-right:4px"></span>'
+            f"{html.escape(name)}{share}</span>"
+        )
+    return '<div class="isa-legend">' + "".join(items) + "</div>"

@@ -1,0 +1,187 @@
+"""The explorer's handlers on the shipped default model: prediction, clicks, maps, the store."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from conftest import small_isanet
+
+from isa_explorer.explorer import Explorer, ExplorerError, ExplorerModel, SessionStore
+from isa_explorer.explorer import api as api_fns
+from isa_explorer.explorer.render import Display
+
+
+@pytest.fixture(scope="module")
+def explorer() -> Explorer:
+    torch.manual_seed(0)
+    return Explorer(ExplorerModel())
+
+
+@pytest.fixture(scope="module")
+def loaded(explorer):
+    """Session ``"s"`` holds example 3 of the default model."""
+    return explorer.load_example("s", 3)
+
+
+def _block_of(cache, fx: int, fy: int) -> tuple[slice, slice]:
+    g = cache.grid
+    r0 = (fy + g.pad_top) // g.lh * g.lh - g.pad_top
+    c0 = (fx + g.pad_left) // g.lw * g.lw - g.pad_left
+    return slice(max(r0, 0), r0 + g.lh), slice(max(c0, 0), c0 + g.lw)
+
+
+def test_example_is_predicted_at_the_training_size_with_a_legend(explorer, loaded):
+    assert loaded.size == explorer.model.train_size == (128, 256)
+    assert loaded.labels.shape == loaded.size
+    assert loaded.labels.max() < len(explorer.model.class_names)
+    assert ((loaded.confidence > 0) & (loaded.confidence <= 1)).all()
+    view = explorer.prediction_view(loaded, 0.5)
+    assert view.shape == (*explorer.display(loaded).size, 3) and view.dtype == np.uint8
+    legend = explorer.legend(loaded)
+    for name, colour in zip(explorer.model.class_names, explorer.model.palette, strict=True):
+        assert name in legend and f"rgb({colour[0]},{colour[1]},{colour[2]})" in legend
+
+
+def test_example_context_swaps_only_the_cue(explorer):
+    red = explorer.example_image(5, "red cue").rgb
+    blue = explorer.example_image(5, "blue cue").rgb
+    differ = (red != blue).any(-1)
+    assert differ.any() and differ.mean() < 0.1  # the cue square only
+    with pytest.raises(ExplorerError, match="example index"):
+        explorer.example_image(10_000)
+
+
+@pytest.mark.parametrize("xy", [(0, 0), (77, 41), (255, 127), (130, 64)])
+def test_click_gives_three_maps_that_sum_to_one_on_the_feature_grid(explorer, loaded, xy):
+    result = explorer.click("s", *xy)
+    cache = loaded.cache
+    h, w = cache.feature_size
+    assert result.query == xy and result.cell == cache.to_feature(*xy)
+    assert set(result.maps.maps) == {"long", "short", "combined"}
+    for m in result.maps.maps.values():
+        assert m.shape == (h, w) and (m >= 0).all()
+        assert float(m.sum()) == pytest.approx(1.0, abs=1e-4)  # 128x256 needs no padding
+    assert (result.maps.combined > 0).all()  # every position reaches every other one
+    dh, dw = explorer.display(loaded).size
+    assert all(p.shape == (dh, dw, 3) for p in result.panels.values())
+    assert result.class_name == explorer.model.class_names[loaded.labels[xy[1], xy[0]]]
+
+
+def test_short_range_map_peaks_inside_the_query_block_and_long_range_on_its_group(explorer, loaded):
+    result = explorer.click("s", 150, 90)
+    fx, fy = result.cell
+    rows, cols = _block_of(loaded.cache, fx, fy)
+    short = result.maps.short_range
+    peak = np.unravel_index(int(short.argmax()), short.shape)
+    assert rows.start <= peak[0] < rows.stop and cols.start <= peak[1] < cols.stop
+    assert float(short[rows, cols].sum()) == pytest.approx(1.0, abs=1e-4)
+    long_ = result.maps.long_range
+    g = loaded.cache.grid
+    rr, cc = np.nonzero(long_.numpy())
+    assert ((rr + g.pad_top) % g.lh == (fy + g.pad_top) % g.lh).all()
+    assert ((cc + g.pad_left) % g.lw == (fx + g.pad_left) % g.lw).all()
+    assert len(rr) == g.gh * g.gw  # one position per block
+
+
+def test_clicks_reuse_the_cached_features_without_a_forward(explorer, loaded):
+    calls = []
+    hook = explorer.model.model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        for xy in [(5, 5), (200, 100), (128, 64)]:
+            explorer.click("s", *xy, show_grid=True)
+    finally:
+        hook.remove()
+    assert calls == []
+
+
+def test_display_clicks_map_back_to_image_pixels(explorer, loaded):
+    d = explorer.display(loaded)
+    assert d.scale == 4  # 128x256 is drawn at 512x1024
+    result = explorer.click_display("s", 4 * 100 + 3, 4 * 50 + 1)
+    assert result.query == (100, 50)
+    with pytest.raises(ExplorerError, match="outside the image"):
+        explorer.click_display("s", 4 * 256, 10)
+
+
+def test_grid_lines_and_opacity_change_the_panels(explorer, loaded):
+    plain = explorer.click("s", 60, 60, opacity=0.6, show_grid=False).panels["short"]
+    grid = explorer.click("s", 60, 60, opacity=0.6, show_grid=True).panels["short"]
+    faint = explorer.click("s", 60, 60, opacity=0.1, show_grid=False).panels["short"]
+    assert (plain != grid).any(-1).mean() > 0.01
+    # Low opacity stays closer to the image.
+    base = explorer._view(loaded, "rgb").astype(int)
+    assert np.abs(faint - base).mean() < np.abs(plain - base).mean()
+
+
+def test_top_regions_list_cells_and_class_mass(explorer, loaded):
+    result = explorer.click("s", 30, 30, top_k=3)
+    rows = [line for line in result.regions.splitlines() if re.match(r"^\| \d+ \|", line)]
+    assert len(rows) == 3
+    top = np.sort(result.maps.combined.numpy().ravel())[::-1][:3]
+    shares = [float(r.split("|")[-2].strip().rstrip("%")) / 100 for r in rows]
+    np.testing.assert_allclose(shares, top, atol=6e-4)  # printed to 0.1 %
+    assert "Attention by predicted class" in result.regions
+
+
+def test_api_summary_is_json_ready(explorer):
+    rgb = explorer.example_image(1).rgb
+    state = api_fns.analyse_cached(explorer, rgb)
+    assert api_fns.analyse_cached(explorer, rgb.copy()) is state  # same pixels: one forward
+    out = api_fns.attention_summary(explorer, state, 12, 100)
+    assert out["query"] == [12, 100] and out["feature_size"] == [16, 32]
+    for name in ("long", "short", "combined"):
+        assert np.asarray(out["maps"][name]).shape == (16, 32)
+        assert out["sums"][name] == pytest.approx(1.0, abs=1e-4)
+    summary = api_fns.predict_summary(explorer, state)
+    assert sum(summary["class_fractions"].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_display_geometry_enlarges_small_and_reduces_large_images():
+    assert Display.of(128, 256).size == (512, 1024)
+    big = Display.of(1024, 2048)
+    assert big.size == (512, 1024) and big.to_image(1023, 511) == (2046, 1022)
+    assert big.to_image(5000, -3) == (2047, 0)  # clamped to the image
+
+
+def test_store_is_bounded_in_sessions_and_bytes(explorer, loaded):
+    store = SessionStore(max_sessions=3, max_bytes=10 * loaded.nbytes)
+    for i in range(5):
+        store.put(f"k{i}", loaded)
+    assert len(store) == 3 and "k0" not in store and "k4" in store
+    store.get("k2")  # recently used: survives the next insertion
+    store.put("k5", loaded)
+    assert "k2" in store and "k3" not in store
+    small = SessionStore(max_sessions=100, max_bytes=int(2.5 * loaded.nbytes))
+    for i in range(6):
+        small.put(f"k{i}", loaded)
+    assert len(small) == 2 and small.nbytes <= small.max_bytes
+
+
+def test_dense_head_model_shows_one_dense_map(tmp_path):
+    torch.manual_seed(0)
+    small_isanet(head="dense", classes=3, class_names=["a", "b", "c"]).eval().save_pretrained(
+        tmp_path / "dense"
+    )
+    ex = Explorer(ExplorerModel(tmp_path / "dense"))
+    assert not ex.model.is_synthetic
+    with pytest.raises(ExplorerError, match="upload"):
+        ex.load_example("d", 0)
+    rng = np.random.default_rng(0)
+    ex.load_image("d", rng.integers(0, 256, (64, 96, 3), dtype=np.uint8))
+    result = ex.click("d", 40, 20)
+    assert set(result.maps.maps) == {"dense"} and set(result.panels) == {"dense"}
+    assert result.maps.maps["dense"].shape == (8, 12)
+    assert float(result.maps.maps["dense"].sum()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_fcn_head_model_predicts_but_explains_there_is_no_attention(tmp_path):
+    torch.manual_seed(0)
+    small_isanet(head="fcn", classes=3).eval().save_pretrained(tmp_path / "fcn")
+    ex = Explorer(ExplorerModel(tmp_path / "fcn"))
+    state = ex.load_image("f", np.zeros((40, 40, 3), np.uint8))
+    assert state.labels.shape == (40, 40) and state.cache is None
+    with pytest.raises(ExplorerError, match="no attention maps"):
+        ex.click("f", 3, 3)
