@@ -192,7 +192,10 @@ def build_app(
             if state is None:
                 return tuple([gr.skip()] * len(click_outputs))
             if state.query is None or state.cache is None:
-                return (ex.prediction_view(state, op, grid), *[gr.skip()] * 5)
+                return (
+                    ex.prediction_view(state, op, grid),
+                    *[gr.skip()] * (len(click_outputs) - 1),
+                )
             result = ex.click(_key(request), *state.query, op, grid)
             return click_values(result, state, op, grid)
 

@@ -1,0 +1,90 @@
+"""A real browser (headless Chromium via Playwright) loads an example and clicks a pixel."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # app.py lives at the root
+
+import app  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:::gradio.queueing"),
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def url():
+    torch.manual_seed(0)
+    demo = app.build_app()
+    kwargs = app.launch_kwargs(port=_free_port())
+    demo.launch(prevent_thread_lock=True, quiet=True, **kwargs)
+    try:
+        yield f"http://127.0.0.1:{kwargs['server_port']}/"
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(url, wait_until="networkidle", timeout=60_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def test_click_before_loading_an_image_says_what_to_do(page):
+    page.locator("#prediction").click()  # an empty image: nothing to select, no crash
+    assert "Pick an example" in page.locator("#status").inner_text()
+
+
+def test_example_then_click_shows_the_three_attention_maps(page, tmp_path):
+    page.locator("#load-example").click()
+    image = page.locator("#prediction img")
+    image.wait_for(state="visible", timeout=60_000)
+    page.wait_for_function(
+        "() => document.querySelector('#prediction img')?.naturalWidth > 0", timeout=30_000
+    )
+    assert "Loaded example 0" in page.locator("#status").inner_text()
+    assert "cue-red" in page.locator("#legend").inner_text()
+    box = image.bounding_box()
+    # A pixel at 40 % / 60 % of the image; the displayed image may be scaled by the layout.
+    page.mouse.click(box["x"] + 0.4 * box["width"], box["y"] + 0.6 * box["height"])
+    for name in ("long", "short", "combined"):
+        page.locator(f"#map-{name} img").wait_for(state="visible", timeout=60_000)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#map-long img, #map-short img, #map-combined img')]"
+        ".every(i => i.naturalWidth > 0)",
+        timeout=30_000,
+    )
+    query = page.locator("#query").inner_text()
+    # 40 % of 256 = 102.4, 60 % of 128 = 76.8 (one display pixel of slack either way).
+    x, y = (int(v) for v in query.split("(x=")[1].split(")")[0].replace("y=", "").split(", "))
+    assert abs(x - 102) <= 2 and abs(y - 77) <= 2, query
+    assert "Most attended cells" in page.locator("#regions").inner_text()
+    shot = tmp_path / "explorer.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
