@@ -218,14 +218,14 @@ def test_cli_in_process_synthetic_slide_flip(tiny_checkpoints, tmp_path, capsys)
     out = tmp_path / "m.json"
     cli = load_cli()
     argv = ["--checkpoint", str(tiny_checkpoints / "synthetic"), "--dataset", "synthetic-context"]
-    argv += ["--synthetic-length", "3", "--synthetic-size", "96", "192", "--limit", "2"]
+    argv += ["--synthetic-length", "3", "--synthetic-size", "96", "192", "--limit", "1"]
     argv += ["--mode", "slide", "--crop", "96", "128", "--stride", "64", "64", "--flip"]
     argv += ["--workers", "0", "--no-progress", "--json", str(out)]
     assert cli.main(argv) == 0
     stdout = capsys.readouterr().out
-    assert "object-red-context" in stdout and "2 images" in stdout
+    assert "object-red-context" in stdout and "1 image(s) in" in stdout
     record = json.loads(out.read_text())
-    assert record["num_images"] == 2 and record["mode"] == "slide" and record["flip"] is True
+    assert record["num_images"] == 1 and record["mode"] == "slide" and record["flip"] is True
     assert record["crop_size"] == [96, 128] and len(record["IoU"]) == 7
 
 

@@ -99,11 +99,11 @@ def _reduce_worker(rank: int, init_file: str, out: dict) -> None:
 
 
 def test_reduce_sums_matrices_of_all_processes(tmp_path):
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")  # fork: the workers need not import the package again
     with ctx.Manager() as manager:
         out = manager.dict()
         mp.start_processes(
-            _reduce_worker, args=(str(tmp_path / "init"), out), nprocs=2, start_method="spawn"
+            _reduce_worker, args=(str(tmp_path / "init"), out), nprocs=2, start_method="fork"
         )
         assert out[0] == HAND and out[1] == HAND
     single = ConfusionMatrix(4)

@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     if rank != 0:
         return 0
     print(format_table(metrics, info.class_names))
-    print(f"{metrics['num_images']} images in {seconds:.1f} s on {world_size} process(es)")
+    print(f"{metrics['num_images']} image(s) in {seconds:.1f} s on {world_size} process(es)")
     if args.json is not None:
         record = {
             **metrics,
