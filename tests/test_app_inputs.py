@@ -1,0 +1,187 @@
+"""Bad and unusual inputs: each gives a clear message or a sensible conversion, never a crash."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from isa_explorer.explorer import (
+    MAX_SIDE,
+    Explorer,
+    ExplorerError,
+    ExplorerModel,
+    ImageInputError,
+    images,
+    load_image_file,
+    prepare_image,
+)
+from isa_explorer.explorer import api as api_fns
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # app.py lives at the root
+
+
+@pytest.fixture(scope="module")
+def explorer() -> Explorer:
+    torch.manual_seed(0)
+    return Explorer(ExplorerModel())
+
+
+def _scene(w: int = 96, h: int = 64) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_a_text_file_is_not_an_image(explorer, tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("these are not pixels")
+    with pytest.raises(ExplorerError, match="not an image PIL can read; upload a PNG"):
+        explorer.load_file("u", path)
+
+
+def test_a_truncated_png_is_reported_as_corrupt(explorer, tmp_path):
+    path = tmp_path / "cut.png"
+    Image.fromarray(_scene(200, 100)).save(path)
+    path.write_bytes(path.read_bytes()[:3000])
+    with pytest.raises(ExplorerError, match="truncated or corrupt"):
+        explorer.load_file("u", path)
+
+
+def test_a_missing_upload_is_reported(explorer, tmp_path):
+    with pytest.raises(ExplorerError, match="no image file was received"):
+        explorer.load_file("u", tmp_path / "gone.png")
+    with pytest.raises(ExplorerError, match="no file received"):
+        explorer.load_file("u", None)
+    with pytest.raises(ExplorerError, match="no image given"):
+        explorer.load_image("u", None)
+
+
+@pytest.mark.parametrize("size", [(20, 200), (200, 31), (1, 1)])
+def test_tiny_images_are_refused_with_the_minimum(size):
+    with pytest.raises(ImageInputError, match="at least 32 pixels"):
+        prepare_image(Image.new("RGB", size))
+
+
+def test_huge_images_are_resized_to_the_documented_limit(explorer):
+    state = explorer.load_image("big", _scene(2600, 80))
+    w = MAX_SIDE
+    h = round(80 * MAX_SIDE / 2600)
+    assert state.size == (h, w) and state.labels.shape == (h, w)
+    assert f"resized from 2600x80 to {w}x{h}" in state.source
+
+
+def test_decompression_bombs_are_refused_before_decoding(tmp_path, monkeypatch):
+    path = tmp_path / "bomb.png"
+    Image.new("1", (400, 300)).save(path)
+    monkeypatch.setattr(images, "MAX_PIXELS", 100_000)
+    with pytest.raises(ImageInputError, match="downscale it first"):
+        load_image_file(path)
+
+
+def test_grey_image_becomes_rgb(explorer, tmp_path):
+    path = tmp_path / "grey.png"
+    Image.fromarray(_scene()[..., 0]).save(path)
+    state = explorer.load_file("g", path)
+    assert state.rgb.shape == (64, 96, 3)
+    assert (state.rgb[..., 0] == state.rgb[..., 2]).all()
+    assert "grey" in state.source
+
+
+def test_16_bit_image_is_scaled_to_8_bits(tmp_path):
+    path = tmp_path / "deep.png"
+    deep = np.linspace(0, 65535, 64 * 96).reshape(64, 96).astype(np.uint16)
+    Image.fromarray(deep).save(path)
+    prepared = load_image_file(path)
+    assert prepared.rgb.dtype == np.uint8
+    assert prepared.rgb[0, 0, 0] == 0 and prepared.rgb[-1, -1, 0] == 255
+    assert any("16-bit" in n for n in prepared.notes)
+
+
+def test_rgba_is_composited_on_white(tmp_path):
+    rgba = np.zeros((64, 96, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[:, 48:, 3] = 255  # left half transparent, right half opaque red
+    path = tmp_path / "alpha.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    rgb = load_image_file(path).rgb
+    assert (rgb[:, :48] == 255).all()
+    assert (rgb[:, 48:] == [200, 0, 0]).all()
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    im = np.zeros((40, 60, 3), np.uint8)
+    im[:, :30] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(im).save(path, exif=exif, quality=95)
+    prepared = load_image_file(path)
+    assert prepared.rgb.shape == (60, 40, 3)
+    assert prepared.rgb[:25].mean() > 200 and prepared.rgb[-25:].mean() < 50  # white on top
+    assert any("EXIF" in n for n in prepared.notes)
+
+
+@pytest.mark.parametrize("mode", ["P", "CMYK", "LA", "1"])
+def test_other_pil_modes_are_converted(mode):
+    im = Image.fromarray(_scene()).convert(mode)
+    assert prepare_image(im).rgb.shape == (64, 96, 3)
+
+
+def test_float_arrays_and_bad_arrays():
+    unit = np.linspace(0, 1, 64 * 96 * 3).reshape(64, 96, 3).astype(np.float32)
+    assert prepare_image(unit).rgb.max() == 255
+    with pytest.raises(ImageInputError, match="NaN"):
+        prepare_image(np.full((64, 96, 3), np.nan))
+    with pytest.raises(ImageInputError, match="expected an image array"):
+        prepare_image(np.zeros((64, 96, 5)))
+    with pytest.raises(ImageInputError, match="expected an image"):
+        prepare_image("/etc/passwd")  # paths are never opened from here
+
+
+def test_click_before_an_image_is_loaded(explorer):
+    with pytest.raises(ExplorerError, match="no image loaded yet"):
+        explorer.click_display("nobody", 10, 10)
+
+
+def test_clicks_outside_the_image(explorer):
+    explorer.load_image("o", _scene())
+    with pytest.raises(ExplorerError, match="outside the image"):
+        explorer.click_display("o", -1, 5)
+    with pytest.raises(ExplorerError, match=r"outside the 96x64 image: use 0 <= x < 96"):
+        explorer.click("o", 96, 5)
+    state = explorer.state("o")
+    with pytest.raises(ExplorerError, match="whole numbers"):
+        api_fns.attention_summary(explorer, state, 3.5, 2)
+    with pytest.raises(ExplorerError, match="both pixel coordinates"):
+        api_fns.attention_summary(explorer, state, None, 2)
+
+
+def test_ui_callbacks_turn_errors_into_a_status_line_not_a_traceback():
+    import app
+
+    @app._guard(3, status_index=1)
+    def fails_clearly():
+        raise ExplorerError("no image loaded yet: pick an example")
+
+    @app._guard(2, status_index=1)
+    def has_a_bug():
+        raise KeyError("internal detail")
+
+    with pytest.warns(UserWarning, match="no image loaded yet"):
+        out = fails_clearly()
+    assert out[1] == "**Problem:** no image loaded yet: pick an example"
+    with pytest.warns(UserWarning, match="internal error"):
+        out = has_a_bug()
+    assert "internal error" in out[1] and "KeyError" not in out[1]
+
+
+def test_launch_limits_uploads_and_binds_locally():
+    import app
+
+    kwargs = app.launch_kwargs()
+    assert kwargs["max_file_size"] == app.MAX_FILE_SIZE
+    assert kwargs["server_name"] == "127.0.0.1" and kwargs["share"] is False
