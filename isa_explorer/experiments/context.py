@@ -1,0 +1,235 @@
+"""Why long-range context matters: FCN vs ISA vs dense heads on the synthetic context scenes.
+
+The same encoder and training recipe (``train/fit.py --config synthetic-context``) with three
+heads: (a) ``fcn`` -- convolutions only, (b) ``isa`` -- interlaced sparse self-attention, (c)
+``dense`` -- dense self-attention over all positions. Each is scored on a held-out split whose
+seed no training or validation run uses: mIoU overall and on the classes only the far cue
+decides, time per training iteration and peak memory; for the attention heads also how much of
+a context object's attention lands on the cue (the combined map's mass on the cue, relative to
+the cue's share of the image).
+
+Usage::
+
+    python -m isa_explorer.experiments.context --runs-dir runs/context \\
+        --out results/context_experiment.json
+
+A head whose run directory already holds ``final/`` is not trained again (so the ISA run of
+``python train/fit.py --config synthetic-context --run-dir runs/context/isa`` is reused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from isa_explorer.attention import capture_attention, query_maps
+from isa_explorer.data.synthetic import (
+    SYNTHETIC_CONTEXT_CLASSES,
+    SYNTHETIC_INFO,
+    SyntheticContextDataset,
+    generate,
+)
+from isa_explorer.evaluate import evaluate
+from isa_explorer.models.isa.model import ISANet
+
+HEADS = ("fcn", "isa", "dense")
+#: Seed of the held-out scenes: no config trains or validates on it.
+HELD_OUT_SEED = 20261124
+CUE_CLASSES = (1, 2)
+
+
+def held_out_metrics(
+    model: ISANet,
+    size: tuple[int, int] = (128, 256),
+    n_images: int = 128,
+    seed: int = HELD_OUT_SEED,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict:
+    """mIoU of ``model`` on held-out synthetic scenes, overall and on the context classes.
+
+    Returns:
+        :func:`~isa_explorer.evaluate.evaluate`'s metrics plus ``"context_mIoU"`` (mean IoU of
+        :data:`SYNTHETIC_CONTEXT_CLASSES`) and the split's ``seed``/``size``.
+    """
+    data = SyntheticContextDataset(length=n_images, seed=seed, size=size)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size)
+    device = next(model.parameters()).device
+    metrics = evaluate(
+        model, loader, SYNTHETIC_INFO.num_classes, device=device, progress=progress,
+        class_names=SYNTHETIC_INFO.class_names,
+    )  # fmt: skip
+    metrics["context_mIoU"] = float(np.mean([metrics["IoU"][c] for c in SYNTHETIC_CONTEXT_CLASSES]))
+    metrics.update(seed=seed, size=list(size))
+    return metrics
+
+
+def _erode(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Binary erosion of an ``(H, W)`` mask by a square of side ``2 * radius + 1``."""
+    m = mask[None, None].float()
+    return (-F.max_pool2d(-m, 2 * radius + 1, stride=1, padding=radius))[0, 0] > 0.5
+
+
+def cue_attention_ratio(
+    model: ISANet,
+    size: tuple[int, int] = (128, 256),
+    n_scenes: int = 16,
+    seed: int = HELD_OUT_SEED,
+    map_name: str = "combined",
+) -> dict:
+    """How much more attention a context object pays to the cue than the cue's area share.
+
+    For each scene, the query is a pixel well inside a context-decided object (class 3 or 4);
+    its ``map_name`` map (``"combined"`` for ISA, ``"dense"`` for the dense head) is summed over
+    the feature cells that lie mostly on the cue, and divided by the fraction of cells that do.
+    A ratio of 1 is attention spread evenly; the cue is what decides the object's class.
+
+    Returns:
+        ``{"ratios": [...], "median": float, "min": float, "cue_share": [...]}``.
+    """
+    rng = np.random.default_rng(seed)
+    ratios, shares = [], []
+    for index in range(n_scenes):
+        image, labels = generate(seed, index, size)
+        labels = torch.from_numpy(labels)
+        objects = _erode(torch.isin(labels, torch.tensor(SYNTHETIC_CONTEXT_CLASSES)), 4)
+        ys, xs = torch.nonzero(objects, as_tuple=True)
+        if len(ys) == 0:
+            continue
+        pick = int(rng.integers(len(ys)))
+        cache = capture_attention(model, torch.from_numpy(image).permute(2, 0, 1))
+        m = query_maps(cache, int(xs[pick]), int(ys[pick])).maps[map_name]  # (h, w) feature grid
+        s = cache.stride
+        cue = torch.isin(labels, torch.tensor(CUE_CLASSES)).float()
+        cue = F.pad(cue, (0, -cue.shape[1] % s, 0, -cue.shape[0] % s))  # (h*s, w*s)
+        cue_cells = F.avg_pool2d(cue[None, None], s)[0, 0] > 0.5  # (h, w)
+        cue_cells = cue_cells[: m.shape[0], : m.shape[1]]
+        share = float(cue_cells.float().mean())
+        if share == 0:
+            continue
+        ratios.append(float(m[cue_cells].sum() / m.sum()) / share)
+        shares.append(share)
+    return {
+        "ratios": ratios,
+        "median": float(np.median(ratios)),
+        "min": float(np.min(ratios)),
+        "cue_share": shares,
+        "map": map_name,
+    }
+
+
+def run_experiment(
+    runs_dir: str | Path,
+    heads: Sequence[str] = HEADS,
+    overrides: Sequence[str] = (),
+    n_eval: int = 128,
+    progress: bool = True,
+) -> dict:
+    """Train (or reuse) one run per head with the same config, then score each on held-out data.
+
+    Args:
+        runs_dir: Parent of the per-head run directories ``runs_dir/<head>``.
+        heads: Heads to compare.
+        overrides: ``key=value`` overrides applied to every head's ``synthetic-context`` config.
+        n_eval: Held-out scenes to score on.
+        progress: Show progress bars.
+
+    Returns:
+        ``{"config": ..., "heads": {head: {...}}, "environment": ...}``.
+    """
+    from isa_explorer.configs import get_config
+    from isa_explorer.pretrained import load_model
+    from isa_explorer.training import train
+
+    runs_dir = Path(runs_dir)
+    out: dict = {"heads": {}, "overrides": list(overrides)}
+    for head in heads:
+        cfg = get_config("synthetic-context", [*overrides, f"model.head={head}"])
+        run_dir = runs_dir / head
+        summary_path = run_dir / "metrics.json"
+        if not (run_dir / "final").is_dir():
+            train(cfg, run_dir, resume=(run_dir / "checkpoints" / "last.pt").exists(),
+                  progress=progress)  # fmt: skip
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        model = load_model(run_dir / "final")
+        size = tuple(cfg.synthetic.get("size", (128, 256)))
+        metrics = held_out_metrics(model, size=size, n_images=n_eval, progress=progress)
+        row = {
+            "mIoU": metrics["mIoU"],
+            "context_mIoU": metrics["context_mIoU"],
+            "IoU": dict(zip(SYNTHETIC_INFO.class_names, metrics["IoU"], strict=True)),
+            "iters": cfg.iters,
+            "sec_per_iter": summary.get("sec_per_iter"),
+            "peak_memory_bytes": summary.get("peak_memory_bytes"),
+            "params": sum(p.numel() for p in model.parameters()),
+            "run_dir": str(run_dir),
+        }
+        if head != "fcn":
+            row["cue_attention"] = cue_attention_ratio(
+                model, size=size, map_name="combined" if head == "isa" else "dense"
+            )
+        out["heads"][head] = row
+        out["config"] = cfg.to_dict()
+    out["held_out"] = {"seed": HELD_OUT_SEED, "images": n_eval}
+    out["environment"] = {
+        "torch": torch.__version__,
+        "device": "cuda" if torch.cuda.is_available() else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    return out
+
+
+def format_results(results: dict) -> str:
+    """A Markdown table of :func:`run_experiment`'s results."""
+    lines = [
+        "| head | mIoU | context mIoU | s/iter | peak memory (MB) | cue attention (median x) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for head, r in results["heads"].items():
+        mem = r.get("peak_memory_bytes")
+        spi = r.get("sec_per_iter")
+        cue = r.get("cue_attention", {}).get("median")
+        lines.append(
+            f"| {head} | {r['mIoU']:.3f} | {r['context_mIoU']:.3f} | "
+            f"{'-' if spi is None else f'{spi:.2f}'} | "
+            f"{'-' if mem is None else f'{mem / 2**20:.0f}'} | "
+            f"{'-' if cue is None else f'{cue:.1f}'} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: train/reuse the three heads, score them, write JSON and a Markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs-dir", default="runs/context", help="parent of the head runs")
+    parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=HEADS)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every head, e.g. iters=200")  # fmt: skip
+    parser.add_argument("--eval-images", type=int, default=128)
+    parser.add_argument("--out", default="results/context_experiment.json")
+    args = parser.parse_args(argv)
+    results = run_experiment(args.runs_dir, args.heads, args.set, args.eval_images)
+    results["command"] = "python -m isa_explorer.experiments.context " + " ".join(
+        argv if argv is not None else __import__("sys").argv[1:]
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    table = format_results(results)
+    out.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

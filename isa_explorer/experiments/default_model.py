@@ -1,0 +1,142 @@
+"""Export a ``synthetic-context`` training run as the embedded default model.
+
+Usage::
+
+    python train/fit.py --config synthetic-context --run-dir runs/context/isa
+    python -m isa_explorer.experiments.default_model runs/context/isa
+
+Writes ``isa_explorer/assets/default_model/``: the weights in float16 safetensors (half the
+size; they load back as float32), smp's ``config.json``, ``training.json`` (the effective
+training config and the held-out scores) and ``MODEL_CARD.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from isa_explorer.data.synthetic import SYNTHETIC_CONTEXT_CLASSES, SYNTHETIC_INFO
+from isa_explorer.experiments.context import HELD_OUT_SEED, cue_attention_ratio, held_out_metrics
+from isa_explorer.pretrained import DEFAULT_MODEL_DIR, load_model, resolve_model_dir
+
+_CARD = """# ISA Explorer default model
+
+ISANet with a timm ResNet-10-T encoder (`{encoder}`, output stride {stride}, random
+initialisation: no ImageNet weights) and the ISA head (channels {channels}, isa channels
+{isa_channels}, groups 8x8, order long-short), {params:.2f} M parameters, stored in float16
+({size_mb:.1f} MB).
+
+**Data.** The synthetic long-range-context scenes of `isa_explorer/data/synthetic.py`
+({h}x{w}), {classes} classes: {class_list}. The classes `object-red-context` and
+`object-blue-context` are grey shapes that only the coloured cue at the far edge of the image
+tells apart.
+
+**Training.** `{command}` ({iters} iterations, batch {batch}, SGD lr {lr}, poly schedule;
+training seed {train_seed}, validation seed {val_seed}), then
+`python -m isa_explorer.experiments.context` for the scores and
+`python -m isa_explorer.experiments.default_model RUN_DIR` to export. Measured {spi} s per
+iteration on {device}.
+
+**Scores** on {n_eval} held-out scenes (seed {heldout}, used by no training or validation run):
+mIoU **{miou:.3f}**, context classes mIoU **{ctx:.3f}** ({ctx_detail}). A context object's
+combined attention map puts a median **{cue:.1f}x** the cue's area share on the cue.
+
+Per-class IoU: {per_class}.
+
+**Limits.** It knows only the synthetic scenes: on photographs it predicts nonsense. Load a
+model trained on real data (`python app.py --checkpoint DIR`) for those.
+"""
+
+
+def export_default_model(
+    run_dir: str | Path, out_dir: str | Path = DEFAULT_MODEL_DIR, n_eval: int = 128
+) -> dict:
+    """Score the run's model on held-out scenes and write it, with its card, to ``out_dir``.
+
+    Returns:
+        The ``training.json`` content (config, held-out metrics, cue attention).
+    """
+    run_dir = Path(run_dir)
+    model_dir = resolve_model_dir(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    summary_path = run_dir / "metrics.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    size = tuple(config.get("synthetic", {}).get("size", (128, 256)))
+    model = load_model(model_dir)
+    metrics = held_out_metrics(model, size=size, n_images=n_eval, progress=True)
+    cue = cue_attention_ratio(model, size=size)
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.half().save_pretrained(tmp)
+    model.float()
+    (tmp / "README.md").unlink(missing_ok=True)  # smp's hub card; MODEL_CARD.md replaces it
+    info = {
+        "size": list(size),
+        "command": f"python train/fit.py --config synthetic-context --run-dir {run_dir}",
+        "config": config,
+        "train_summary": summary,
+        "held_out": {k: metrics[k] for k in ("mIoU", "mAcc", "aAcc", "IoU", "context_mIoU")}
+        | {"seed": HELD_OUT_SEED, "images": n_eval},
+        "cue_attention": cue,
+    }
+    (tmp / "training.json").write_text(json.dumps(info, indent=2))
+    weights_mb = (tmp / "model.safetensors").stat().st_size / 2**20
+    mcfg = config.get("model", {})
+    card = _CARD.format(
+        encoder=mcfg.get("encoder_name"),
+        stride=model.output_stride,
+        channels=mcfg.get("decoder_channels"),
+        isa_channels=mcfg.get("decoder_isa_channels"),
+        params=sum(p.numel() for p in model.parameters()) / 1e6,
+        size_mb=weights_mb,
+        h=size[0],
+        w=size[1],
+        classes=SYNTHETIC_INFO.num_classes,
+        class_list=", ".join(f"`{n}`" for n in SYNTHETIC_INFO.class_names),
+        command=info["command"],
+        iters=config.get("iters"),
+        batch=config.get("batch_size"),
+        lr=config.get("lr"),
+        train_seed=config.get("seed"),
+        val_seed=config.get("synthetic", {}).get("val_seed"),
+        spi=f"{summary['sec_per_iter']:.2f}" if summary.get("sec_per_iter") else "?",
+        device=summary.get("device", "a 2-core CPU"),
+        n_eval=n_eval,
+        heldout=HELD_OUT_SEED,
+        miou=metrics["mIoU"],
+        ctx=metrics["context_mIoU"],
+        ctx_detail=", ".join(
+            f"{SYNTHETIC_INFO.class_names[c]} {metrics['IoU'][c]:.3f}"
+            for c in SYNTHETIC_CONTEXT_CLASSES
+        ),
+        cue=cue["median"],
+        per_class=", ".join(
+            f"{n} {v:.3f}" for n, v in zip(SYNTHETIC_INFO.class_names, metrics["IoU"], strict=True)
+        ),
+    )
+    (tmp / "MODEL_CARD.md").write_text(card)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return info
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: ``python -m isa_explorer.experiments.default_model RUN_DIR [--out DIR]``."""
+    parser = argparse.ArgumentParser(description="export a synthetic-context run as the default")
+    parser.add_argument("run_dir", help="a train/fit.py --config synthetic-context run directory")
+    parser.add_argument("--out", default=str(DEFAULT_MODEL_DIR))
+    parser.add_argument("--eval-images", type=int, default=128)
+    args = parser.parse_args(argv)
+    info = export_default_model(args.run_dir, args.out, args.eval_images)
+    print(json.dumps(info["held_out"], indent=2))
+    print(f"cue attention median {info['cue_attention']['median']:.2f}x; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
