@@ -101,3 +101,17 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def average_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Average the floating-point buffers (BatchNorm running statistics) over the processes.
+
+    Without SyncBatchNorm (CPU processes) each replica tracks the statistics of its own
+    batches; averaging them before evaluating or saving keeps the replicas identical.
+    """
+    if not info.distributed:
+        return
+    for buf in module.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf)
+            buf /= info.world_size

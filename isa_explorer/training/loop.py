@@ -21,6 +21,7 @@ from isa_explorer.training.data import build_loaders
 from isa_explorer.training.distributed import (
     DistInfo,
     all_reduce_mean,
+    average_buffers,
     barrier,
     cleanup_distributed,
     gather_objects,
@@ -90,6 +91,7 @@ class _Trainer:
         self.cfg, self.run_dir, self.info, self.progress = cfg, run_dir, info, progress
         self.ckpt_path = run_dir / CHECKPOINT
         self.history: list[dict[str, Any]] = []
+        self.losses: list[list[float]] = []  # [iteration, loss] every log_interval
         self.best_miou, self.start_iter, self.last_saved = -math.inf, 0, None
 
     # -- set-up --------------------------------------------------------------------------------
@@ -153,6 +155,7 @@ class _Trainer:
         self.batches.load_state_dict(state["sampler"][self.info.rank])
         self.start_iter, self.best_miou = int(state["iteration"]), float(state["best_mIoU"])
         self.history = list(state["history"])
+        self.losses = [list(x) for x in state["losses"]]
         self.last_saved = self.start_iter
         rngs = state["rng"]
         if len(rngs) == self.info.world_size:
@@ -165,9 +168,16 @@ class _Trainer:
         self.log.info(f"resumed from {self.ckpt_path} at iteration {self.start_iter}")
 
     # -- iteration pieces ----------------------------------------------------------------------
+    def _sync_bn_stats(self) -> None:
+        # SyncBatchNorm (CUDA) keeps them equal already; CPU replicas each track their own.
+        if self.info.distributed and self.info.device.type != "cuda":
+            with torch.no_grad():
+                average_buffers(self.model, self.info)
+
     def _evaluate(self, it: int) -> dict[str, Any]:
         cfg, info = self.cfg, self.info
         devices = [info.device] if info.device.type == "cuda" else []
+        self._sync_bn_stats()
         with torch.random.fork_rng(devices=devices):
             metrics = evaluate(
                 self.model,
@@ -203,6 +213,7 @@ class _Trainer:
         return metrics
 
     def _checkpoint(self, it: int) -> None:
+        self._sync_bn_stats()
         if not all_finite(self.model):
             self._non_finite(it, "the weights")
         rngs = gather_objects(ckpt.rng_state(), self.info)
@@ -219,6 +230,7 @@ class _Trainer:
                 "config": self.cfg.to_dict(),
                 "best_mIoU": self.best_miou,
                 "history": self.history,
+                "losses": self.losses,
             }
             ckpt.save_checkpoint(self.ckpt_path, state)
         self.last_saved = it
@@ -319,6 +331,7 @@ class _Trainer:
                 self.log.info(
                     f"iter {it}/{cfg.iters} loss {mean_loss:.4f} ({parts_txt}) lr {lr:.3e}"
                 )
+                self.losses.append([it, mean_loss])
                 if self.writer is not None:
                     self.writer.add_scalar("train/loss", mean_loss, it)
                     self.writer.add_scalar("train/lr", lr, it)
@@ -349,7 +362,12 @@ class _Trainer:
             torch.save(weights, self.run_dir / "debug" / f"rank{info.rank}.pt")
         if info.is_main:
             ckpt.save_model_dir(self.model, self.run_dir / "final")
-            summary = {**result, "history": self.history, "world_size": info.world_size}
+            summary = {
+                **result,
+                "world_size": info.world_size,
+                "history": self.history,
+                "losses": self.losses,
+            }
             text = json.dumps(_jsonable(summary), indent=2, allow_nan=False)
             (self.run_dir / "metrics.json").write_text(text + "\n")
         barrier(info)
