@@ -237,6 +237,10 @@ def test_cli_errors_name_the_problem(tiny_checkpoints, tmp_path, capsys):
     make_fake_ade(tmp_path)
     assert cli.main([*args, "--dataset", "ade20k", "--data-root", str(tmp_path)]) == 2
     assert "predicts 7 classes but ade20k has 150" in capsys.readouterr().err
+    ade = ["--dataset", "ade20k", "--data-root", str(tmp_path), "--batch-size", "2"]
+    ade_args = ["--checkpoint", str(tiny_checkpoints / "ade"), "--workers", "0", "--no-resize"]
+    assert cli.main([*ade_args, *ade]) == 2
+    assert "must be evaluated with --batch-size 1" in capsys.readouterr().err
     assert cli.main([*args[:1], str(tmp_path / "missing"), "--dataset", "synthetic-context"]) == 2
     assert "missing" in capsys.readouterr().err
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Subset, default_collate
 
 from isa_explorer.data import DATASETS, RECIPES, build_dataset, build_eval_transforms
 from isa_explorer.data.info import ALIASES
@@ -105,6 +105,17 @@ def test_scale(args: argparse.Namespace) -> tuple[int, int] | None:
     return recipe["scale"] if recipe else None
 
 
+def collate_same_size(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    """``default_collate``, with a clear error for images of different sizes in one batch."""
+    sizes = {tuple(image.shape[-2:]) for image, _ in batch}
+    if len(sizes) > 1:
+        raise ValueError(
+            f"a batch holds images of sizes {sorted(sizes)}; datasets whose images differ in "
+            "size must be evaluated with --batch-size 1"
+        )
+    return default_collate(batch)
+
+
 def build_loader(args: argparse.Namespace) -> tuple[Any, DataLoader]:
     """The dataset (for its ``info``) and this process's loader over it."""
     transforms = build_eval_transforms(test_scale(args))
@@ -124,6 +135,7 @@ def build_loader(args: argparse.Namespace) -> tuple[Any, DataLoader]:
         batch_size=args.batch_size,
         sampler=ShardSampler(len(dataset)),
         num_workers=args.workers,
+        collate_fn=collate_same_size,
         pin_memory=args.device.startswith("cuda"),
     )
     return info, loader
