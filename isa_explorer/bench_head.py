@@ -1,0 +1,267 @@
+"""Forward time and peak memory of the whole ISA decoder, fused vs explicit vs dense.
+
+``python -m isa_explorer.bench_head`` runs the published head (2048 input channels, 512
+channels, 256 query/key channels, 8x8 groups, batch 1) on feature maps of 32x64, 64x128 and
+128x256, each size and path in a fresh subprocess, and prints a table and writes JSON. Paths:
+
+* ``fused`` -- :class:`ISADecoder` with ``attn_impl="fused"`` (scaled_dot_product_attention);
+* ``explicit`` -- the same weights, materialised affinities;
+* ``dense`` -- :class:`DenseAttentionDecoder` (one attention over all positions, fused);
+* ``dense-explicit`` -- dense with the ``N x N`` affinity materialised (not run by default).
+
+It also times the attention probe: :func:`isa_explorer.attention.query_maps` (long-range,
+short-range and combined map of one query) on a cache captured once at 128x256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from isa_explorer.attention import AttentionCache, query_maps
+from isa_explorer.benchmarking.measure import (
+    MiB,
+    PeakMemory,
+    median_ms,
+    run_worker,
+    system_info,
+    time_runs,
+)
+from isa_explorer.models.heads import DenseAttentionDecoder
+from isa_explorer.models.isa.decoder import ISADecoder
+
+PATHS = ("fused", "explicit", "dense", "dense-explicit")
+DEFAULT_PATHS = ("fused", "explicit", "dense")
+DEFAULT_SIZES = ((32, 64), (64, 128), (128, 256))
+#: The published head: ResNet stage-4 input, channels, query/key channels, group size.
+HEAD = dict(in_channels=2048, classes=19, channels=512, isa_channels=256)
+DOWN_FACTOR = (8, 8)
+WORKER_MODULE = "isa_explorer.bench_head"
+STRIDE = 8  # feature cell of an output-stride-8 encoder, for the probe's image size
+
+
+def build_decoder(path: str, head: dict[str, int] | None = None) -> nn.Module:
+    """The decoder of one benchmark ``path`` (see module docstring), in eval mode."""
+    if path not in PATHS:
+        raise ValueError(f"unknown path {path!r}: choose from {', '.join(PATHS)}")
+    cfg = dict(HEAD if head is None else head)
+    if path in ("fused", "explicit"):
+        return ISADecoder(**cfg, down_factor=DOWN_FACTOR, attn_impl=path).eval()
+    impl = "explicit" if path == "dense-explicit" else "fused"
+    return DenseAttentionDecoder(**cfg, attn_impl=impl).eval()
+
+
+def measure_decoder(
+    path: str,
+    size: tuple[int, int],
+    runs: int = 3,
+    warmup: int = 1,
+    device: str = "cpu",
+    head: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """Time and peak memory growth of one decoder forward, in this process.
+
+    Run it in a fresh process (:func:`run_worker`) for a CPU memory figure: the peak RSS of
+    a process never goes down.
+    """
+    torch.manual_seed(0)
+    model = build_decoder(path, head).to(device)
+    h, w = size
+    x = torch.randn(1, model.in_conv.conv.in_channels, h, w, device=device)  # (1, Cin, h, w)
+    mem = PeakMemory(device).start()
+    with torch.inference_mode():
+        times = time_runs(lambda: model(x), runs, warmup, device)
+    peak = mem.growth()
+    return {
+        "path": path,
+        "size": [h, w],
+        "positions": h * w,
+        "median_ms": round(median_ms(times), 2),
+        "times_ms": [round(1000 * t, 2) for t in times],
+        "peak_mib": round(peak / MiB, 1),
+        "memory_method": mem.method,
+        "status": "ok",
+    }
+
+
+def capture_cache(size: tuple[int, int], device: str = "cpu") -> AttentionCache:
+    """Queries and keys of the published ISA head on a random ``size`` feature map."""
+    torch.manual_seed(0)
+    decoder = build_decoder("fused").to(device)
+    h, w = size
+    x = torch.randn(1, HEAD["in_channels"], h, w, device=device)  # (1, 2048, h, w)
+    with torch.inference_mode(), decoder.capture() as store:
+        logits = decoder(x)  # (1, K, h, w)
+    image_size = (h * STRIDE, w * STRIDE)
+    logits = F.interpolate(logits, size=image_size, mode="bilinear", align_corners=False)[0]
+    qk = {k: v[0] for k, v in store.items() if k != "grid"}  # (Ck, hp, wp) each
+    scale = decoder.global_relation.scale
+    return AttentionCache(
+        "isa", decoder.order, qk, store["grid"], scale, (h, w), image_size, STRIDE, logits
+    )
+
+
+def measure_probe(
+    size: tuple[int, int] = (128, 256), queries: int = 30, warmup: int = 3, device: str = "cpu"
+) -> dict[str, Any]:
+    """Median latency of :func:`query_maps` (all three maps of one query) on a cached image."""
+    cache = capture_cache(size, device)
+    rng = random.Random(0)
+    H, W = cache.image_size
+    points = [(rng.randrange(W), rng.randrange(H)) for _ in range(queries)]
+    for x, y in points[:warmup]:
+        query_maps(cache, x, y)
+    times = []
+    for x, y in points:
+        times += time_runs(lambda x=x, y=y: query_maps(cache, x, y), 1, 0, device)
+    return {
+        "size": list(size),
+        "queries": queries,
+        "median_ms": round(median_ms(times), 2),
+        "max_ms": round(1000 * max(times), 2),
+        "cache_mib": round(cache.nbytes / MiB, 1),
+        "status": "ok",
+    }
+
+
+def _worker(spec: dict[str, Any]) -> dict[str, Any]:
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    if spec["kind"] == "probe":
+        return measure_probe(tuple(spec["size"]), spec["queries"], device=spec["device"])
+    return measure_decoder(
+        spec["path"], tuple(spec["size"]), spec["runs"], spec["warmup"], spec["device"]
+    )
+
+
+def run(
+    sizes: list[tuple[int, int]],
+    paths: list[str],
+    runs: int = 3,
+    warmup: int = 1,
+    device: str = "cpu",
+    probe_size: tuple[int, int] | None = (128, 256),
+    timeout: float = 1800,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Measure every ``(size, path)`` in a fresh subprocess, then the probe latency.
+
+    Returns:
+        A report: ``system`` (:func:`system_info`), ``results`` (one dict per case),
+        ``ratios`` (fused / explicit memory and time per size) and ``probe``.
+    """
+    threads = torch.get_num_threads()
+    system = system_info(device, command)
+    report: dict[str, Any] = {"system": system, "head": {**HEAD}, "results": []}
+    report["head"]["down_factor"] = list(DOWN_FACTOR)
+    for size in sizes:
+        for path in paths:
+            spec = dict(kind="decoder", path=path, size=list(size), runs=runs, warmup=warmup)
+            spec.update(device=device, threads=threads)
+            res = run_worker(WORKER_MODULE, spec, timeout)
+            res.setdefault("path", path)
+            res.setdefault("size", list(size))
+            report["results"].append(res)
+            print(format_row(res), file=sys.stderr, flush=True)
+    report["ratios"] = ratios(report["results"])
+    if probe_size is not None:
+        spec = dict(kind="probe", size=list(probe_size), queries=30, device=device)
+        report["probe"] = run_worker(WORKER_MODULE, {**spec, "threads": threads}, timeout)
+    report["system"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    return report
+
+
+def ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """``fused / explicit`` peak memory and median time per size (where both ran)."""
+    by = {(tuple(r["size"]), r["path"]): r for r in results if r.get("status") == "ok"}
+    out = {}
+    for (size, path), r in by.items():
+        e = by.get((size, "explicit"))
+        if path != "fused" or e is None:
+            continue
+        out[f"{size[0]}x{size[1]}"] = {
+            "memory_fused_over_explicit": round(r["peak_mib"] / max(e["peak_mib"], 1e-9), 3),
+            "time_fused_over_explicit": round(r["median_ms"] / e["median_ms"], 3),
+        }
+    return out
+
+
+def format_row(r: dict[str, Any]) -> str:
+    size = f"{r['size'][0]}x{r['size'][1]}"
+    if r.get("status") != "ok":
+        return f"{size:>9} {r['path']:<15} {r.get('status')}: {r.get('error', '')}"
+    return f"{size:>9} {r['path']:<15} {r['median_ms']:>11.1f} {r['peak_mib']:>11.1f}"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report as a text table."""
+    lines = [f"{'features':>9} {'path':<15} {'median ms':>11} {'peak MiB':>11}"]
+    lines += [format_row(r) for r in report["results"]]
+    for size, r in report.get("ratios", {}).items():
+        lines.append(
+            f"{size}: fused/explicit memory {r['memory_fused_over_explicit']:.2f}, "
+            f"time {r['time_fused_over_explicit']:.2f}"
+        )
+    p = report.get("probe")
+    if p and p.get("status") == "ok":
+        lines.append(
+            f"probe at {p['size'][0]}x{p['size'][1]}: {p['median_ms']:.1f} ms median "
+            f"(max {p['max_ms']:.1f}) for long, short and combined maps of one query"
+        )
+    s = report["system"]
+    lines.append(
+        f"{s['device_name']}, {s['threads']} threads, torch {s['torch']}, load {s['loadavg']}"
+    )
+    return "\n".join(lines)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"size {text!r}: write HxW, e.g. 128x256") from e
+    return h, w
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m isa_explorer.bench_head", description=__doc__)
+    p.add_argument("--sizes", type=_size, nargs="+", default=list(DEFAULT_SIZES))
+    p.add_argument("--paths", nargs="+", choices=PATHS, default=list(DEFAULT_PATHS))
+    p.add_argument("--runs", type=int, default=3, help="timed runs per case (median)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--probe-size", type=_size, default=(128, 256))
+    p.add_argument("--no-probe", action="store_true")
+    p.add_argument("--out", type=Path, default=Path("results/bench_head_cpu.json"))
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(_worker(json.loads(args.worker))))
+        return 0
+    report = run(
+        args.sizes,
+        args.paths,
+        args.runs,
+        args.warmup,
+        args.device,
+        None if args.no_probe else args.probe_size,
+        command=" ".join(["python -m", WORKER_MODULE, *(sys.argv[1:] if argv is None else argv)]),
+    )
+    print(format_table(report))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

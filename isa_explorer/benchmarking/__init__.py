@@ -1,0 +1,11 @@
+"""Measurement helpers shared by :mod:`isa_explorer.bench_head` and :mod:`isa_explorer.benchmark`."""
+
+from isa_explorer.benchmarking.measure import (
+    PeakMemory,
+    available_memory,
+    run_worker,
+    system_info,
+    time_runs,
+)
+
+__all__ = ["PeakMemory", "available_memory", "run_worker", "system_info", "time_runs"]

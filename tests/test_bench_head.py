@@ -1,0 +1,67 @@
+"""The head benchmark: per-case measurements, subprocess isolation, probe cache, CLI output."""
+
+import json
+
+import pytest
+import torch
+
+from isa_explorer import bench_head
+from isa_explorer.attention import query_maps
+
+SMALL = dict(in_channels=24, classes=3, channels=32, isa_channels=16)
+
+
+@pytest.mark.parametrize("path", ["fused", "explicit", "dense", "dense-explicit"])
+def test_measure_decoder_reports_time_and_memory(path):
+    r = bench_head.measure_decoder(path, (12, 20), runs=2, warmup=1, head=SMALL)
+    assert r["status"] == "ok" and r["path"] == path and r["positions"] == 240
+    assert len(r["times_ms"]) == 2 and all(t > 0 for t in r["times_ms"])
+    assert r["median_ms"] == pytest.approx(sum(r["times_ms"]) / 2, abs=0.02)
+    assert r["peak_mib"] >= 0
+
+
+def test_paths_share_weights_and_agree():
+    torch.manual_seed(0)
+    fused = bench_head.build_decoder("fused", SMALL)
+    explicit = bench_head.build_decoder("explicit", SMALL)
+    explicit.load_state_dict(fused.state_dict())
+    x = torch.randn(1, 24, 17, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), explicit(x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown path 'sparse'"):
+        bench_head.build_decoder("sparse")
+
+
+def test_probe_cache_gives_maps_of_the_feature_grid():
+    cache = bench_head.capture_cache((12, 20))
+    assert cache.feature_size == (12, 20) and cache.image_size == (96, 160)
+    maps = query_maps(cache, 100, 50)
+    assert maps.query_feature == (12, 6)
+    for name in ("long", "short", "combined"):
+        assert maps.maps[name].shape == (12, 20)
+    # 12x20 pads to 16x24: the combined map sums to one over the padded grid, less here.
+    assert 0 < maps.combined.sum() <= 1 + 1e-6
+    r = bench_head.measure_probe((12, 20), queries=4, warmup=1)
+    assert r["status"] == "ok" and r["median_ms"] > 0 and r["queries"] == 4
+
+
+def test_cli_runs_cases_in_subprocesses_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["--sizes", "8x16", "--paths", "fused", "explicit", "--runs", "1", "--warmup", "0"]
+    assert bench_head.main([*argv, "--no-probe", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [r["path"] for r in report["results"]] == ["fused", "explicit"]
+    assert all(r["status"] == "ok" and r["size"] == [8, 16] for r in report["results"])
+    assert set(report["ratios"]["8x16"]) == {
+        "memory_fused_over_explicit",
+        "time_fused_over_explicit",
+    }
+    system = report["system"]
+    assert system["command"].startswith("python -m ") and "--sizes 8x16" in system["command"]
+    assert system["threads"] >= 1 and len(system["loadavg"]) == 3 and system["torch"]
+    assert "fused/explicit memory" in capsys.readouterr().out
+
+
+def test_bad_size_is_rejected_with_the_expected_format():
+    with pytest.raises(SystemExit):
+        bench_head.main(["--sizes", "128by256"])
