@@ -257,6 +257,7 @@ def run_cli(args, cwd: Path, torchrun: int = 0) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow  # subprocesses: each imports torch and timm
 def test_cli_fake_ade20k_torchrun_agrees_with_one_process(tiny_checkpoints, tmp_path, capsys):
     make_fake_ade(tmp_path / "data")
     args = ["--checkpoint", str(tiny_checkpoints / "ade"), "--dataset", "ade20k"]

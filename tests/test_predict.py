@@ -169,6 +169,7 @@ def load_cli():
     return module
 
 
+@pytest.mark.slow  # subprocesses: each imports torch and timm
 def test_predict_cli_on_a_folder_skips_the_corrupt_file(tiny_checkpoint, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
