@@ -242,3 +242,14 @@ def test_loss_matches_mmseg_averaging() -> None:
     ce = torch.nn.functional.cross_entropy(logits[1:], target[1:], reduction="sum") / 32
     assert math.isclose(float(parts["main"]), float(ce), rel_tol=1e-6)
     assert math.isclose(float(total), 1.4 * float(ce), rel_tol=1e-6)
+
+
+def test_imagenet_download_failure_suggests_none_or_a_file(monkeypatch, tmp_path: Path) -> None:
+    import huggingface_hub.constants
+
+    # No network and an empty cache: the download fails as on a machine without internet.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    kwargs = dict(encoder_name="tu-resnet10t", classes=7, decoder_channels=32)
+    with pytest.raises(RuntimeError, match="could not load the 'imagenet' weights.*none.*path"):
+        build_model({**kwargs, "encoder_weights": "imagenet", "decoder_isa_channels": 16})

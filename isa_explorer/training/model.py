@@ -40,6 +40,8 @@ def build_model(model_kwargs: dict[str, Any], info: DatasetInfo | None = None) -
     local = weights if isinstance(weights, str) and _is_path(weights) else None
     if local is not None:
         kwargs["encoder_weights"] = None
+    elif weights == "imagenet" and str(kwargs.get("encoder_name", "")).startswith("tu-"):
+        kwargs["encoder_weights"] = True  # timm encoders: the default pretrained tag
     if info is not None:
         classes = kwargs.setdefault("classes", info.num_classes)
         if classes != info.num_classes:
