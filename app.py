@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import gradio as gr
 
-from isa_explorer.explorer import Explorer, ExplorerError, ExplorerModel, SessionStore
+from isa_explorer.explorer import Explorer, ExplorerError, ExplorerModel, SessionStore, attribution
 from isa_explorer.explorer import api as api_fns
 from isa_explorer.explorer.handlers import CONTEXTS, MAP_TITLES, NUM_EXAMPLES
 from isa_explorer.explorer.images import MAX_SIDE, MIN_SIDE
@@ -152,6 +152,32 @@ def build_app(
                 ]
             regions = gr.Markdown(elem_id="regions")
 
+        with gr.Tab("Attribution"):
+            gr.Markdown(
+                "Which pixels made the model predict a class? Captum's **LayerGradCam** on the "
+                "decoder's last feature layer (one forward and backward pass, image resized to "
+                f"at most {attribution.GRADCAM_MAX_SIDE} px), or **IntegratedGradients** on the "
+                f"pixels from a black image ({attribution.IG_BATCH} images per pass, at most "
+                f"{attribution.IG_MAX_STEPS} steps, image resized to at most "
+                f"{attribution.IG_MAX_SIDE} px). Both are bounded to stay within seconds on a "
+                "CPU; Integrated Gradients costs about one Grad-CAM per step."
+            )
+            with gr.Row():
+                method = gr.Radio(list(attribution.METHODS), value="LayerGradCam", label="Method")
+                target = gr.Dropdown(
+                    [attribution.CLICKED_PIXEL, *em.class_names],
+                    value=attribution.CLICKED_PIXEL,
+                    label="Explain",
+                )
+                n_steps = gr.Slider(
+                    2, attribution.IG_MAX_STEPS, 8, step=1, label="Integrated Gradients steps"
+                )
+            explain_button = gr.Button("Compute attribution", elem_id="explain")
+            attr_image = gr.Image(
+                label="Attribution", interactive=False, format="png", elem_id="attribution"
+            )
+            attr_text = gr.Markdown(elem_id="attribution-text")
+
         # -- callbacks ------------------------------------------------------------------------
         load_outputs = [pred, legend, status, *slots, query_md, regions]
 
@@ -199,7 +225,14 @@ def build_app(
             result = ex.click(_key(request), *state.query, op, grid)
             return click_values(result, state, op, grid)
 
+        @_guard(2, status_index=1)
+        def on_explain(tgt, meth, steps, op, request: gr.Request):
+            return attribution.explain(ex, _key(request), tgt, meth, int(steps), op)
+
         vis = dict(api_visibility="private")
+        explain_button.click(
+            on_explain, [target, method, n_steps, opacity], [attr_image, attr_text], **vis
+        )
         ex_button.click(on_example, [ex_index, ex_context], load_outputs, **vis).then(
             on_view, [opacity, show_grid], click_outputs, **vis
         )

@@ -185,3 +185,41 @@ def test_fcn_head_model_predicts_but_explains_there_is_no_attention(tmp_path):
     assert state.labels.shape == (40, 40) and state.cache is None
     with pytest.raises(ExplorerError, match="no attention maps"):
         ex.click("f", 3, 3)
+
+
+def test_gradcam_of_the_clicked_pixel_and_of_a_class(explorer, loaded):
+    from isa_explorer.explorer.attribution import CLICKED_PIXEL, explain
+
+    explorer.click("s", 100, 60)
+    panel, text = explain(explorer, "s", CLICKED_PIXEL, "LayerGradCam")
+    assert panel.shape == (*explorer.display(loaded).size, 3)
+    assert "LayerGradCam" in text and "at pixel (100, 60)" in text and "256x128" in text
+    name = explorer.model.class_names[int(loaded.labels[60, 100])]
+    assert f"**{name}**" in text
+    _, text = explain(explorer, "s", "green-disc", "LayerGradCam")
+    assert "green-disc" in text
+    with pytest.raises(ExplorerError, match="unknown target"):
+        explain(explorer, "s", "no-such-class")
+
+
+def test_attribution_needs_a_click_for_the_pixel_target(explorer):
+    from isa_explorer.explorer.attribution import CLICKED_PIXEL, explain
+
+    explorer.load_example("fresh", 0)
+    with pytest.raises(ExplorerError, match="no pixel clicked yet"):
+        explain(explorer, "fresh", CLICKED_PIXEL)
+
+
+def test_integrated_gradients_is_bounded_and_normalised(tmp_path):
+    from isa_explorer.explorer.attribution import IG_MAX_SIDE, attribute
+
+    torch.manual_seed(0)
+    model = small_isanet(classes=3).eval()
+    rgb = np.random.default_rng(0).integers(0, 256, (300, 600, 3), dtype=np.uint8)
+    labels = np.zeros((300, 600), np.int64)
+    a = attribute(model, rgb, labels, 0, None, "IntegratedGradients", n_steps=2)
+    assert max(a.size) == IG_MAX_SIDE and a.heat.shape == a.size
+    assert a.heat.min() >= 0 and a.heat.max() == pytest.approx(1.0)
+    assert "n_steps=2" in a.note
+    b = attribute(model, rgb, labels, 2, (599, 299), "IntegratedGradients", n_steps=-5)
+    assert "n_steps=1" in b.note and b.pixel == (599, 299)  # steps clamped to 1..32

@@ -201,3 +201,13 @@ def legend_html(
             f"{html.escape(name)}{share}</span>"
         )
     return '<div class="isa-legend">' + "".join(items) + "</div>"
+
+
+def heat_overlay(base: np.ndarray, heat: np.ndarray, opacity: float) -> np.ndarray:
+    """A ``[0, 1]`` map ``(h, w)`` of any size, smoothly resized, as a heat map over ``base``."""
+    dh, dw = base.shape[:2]
+    idx = (np.clip(heat, 0, 1) * 255).round().astype(np.uint8)
+    im = Image.fromarray(idx, "L").resize((dw, dh), Image.Resampling.BILINEAR)
+    im.putpalette(heat_lut().ravel().tolist())
+    a = float(np.clip(opacity, 0.0, 1.0))
+    return np.asarray(Image.blend(Image.fromarray(base), im.convert("RGB"), a))
