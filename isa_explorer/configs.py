@@ -190,7 +190,7 @@ def _published(dataset: str, depth: str, crop: tuple[int, int], iters: int) -> T
         poly_power=0.9,
         min_lr=1e-4,
         aux_weight=0.4,
-        eval_interval=4000 if iters <= 40_000 else 8000,
+        eval_interval=iters // 10,  # mmseg: 2k, 4k, 8k, 16k
         ckpt_interval=2000,
         log_interval=50,
         eval_mode="slide" if slide else "whole",

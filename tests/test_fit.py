@@ -64,7 +64,8 @@ def test_training_lowers_the_loss_and_writes_the_run_dir(tmp_path: Path) -> None
     # Two scenes and batch 2: the same images every iteration (flipped or not) -> overfit.
     cfg = get_config(
         "synthetic-context",
-        [*TINY, "synthetic.train_length=2", "iters=8", "lr=0.05", "eval_interval=4"],
+        [*TINY, "synthetic.train_length=2", "iters=8", "lr=0.05", "eval_interval=4"]
+        + ["channels_last=true"],
     )
     result = train(cfg, tmp_path / "run", progress=False)
     run = tmp_path / "run"

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import random
 import resource
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
@@ -68,11 +71,13 @@ def train(
         FileExistsError: ``run_dir`` holds a checkpoint and ``resume`` is False.
         NonFiniteLossError: The loss or the weights became nan/inf (the last checkpoint is kept).
     """
+    joined = dist.is_available() and dist.is_initialized()  # a group set up by the caller
     info = setup_distributed()
     try:
         return _Trainer(cfg, Path(run_dir), info, progress).run(resume, debug_rank_weights)
     finally:
-        cleanup_distributed()
+        if not joined:
+            cleanup_distributed()
 
 
 def _jsonable(value: Any) -> Any:
@@ -116,7 +121,8 @@ class _Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             start = state["iteration"] if state else 0
-            self.writer = SummaryWriter(self.run_dir, purge_step=start + 1)
+            # On resume, events logged after the checkpoint (by the killed run) are dropped.
+            self.writer = SummaryWriter(self.run_dir, purge_step=start + 1 if state else None)
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every process
         self.train_loader, self.batches, self.val_loader, self.data_info = build_loaders(cfg, info)
@@ -139,7 +145,10 @@ class _Trainer:
         elif cfg.amp:
             self.log.info("amp is for CUDA only; training in float32 on the CPU")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        torch.manual_seed(cfg.seed + 1 + info.rank)  # dropout differs between processes
+        # Dropout (and anything else random) differs between processes.
+        torch.manual_seed(cfg.seed + 1 + info.rank)
+        np.random.seed(cfg.seed + 1 + info.rank)
+        random.seed(cfg.seed + 1 + info.rank)
 
         step: torch.nn.Module = TrainForward(model)
         if info.distributed:
