@@ -254,3 +254,53 @@ def test_imagenet_download_failure_suggests_none_or_a_file(monkeypatch, tmp_path
     kwargs = dict(encoder_name="tu-resnet10t", classes=7, decoder_channels=32)
     with pytest.raises(RuntimeError, match="could not load the 'imagenet' weights.*none.*path"):
         build_model({**kwargs, "encoder_weights": "imagenet", "decoder_isa_channels": 16})
+
+
+def _fake_cityscapes(root: Path, split: str, n: int) -> None:
+    """``n`` 64x128 scenes in the official layout: road (labelId 7) with a car (26) block."""
+    from PIL import Image
+
+    for k in range(n):
+        stem = f"city{k}_000000_000000"
+        rng = torch.Generator().manual_seed(k)
+        image = torch.randint(0, 256, (64, 128, 3), generator=rng, dtype=torch.uint8)
+        label = torch.full((64, 128), 7, dtype=torch.uint8)
+        label[16:48, 20 + 10 * k : 70 + 10 * k] = 26
+        image[label == 26] = 200
+        for sub, arr, suffix in (
+            ("leftImg8bit", image, "leftImg8bit"),
+            ("gtFine", label, "gtFine_labelIds"),
+        ):
+            path = root / sub / split / f"city{k}" / f"{stem}_{suffix}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr.numpy()).save(path)
+
+
+def test_published_recipe_trains_on_a_cityscapes_layout(tmp_path: Path) -> None:
+    # The 769x769 recipe (aux head, align_corners, slide eval) shrunk to a tiny model and crop.
+    root = tmp_path / "cityscapes"
+    _fake_cityscapes(root, "train", 4)
+    _fake_cityscapes(root, "val", 1)
+    cfg = get_config(
+        "isanet_r50-d8_4xb2-40k_cityscapes-769x769",
+        [
+            f"data_root={root}",
+            "model.encoder_name=resnet18",
+            "model.encoder_weights=none",
+            "model.decoder_channels=32",
+            "model.decoder_isa_channels=16",
+            "model.aux_channels=16",
+            "scale=[64, 128]",
+            "crop_size=[48, 48]",
+            "eval_crop=[48, 48]",
+            "eval_stride=[32, 32]",
+            "iters=2",
+            "workers=0",
+        ],
+    )
+    assert cfg.eval_mode == "slide" and cfg.model["aux_head"] and cfg.amp and cfg.channels_last
+    result = train(cfg, tmp_path / "run", progress=False)
+    metrics = result["final_metrics"]
+    assert metrics["num_images"] == 1 and len(metrics["IoU"]) == 19
+    assert metrics["class_names"][13] == "car"
+    assert "aux" in (tmp_path / "run" / "log.txt").read_text()  # the aux loss is logged
