@@ -161,7 +161,6 @@ class _Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.batches.load_state_dict(state["sampler"][self.info.rank])
         self.start_iter, self.best_miou = int(state["iteration"]), float(state["best_mIoU"])
         self.history = list(state["history"])
         self.losses = [list(x) for x in state["losses"]]
@@ -169,7 +168,12 @@ class _Trainer:
         rngs = state["rng"]
         if len(rngs) == self.info.world_size:
             ckpt.set_rng_state(rngs[self.info.rank])
-        else:
+            self.batches.load_state_dict(state["sampler"][self.info.rank])
+        else:  # another world size shards the data differently: continue the new stream
+            per_epoch = self.batches.batches_per_epoch
+            self.batches.load_state_dict(
+                {"epoch": self.start_iter // per_epoch, "batch": self.start_iter % per_epoch}
+            )
             self.log.warning(
                 f"checkpoint from {len(rngs)} processes resumed on {self.info.world_size}: "
                 "data order and random states are not those of an uninterrupted run"
