@@ -88,3 +88,27 @@ def test_example_then_click_shows_the_three_attention_maps(page, tmp_path):
     shot = tmp_path / "explorer.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
+
+
+def test_attribution_of_the_clicked_pixel_appears(page):
+    page.get_by_role("tab", name="Attribution").click()
+    page.locator("#explain").click()
+    page.locator("#attribution img").wait_for(state="visible", timeout=60_000)
+    page.wait_for_function(
+        "() => document.querySelector('#attribution-text')?.innerText.includes('LayerGradCam')",
+        timeout=60_000,
+    )
+    assert "at pixel (" in page.locator("#attribution-text").inner_text()
+    page.get_by_role("tab", name="Explore").click()
+
+
+def test_a_corrupt_upload_gives_a_clear_status_message(page, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_text("not an image at all")
+    page.locator("#upload input[type=file]").set_input_files(str(bad))
+    page.wait_for_function(
+        "() => document.querySelector('#status')?.innerText.includes('Problem')",
+        timeout=60_000,
+    )
+    status = page.locator("#status").inner_text()
+    assert "not an image PIL can read" in status and "Traceback" not in status
