@@ -1,0 +1,163 @@
+"""Command line of ``python -m isa_explorer.benchmark``: table, JSON, PNG and SVG."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from isa_explorer import benchmark
+from isa_explorer.benchmarking.analytic import MODULES, PASSES
+from isa_explorer.benchmarking.measure import system_info
+from isa_explorer.benchmarking.plot import plot_results
+
+HEADER = (
+    f"{'input':>9} {'feature':>8} {'module':<15} {'pass':<8} {'ms':>10} {'MiB':>9} "
+    f"{'model MiB':>10} {'GFLOP':>9} {'analytic':>9}  status"
+)
+
+
+def format_row(r: dict[str, Any]) -> str:
+    """One result as a table row."""
+    res, feat = "x".join(map(str, r["resolution"])), "x".join(map(str, r["feature"]))
+    p = "fwd" if r["pass"] == "forward" else "fwd+bwd"
+    ok = r.get("status") == "ok"
+    ms = f"{r['median_ms']:.1f}" if ok else "-"
+    mib = f"{r['peak_mib']:.1f}" if ok else "-"
+    status = r.get("status", "?")
+    if not ok:
+        status += ": " + r.get("reason", r.get("error", ""))
+    return (
+        f"{res:>9} {feat:>8} {r['module']:<15} {p:<8} {ms:>10} {mib:>9} "
+        f"{r['analytic']['predicted_peak_mib']:>10.1f} {r['flops'] / 1e9:>9.2f} "
+        f"{r['analytic']['flops'] / 1e9:>9.2f}  {status}"
+    )
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """ISA / dense peak-memory ratios (explicit paths, forward) where both ran.
+
+    The measured ratio is ``None`` where the dense peak growth was not measurable (in-process
+    runs). Beside it: the analytic affinity ratio ``(Np/P + P) Np / N^2`` and the
+    ratio of the analytic peak model (activations + affinities).
+    """
+    by = {
+        (tuple(r["feature"]), r["module"]): r
+        for r in results
+        if r["pass"] == "forward" and r.get("status") == "ok"
+    }
+    out = {}
+    for (feat, module), isa in by.items():
+        dense = by.get((feat, "dense-explicit"))
+        if module != "isa-explicit" or dense is None:
+            continue
+        a_isa, a_dense = isa["analytic"], dense["analytic"]
+        out[f"{feat[0]}x{feat[1]}"] = {
+            "measured_peak_isa_over_dense": (
+                round(isa["peak_mib"] / dense["peak_mib"], 4) if dense["peak_mib"] > 0 else None
+            ),
+            "analytic_affinity_isa_over_dense": round(
+                a_isa["affinity_mib"] / a_dense["affinity_mib"], 4
+            ),
+            "analytic_peak_isa_over_dense": round(
+                a_isa["predicted_peak_mib"] / a_dense["predicted_peak_mib"], 4
+            ),
+            "isa_peak_mib": isa["peak_mib"],
+            "dense_peak_mib": dense["peak_mib"],
+        }
+    return out
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"resolution {text!r}: write HxW, e.g. 512x1024") from e
+    if h < 8 or w < 8:
+        raise argparse.ArgumentTypeError(f"resolution {text!r}: at least 8x8 (output stride 8)")
+    return h, w
+
+
+def _group(text: str) -> int | str:
+    if text == "auto" or (text.isdigit() and int(text) > 0):
+        return text if text == "auto" else int(text)
+    raise argparse.ArgumentTypeError(f"--group {text!r}: a positive integer (4, 8, 16) or auto")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m isa_explorer.benchmark",
+        description="Memory, time and FLOPs of ISA vs dense self-attention by resolution.",
+    )
+    res = ["x".join(map(str, r)) for r in benchmark.RESOLUTIONS]
+    p.add_argument(
+        "--resolutions",
+        type=_size,
+        nargs="+",
+        default=benchmark.RESOLUTIONS,
+        help=f"input sizes HxW, features at 1/8 (default {' '.join(res)})",
+    )
+    p.add_argument("--modules", nargs="+", choices=list(MODULES), default=list(MODULES))
+    p.add_argument("--passes", nargs="+", choices=list(PASSES), default=list(PASSES))
+    p.add_argument("--group", type=_group, default=8, help="ISA group side or auto (sqrt N)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-memory", type=float, help="GiB a case may use (default: available)")
+    p.add_argument("--max-seconds", type=float, help="longest predicted pass to run")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--channels", type=int, default=512)
+    p.add_argument("--isa-channels", type=int, default=256)
+    p.add_argument("--no-subprocess", action="store_true", help="measure in this process")
+    p.add_argument("--out", type=Path, default=Path("results/benchmark_cpu.json"))
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; write ``--out`` (JSON) and the figure beside it (PNG and SVG)."""
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(benchmark.worker(json.loads(args.worker))))
+        return 0
+    command = " ".join(
+        ["python -m isa_explorer.benchmark", *(sys.argv[1:] if argv is None else argv)]
+    )
+    system = system_info(args.device, command)
+    print(HEADER)
+    results = benchmark.run_benchmark(
+        [tuple(r) for r in args.resolutions],
+        args.modules,
+        args.passes,
+        args.group,
+        args.device,
+        None if args.max_memory is None else args.max_memory * 2**30,
+        args.max_seconds,
+        subprocess=not args.no_subprocess,
+        runs=args.runs,
+        warmup=args.warmup,
+        channels=args.channels,
+        isa_channels=args.isa_channels,
+        log=lambda r: print(format_row(r), flush=True),
+    )
+    system["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    config = {k: v for k, v in vars(args).items() if k not in ("out", "worker")}
+    config["resolutions"] = [list(r) for r in args.resolutions]
+    report = {"system": system, "config": config, "results": results}
+    report["summary"] = summarize(results)
+    for feat, s in report["summary"].items():
+        print(
+            f"{feat}: ISA/dense peak memory (explicit, forward) measured "
+            f"{s['measured_peak_isa_over_dense']}, analytic affinity "
+            f"{s['analytic_affinity_isa_over_dense']:.4f}, analytic peak model "
+            f"{s['analytic_peak_isa_over_dense']:.4f}"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    figures = [args.out.with_suffix(s) for s in (".png", ".svg")]
+    for f in figures:
+        plot_results(results, f)
+    print(f"wrote {args.out}, {figures[0].name}, {figures[1].name}")
+    return 0
