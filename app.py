@@ -14,7 +14,14 @@ from collections.abc import Callable
 
 import gradio as gr
 
-from isa_explorer.explorer import Explorer, ExplorerError, ExplorerModel, SessionStore, attribution
+from isa_explorer.explorer import (
+    Explorer,
+    ExplorerError,
+    ExplorerModel,
+    SessionStore,
+    attribution,
+    efficiency,
+)
 from isa_explorer.explorer import api as api_fns
 from isa_explorer.explorer.handlers import CONTEXTS, MAP_TITLES, NUM_EXAMPLES
 from isa_explorer.explorer.images import MAX_SIDE, MIN_SIDE
@@ -183,6 +190,23 @@ def build_app(
             )
             attr_text = gr.Markdown(elem_id="attribution-text")
 
+        with gr.Tab("Efficiency") as eff_tab:
+            gr.Markdown(
+                "Peak memory and time of ISA against dense self-attention as the input grows "
+                "(the published head: 512 channels, 256 query/key channels, 8x8 groups, "
+                "features at 1/8 of the input)."
+            )
+            committed_plot = gr.Plot(label="Committed CPU results", format="png")
+            committed_text = gr.Markdown("Open this tab to load the committed results.")
+            live_button = gr.Button(
+                f"Run a small live benchmark (forward pass, inputs up to "
+                f"{efficiency.LIVE_RESOLUTIONS[-1][0]}x{efficiency.LIVE_RESOLUTIONS[-1][1]}, "
+                f"about {efficiency.LIVE_BUDGET_SECONDS:.0f} s at most)",
+                elem_id="live-benchmark",
+            )
+            live_plot = gr.Plot(label="Live run", format="png")
+            live_text = gr.Markdown(elem_id="live-text")
+
         # -- callbacks ------------------------------------------------------------------------
         load_outputs = [pred, legend, status, *slots, query_md, regions]
 
@@ -234,7 +258,23 @@ def build_app(
         def on_explain(tgt, meth, steps, op, request: gr.Request):
             return attribution.explain(ex, _key(request), tgt, meth, int(steps), op)
 
+        def efficiency_outputs(fn):
+            try:
+                return fn()
+            except efficiency.EfficiencyUnavailable as err:
+                return None, f"**Not available:** {err}"
+
+        @_guard(2, status_index=1)
+        def on_efficiency_tab():
+            return efficiency_outputs(efficiency.committed_report)
+
+        @_guard(2, status_index=1)
+        def on_live_run():
+            return efficiency_outputs(efficiency.live_run)
+
         vis = dict(api_visibility="private")
+        eff_tab.select(on_efficiency_tab, None, [committed_plot, committed_text], **vis)
+        live_button.click(on_live_run, None, [live_plot, live_text], concurrency_limit=1, **vis)
         explain_button.click(
             on_explain, [target, method, n_steps, opacity], [attr_image, attr_text], **vis
         )

@@ -112,3 +112,14 @@ def test_a_corrupt_upload_gives_a_clear_status_message(page, tmp_path):
     )
     status = page.locator("#status").inner_text()
     assert "not an image PIL can read" in status and "Traceback" not in status
+
+
+def test_efficiency_tab_shows_the_committed_results_or_how_to_make_them(page):
+    page.get_by_role("tab", name="Efficiency").click()
+    page.wait_for_function(
+        "() => !document.body.innerText.includes('Open this tab to load the committed results')",
+        timeout=60_000,
+    )
+    text = page.locator("body").inner_text()
+    assert "Committed results" in text or "python -m isa_explorer.benchmark" in text
+    page.get_by_role("tab", name="Explore").click()

@@ -223,3 +223,45 @@ def test_integrated_gradients_is_bounded_and_normalised(tmp_path):
     assert "n_steps=2" in a.note
     b = attribute(model, rgb, labels, 2, (599, 299), "IntegratedGradients", n_steps=-5)
     assert "n_steps=1" in b.note and b.pixel == (599, 299)  # steps clamped to 1..32
+
+
+def test_efficiency_committed_results_missing_say_how_to_make_them(tmp_path):
+    pytest.importorskip("isa_explorer.benchmark")
+    from isa_explorer.explorer import efficiency
+
+    with pytest.raises(efficiency.EfficiencyUnavailable, match="python -m isa_explorer.benchmark"):
+        efficiency.committed_report(tmp_path / "none.json")
+
+
+@pytest.mark.filterwarnings("ignore:No artists with labels")
+def test_efficiency_live_run_and_report_round_trip(tmp_path):
+    bench = pytest.importorskip("isa_explorer.benchmark")
+    import json
+
+    from isa_explorer.explorer import efficiency
+
+    small = dict(channels=32, isa_channels=16, subprocess=False)
+    fig, text = efficiency.live_run(resolutions=((64, 128), (128, 256)), **small)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "forward" in line]
+    assert len(rows) == 2 * len(bench.MODULES)
+    assert len(fig.axes) == 2
+    # A live run with a budget of zero seconds stops after its smallest resolution.
+    _, text = efficiency.live_run(resolutions=((128, 256), (64, 128)), budget_seconds=0, **small)
+    assert "not started" in text and "128x256" in text.split("not started")[1]
+    results = bench.run_benchmark([(64, 128)], ["isa-fused"], ["forward"], **small, runs=1)
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({"system": {"cpu": "test"}, "config": {}, "results": results}))
+    fig, text = efficiency.committed_report(path)
+    assert "report.json" in text and "| isa-fused | forward | 64x128 | 8x16 | ok |" in text
+
+
+def test_only_one_live_benchmark_runs_at_a_time():
+    pytest.importorskip("isa_explorer.benchmark")
+    from isa_explorer.explorer import efficiency
+
+    assert efficiency._live_lock.acquire(blocking=False)
+    try:
+        with pytest.raises(efficiency.EfficiencyUnavailable, match="already running"):
+            efficiency.live_run(resolutions=((64, 128),))
+    finally:
+        efficiency._live_lock.release()
