@@ -185,3 +185,13 @@ def test_launch_limits_uploads_and_binds_locally():
     kwargs = app.launch_kwargs()
     assert kwargs["max_file_size"] == app.MAX_FILE_SIZE
     assert kwargs["server_name"] == "127.0.0.1" and kwargs["share"] is False
+
+
+def test_a_missing_checkpoint_is_a_clear_command_line_error(tmp_path, capsys):
+    import app
+
+    with pytest.raises(SystemExit) as exit_info:
+        app.main(["--checkpoint", str(tmp_path / "no-such-run")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "save_pretrained" in err

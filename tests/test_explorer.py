@@ -265,3 +265,43 @@ def test_only_one_live_benchmark_runs_at_a_time():
             efficiency.live_run(resolutions=((64, 128),))
     finally:
         efficiency._live_lock.release()
+
+
+def test_concurrent_analyses_keep_their_own_features(explorer):
+    import threading
+
+    images = [explorer.example_image(i).rgb for i in (7, 8)]
+    serial = [explorer.model.analyse(im).cache for im in images]
+    out = [None, None]
+
+    def work(i: int) -> None:
+        out[i] = explorer.model.analyse(images[i]).cache
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(out, serial, strict=True):
+        for k, v in want.qk.items():
+            torch.testing.assert_close(got.qk[k], v)
+
+
+def test_training_size_comes_from_the_model_directory(tmp_path):
+    import json
+
+    from isa_explorer.explorer.session import DEFAULT_TRAIN_SIZE
+
+    small_isanet(classes=7, class_names=ex_names()).save_pretrained(tmp_path / "m")
+    assert ExplorerModel(tmp_path / "m").train_size == DEFAULT_TRAIN_SIZE == (128, 256)
+    (tmp_path / "m" / "train_config.json").write_text(json.dumps({"crop_size": [96, 192]}))
+    em = ExplorerModel(tmp_path / "m")
+    assert em.train_size == (96, 192) and em.is_synthetic and not em.loaded
+    state = Explorer(em).load_example("t", 0)
+    assert state.size == (96, 192)
+
+
+def ex_names() -> tuple[str, ...]:
+    from isa_explorer.data.synthetic import SYNTHETIC_INFO
+
+    return SYNTHETIC_INFO.class_names

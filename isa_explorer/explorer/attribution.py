@@ -202,7 +202,9 @@ def explain(
         raise ExplorerError(f"unknown target {target!r}: pick {CLICKED_PIXEL!r} or a class name")
     if method not in METHODS:
         raise ExplorerError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    result = attribute(explorer.model.model, state.rgb, state.labels, cls, pixel, method, n_steps)
+    model = explorer.model.model
+    with explorer.model.forward_lock:
+        result = attribute(model, state.rgb, state.labels, cls, pixel, method, n_steps)
     d = explorer.display(state)
     panel = render.heat_overlay(explorer._view(state, "rgb"), result.heat, opacity)
     if pixel is not None:

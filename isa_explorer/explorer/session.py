@@ -67,6 +67,8 @@ class ExplorerModel:
         self.config: dict = json.loads((self.model_dir / "config.json").read_text())
         self._model: ISANet | None = None
         self._lock = threading.Lock()
+        #: Held by every network pass: the decoder's capture hooks are per model, not per call.
+        self.forward_lock = threading.Lock()
 
     @property
     def model(self) -> ISANet:
@@ -113,6 +115,10 @@ class ExplorerModel:
     def analyse(self, rgb: np.ndarray) -> ImageState:
         """Run the model once on ``rgb`` ``(H, W, 3)`` uint8 and keep what clicks need."""
         image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))  # (3, H, W)
+        with self.forward_lock:
+            return self._analyse(image, rgb)
+
+    def _analyse(self, image: torch.Tensor, rgb: np.ndarray) -> ImageState:
         if self.has_attention:
             cache = capture_attention(self.model, image)
             logits = cache.logits
