@@ -209,6 +209,7 @@ def explain(
     panel = render.heat_overlay(explorer._view(state, "rgb"), result.heat, opacity)
     if pixel is not None:
         panel = render.mark_query(panel, *pixel, d)
+    panel = np.asarray(panel)
     h, w = result.size
     text = (
         f"**{method}** for **{names[cls]}** ({result.note}); computed at {w}x{h} pixels "

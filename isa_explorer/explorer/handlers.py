@@ -162,7 +162,7 @@ class Explorer:
             out = render.draw_grid(out, state.cache.grid, state.cache.stride, d)
         if state.query is not None:
             out = render.mark_query(out, *state.query, d)
-        return out
+        return np.asarray(out)
 
     def legend(self, state: ImageState) -> str:
         """Legend of the palette with the share of pixels predicted per class."""
@@ -228,7 +228,7 @@ class Explorer:
         """Draw the maps of a query over the image and describe where it looks."""
         d = self.display(state)
         cache = state.cache
-        base = self._view(state, "rgb")
+        base = render.as_pil(self._view(state, "rgb"))
         highlight = {"long": "long", "short": "short"}
         panels = {}
         for name, m in maps.maps.items():
@@ -237,7 +237,7 @@ class Explorer:
                 panel = render.draw_grid(
                     panel, cache.grid, cache.stride, d, maps.query_feature, highlight.get(name)
                 )
-            panels[name] = render.mark_query(panel, *maps.query, d)
+            panels[name] = np.asarray(render.mark_query(panel, *maps.query, d))
         x, y = maps.query
         label = int(state.labels[y, x])
         main = "combined" if "combined" in maps.maps else "dense"

@@ -1,6 +1,6 @@
 """Drawing for the explorer: prediction overlays, attention heat maps, grid lines and legends.
 
-All drawing happens at a *display* size (:class:`Display`): small images are enlarged by an
+All drawing happens on PIL images (arrays are accepted) at a *display* size (:class:`Display`): small images are enlarged by an
 integer factor (crisp cells), large ones reduced so the longest side is at most
 :data:`DISPLAY_MAX_SIDE`. Maps live on the feature grid; a display pixel looks up its feature
 cell through precomputed index arrays, so a panel costs a gather and a blend, no resampling.
@@ -21,6 +21,9 @@ from isa_explorer.models.isa.decoder import GroupGrid
 DISPLAY_MAX_SIDE = 1024
 _BLOCK_RGB = (0, 230, 255)  # block boundaries and highlighted cells
 _CELL_RGB = (200, 200, 200)  # feature-cell lines
+#: Most long-range group cells outlined one by one (beyond, the heat map alone shows them).
+_MAX_OUTLINED_CELLS = 256
+ImageLike = Image.Image | np.ndarray
 
 
 @cache
@@ -87,22 +90,28 @@ def label_image(labels: np.ndarray, palette: np.ndarray, display: Display) -> np
     return palette[labels[rows][:, cols]]
 
 
-def blend(base: np.ndarray, top: np.ndarray, opacity: float) -> np.ndarray:
-    """``base * (1 - opacity) + top * opacity`` of two ``(H, W, 3)`` uint8 images."""
+def as_pil(image: ImageLike) -> Image.Image:
+    """A PIL view of an ``(H, W, 3)`` uint8 array (PIL images pass through)."""
+    return image if isinstance(image, Image.Image) else Image.fromarray(image)
+
+
+def blend(base: ImageLike, top: ImageLike, opacity: float) -> Image.Image:
+    """``base * (1 - opacity) + top * opacity`` of two RGB images."""
     a = float(np.clip(opacity, 0.0, 1.0))
-    return np.asarray(Image.blend(Image.fromarray(base), Image.fromarray(top), a))
+    return Image.blend(as_pil(base), as_pil(top), a)
 
 
 def heat_panel(
-    base: np.ndarray, m: np.ndarray, stride: int, display: Display, opacity: float
-) -> np.ndarray:
+    base: ImageLike, m: np.ndarray, stride: int, display: Display, opacity: float
+) -> Image.Image:
     """A feature-grid map ``(h, w)`` as a heat map over ``base`` ``(dh, dw, 3)``.
 
     Colours are scaled to the map's maximum; each feature cell covers its ``stride x stride``
     pixels (the grid covers the image padded to the stride, so the drawn grid is cropped).
     """
     h, w = m.shape
-    dh, dw = base.shape[:2]
+    base = as_pil(base)
+    dw, dh = base.size
     peak = float(m.max())
     idx = np.zeros(m.shape, np.uint8) if peak <= 0 else (m / peak * 255).round().astype(np.uint8)
     heat = Image.fromarray(idx, "L")
@@ -110,17 +119,17 @@ def heat_panel(
     full = (max(dw, round(w * stride * display.scale)), max(dh, round(h * stride * display.scale)))
     heat = heat.resize(full, Image.Resampling.NEAREST).crop((0, 0, dw, dh)).convert("RGB")
     a = float(np.clip(opacity, 0.0, 1.0))
-    return np.asarray(Image.blend(Image.fromarray(base), heat, a))
+    return Image.blend(base, heat, a)
 
 
 def draw_grid(
-    panel: np.ndarray,
+    panel: ImageLike,
     grid: GroupGrid | None,
     stride: int,
     display: Display,
     query_cell: tuple[int, int] | None = None,
     highlight: str | None = None,
-) -> np.ndarray:
+) -> Image.Image:
     """Draw the ISA grouping over a display image.
 
     Lines: block boundaries (every ``lh x lw`` feature cells, short-range groups) and, when
@@ -128,11 +137,11 @@ def draw_grid(
     the cells of the query's long-range group (positions ``lh``/``lw`` cells apart), ``"short"``
     the query's block.
     """
+    im = as_pil(panel).copy()
     if grid is None:
-        return panel
-    im = Image.fromarray(panel)
+        return im
     draw = ImageDraw.Draw(im)
-    dh, dw = panel.shape[:2]
+    dw, dh = im.size
     cell = stride * display.scale
 
     def px(v: int) -> int:  # feature index -> display pixel of its top/left edge
@@ -158,7 +167,7 @@ def draw_grid(
             box = [px(max(c0, 0)), px(max(r0, 0))]
             box += [px(min(c0 + grid.lw, grid.w)) - 1, px(min(r0 + grid.lh, grid.h)) - 1]
             draw.rectangle(box, outline=(255, 255, 255), width=3)
-        elif highlight == "long":
+        elif highlight == "long" and grid.gh * grid.gw <= _MAX_OUTLINED_CELLS:
             li, lj = py % grid.lh, pxx % grid.lw
             for r in range(li - grid.pad_top, grid.h, grid.lh):
                 for c in range(lj - grid.pad_left, grid.w, grid.lw):
@@ -168,22 +177,22 @@ def draw_grid(
                             outline=(255, 255, 255),
                             width=1,
                         )
-    return np.asarray(im)
+    return im
 
 
-def mark_query(panel: np.ndarray, x: int, y: int, display: Display) -> np.ndarray:
+def mark_query(panel: ImageLike, x: int, y: int, display: Display) -> Image.Image:
     """Draw a cross-hair ring at image pixel ``(x, y)``."""
-    im = Image.fromarray(panel)
+    im = as_pil(panel).copy()
     draw = ImageDraw.Draw(im)
     cx, cy = display.to_display(x, y)
-    r = max(6, round(min(panel.shape[:2]) / 40))
+    r = max(6, round(min(im.size) / 40))
     for colour, width in (((0, 0, 0), 5), ((255, 255, 255), 2)):
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=width)
         draw.line([(cx - 2 * r, cy), (cx - r // 2, cy)], fill=colour, width=width)
         draw.line([(cx + r // 2, cy), (cx + 2 * r, cy)], fill=colour, width=width)
         draw.line([(cx, cy - 2 * r), (cx, cy - r // 2)], fill=colour, width=width)
         draw.line([(cx, cy + r // 2), (cx, cy + 2 * r)], fill=colour, width=width)
-    return np.asarray(im)
+    return im
 
 
 def legend_html(
@@ -203,11 +212,12 @@ def legend_html(
     return '<div class="isa-legend">' + "".join(items) + "</div>"
 
 
-def heat_overlay(base: np.ndarray, heat: np.ndarray, opacity: float) -> np.ndarray:
+def heat_overlay(base: ImageLike, heat: np.ndarray, opacity: float) -> Image.Image:
     """A ``[0, 1]`` map ``(h, w)`` of any size, smoothly resized, as a heat map over ``base``."""
-    dh, dw = base.shape[:2]
+    base = as_pil(base)
+    dw, dh = base.size
     idx = (np.clip(heat, 0, 1) * 255).round().astype(np.uint8)
     im = Image.fromarray(idx, "L").resize((dw, dh), Image.Resampling.BILINEAR)
     im.putpalette(heat_lut().ravel().tolist())
     a = float(np.clip(opacity, 0.0, 1.0))
-    return np.asarray(Image.blend(Image.fromarray(base), im.convert("RGB"), a))
+    return Image.blend(base, im.convert("RGB"), a)
