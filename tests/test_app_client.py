@@ -99,3 +99,11 @@ def test_upload_size_limit_is_enforced(server, tmp_path):
     with big.open("rb") as f:
         r = httpx.post(server[1] + "gradio_api/upload", files={"files": f}, timeout=60)
     assert r.status_code == 413
+
+
+def test_paths_not_uploaded_through_gradio_are_never_read(server):
+    call = server[1] + "gradio_api/call/predict"
+    payload = {"data": [{"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}]}
+    event = httpx.post(call, json=payload, timeout=30).json()["event_id"]
+    stream = httpx.get(f"{call}/{event}", timeout=60).text
+    assert "event: error" in stream and "event: complete" not in stream
