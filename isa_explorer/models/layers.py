@@ -50,6 +50,24 @@ class ConvBNReLU(nn.Module):
         assert self.conv.kernel_size == (1, 1), "token layout needs a 1x1 convolution"
         b, n, _ = t.shape
         y = F.linear(t, self.conv.weight.flatten(1))  # (B, L, Cout)
+        return self._bn_act(y)
+
+    def forward_token_heads(self, heads: torch.Tensor) -> torch.Tensor:
+        """Apply the (1x1) module to tokens split into heads ``(B, h, L, Cin / h) -> (B, L, Cout)``.
+
+        Same result as :meth:`forward_tokens` on the heads side by side along the channels,
+        without copying them there: each head meets its slice of the weight in a batched
+        matmul that reads it in place, and the products are summed.
+        """
+        b, h, n, c = heads.shape
+        w = self.conv.weight.flatten(1).view(-1, h, c)  # (Cout, h, Cin / h)
+        y = torch.bmm(heads[:, 0], w[:, 0].t().expand(b, c, -1))  # (B, L, Cout)
+        for i in range(1, h):
+            y = y.baddbmm_(heads[:, i], w[:, i].t().expand(b, c, -1))
+        return self._bn_act(y)
+
+    def _bn_act(self, y: torch.Tensor) -> torch.Tensor:
+        b, n, _ = y.shape  # (B, L, Cout)
         # BatchNorm over (B*L, C, 1, 1) == BatchNorm2d statistics over (B, C, H, W).
         y = self.bn(y.reshape(b * n, -1, 1, 1)).reshape(b, n, -1)
         return self.act(y)
@@ -60,11 +78,8 @@ def attention(
 ) -> torch.Tensor:
     """Softmax attention of ``q (B, L, Ck)`` over ``k (B, L, Ck)``, ``v (B, L, Cv)``.
 
-    ``fused`` calls ``F.scaled_dot_product_attention``. Its CPU flash kernel (and the GPU flash
-    kernel) needs one head dimension for q, k and v, so when ``Cv`` is a multiple of ``Ck`` the
-    values are split into ``Cv / Ck`` chunks that share q and k: the softmax weights are the same
-    for every chunk, so concatenating the chunk outputs is exact. ``explicit`` materialises the
-    ``(B, L, L)`` affinity matrix.
+    ``fused`` calls ``F.scaled_dot_product_attention`` (see :func:`fused_attention_heads`).
+    ``explicit`` materialises the ``(B, L, L)`` affinity matrix.
 
     Returns:
         Context ``(B, L, Cv)``.
@@ -75,14 +90,34 @@ def attention(
         return torch.bmm(attn, v)
     if impl != "fused":
         raise ValueError(f"unknown attention implementation {impl!r}: use 'fused' or 'explicit'")
-    ck, cv = q.shape[-1], v.shape[-1]
-    if cv != ck and cv % ck == 0:
-        chunks = v.split(ck, dim=-1)  # Cv / Ck tensors of (B, L, Ck)
-        return torch.cat(
-            [F.scaled_dot_product_attention(q, k, c.contiguous(), scale=scale) for c in chunks],
-            dim=-1,
-        )
-    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    return _merge_heads(fused_attention_heads(q, k, v, scale))
+
+
+def fused_attention_heads(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """``scaled_dot_product_attention`` with the values as heads: ``(B, Cv / Ck, L, Ck)``.
+
+    The CPU flash kernel (and the GPU flash kernel) needs one head dimension for q, k and v.
+    When ``Cv`` is a multiple of ``Ck`` the values are viewed as ``Cv / Ck`` heads of ``Ck``
+    channels that share q and k (expanded, not copied): the softmax weights are the same for
+    every head, so the heads side by side are the exact context. No copy of q, k or v is made.
+    Otherwise the result has one head of ``Cv`` channels.
+    """
+    b, n, ck = q.shape
+    cv = v.shape[-1]
+    if cv == ck or cv % ck:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)[:, None]  # (B, 1, L, Cv)
+    h = cv // ck
+    vh = v.view(b, n, h, ck).transpose(1, 2)  # (B, h, L, Ck), a view
+    qh, kh = q[:, None].expand(b, h, n, ck), k[:, None].expand(b, h, n, ck)
+    return F.scaled_dot_product_attention(qh, kh, vh, scale=scale)
+
+
+def _merge_heads(o: torch.Tensor) -> torch.Tensor:
+    """``(B, h, L, Ck) -> (B, L, h * Ck)``, heads side by side along the channels."""
+    b, h, n, ck = o.shape
+    return o.transpose(1, 2).reshape(b, n, h * ck)
 
 
 class RelationBlock(nn.Module):
@@ -132,6 +167,10 @@ class RelationBlock(nn.Module):
         if record is not None:
             record["q"], record["k"] = q.detach(), k.detach()
         v = F.linear(t, self.value_project.weight.flatten(1), self.value_project.bias)  # (B, L, C)
+        if impl == "fused":  # the output projection reads the value heads where they are
+            heads = fused_attention_heads(q, k, v, self.scale)  # (B, h, L, C / h)
+            del q, k, v
+            return self.output_project.forward_token_heads(heads)
         context = attention(q, k, v, self.scale, impl)
         del q, k, v
         return self.output_project.forward_tokens(context)
