@@ -8,9 +8,7 @@ Run ``python app.py`` (the embedded default model) or ``python app.py --checkpoi
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
-from collections.abc import Callable
 
 import gradio as gr
 
@@ -25,8 +23,7 @@ from isa_explorer.explorer import (
 from isa_explorer.explorer import api as api_fns
 from isa_explorer.explorer.handlers import CONTEXTS, MAP_TITLES, NUM_EXAMPLES
 from isa_explorer.explorer.images import MAX_SIDE, MIN_SIDE
-
-log = logging.getLogger("isa_explorer.app")
+from isa_explorer.explorer.ui import api_guard, guard, session_key
 
 #: Largest upload accepted by the server.
 MAX_FILE_SIZE = "20mb"
@@ -38,50 +35,6 @@ Interlaced Sparse Self-Attention splits attention over an image into two sparse 
 **long-range** step among positions that lie 8 feature cells apart (one per 8x8 block), then a
 **short-range** step inside each 8x8 block. Click a pixel of the prediction to see both maps of
 that query and their product, the **combined** map: every position reaches every other one."""
-
-
-def _key(request: gr.Request | None) -> str:
-    return getattr(request, "session_hash", None) or "default"
-
-
-def _guard(n_outputs: int, status_index: int | None = None) -> Callable:
-    """Turn :class:`ExplorerError` into a UI warning (and a status line), never a traceback."""
-
-    def wrap(fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def inner(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except ExplorerError as err:
-                message = str(err)
-            except Exception:  # a bug: keep the details in the server log only
-                log.exception("explorer callback %s failed", fn.__name__)
-                message = "internal error while processing the request (see the server log)"
-            gr.Warning(message)
-            out = [gr.skip()] * n_outputs
-            if status_index is not None:
-                out[status_index] = f"**Problem:** {message}"
-            return tuple(out) if n_outputs > 1 else out[0]
-
-        return inner
-
-    return wrap
-
-
-def _api_guard(fn: Callable) -> Callable:
-    """API endpoints: errors go back to the client as :class:`gr.Error` messages."""
-
-    @functools.wraps(fn)
-    def inner(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except ExplorerError as err:
-            raise gr.Error(str(err)) from None
-        except Exception:
-            log.exception("api call %s failed", fn.__name__)
-            raise gr.Error("internal error while processing the request") from None
-
-    return inner
 
 
 def build_app(
@@ -210,15 +163,15 @@ def build_app(
         # -- callbacks ------------------------------------------------------------------------
         load_outputs = [pred, legend, status, *slots, query_md, regions]
 
-        @_guard(len(load_outputs), status_index=2)
+        @guard(len(load_outputs), status_index=2)
         def on_example(index, context, request: gr.Request):
-            return loaded_outputs(ex.load_example(_key(request), int(index), context))
+            return loaded_outputs(ex.load_example(session_key(request), int(index), context))
 
-        @_guard(len(load_outputs), status_index=2)
+        @guard(len(load_outputs), status_index=2)
         def on_upload(path, request: gr.Request):
             if path is None:  # the file was cleared
                 return tuple([gr.skip()] * len(load_outputs))
-            return loaded_outputs(ex.load_file(_key(request), path))
+            return loaded_outputs(ex.load_file(session_key(request), path))
 
         click_outputs = [pred, *slots, query_md, regions, status]
 
@@ -234,16 +187,16 @@ def build_app(
             )
             return (ex.prediction_view(state, op, grid), *panels, query, result.regions, "")
 
-        @_guard(len(click_outputs), status_index=len(click_outputs) - 1)
+        @guard(len(click_outputs), status_index=len(click_outputs) - 1)
         def on_select(op, grid, evt: gr.SelectData, request: gr.Request):
             if evt is None or evt.index is None or len(evt.index) != 2:
                 raise ExplorerError("click on a pixel of the prediction image")
-            result = ex.click_display(_key(request), evt.index[0], evt.index[1], op, grid)
-            return click_values(result, ex.state(_key(request)), op, grid)
+            result = ex.click_display(session_key(request), evt.index[0], evt.index[1], op, grid)
+            return click_values(result, ex.state(session_key(request)), op, grid)
 
-        @_guard(len(click_outputs), status_index=len(click_outputs) - 1)
+        @guard(len(click_outputs), status_index=len(click_outputs) - 1)
         def on_view(op, grid, request: gr.Request):
-            state = ex.store.get(_key(request))
+            state = ex.store.get(session_key(request))
             if state is None:
                 return tuple([gr.skip()] * len(click_outputs))
             if state.query is None or state.cache is None:
@@ -251,12 +204,12 @@ def build_app(
                     ex.prediction_view(state, op, grid),
                     *[gr.skip()] * (len(click_outputs) - 1),
                 )
-            result = ex.click(_key(request), *state.query, op, grid)
+            result = ex.click(session_key(request), *state.query, op, grid)
             return click_values(result, state, op, grid)
 
-        @_guard(2, status_index=1)
+        @guard(2, status_index=1)
         def on_explain(tgt, meth, steps, op, request: gr.Request):
-            return attribution.explain(ex, _key(request), tgt, meth, int(steps), op)
+            return attribution.explain(ex, session_key(request), tgt, meth, int(steps), op)
 
         def efficiency_outputs(fn):
             try:
@@ -264,11 +217,11 @@ def build_app(
             except efficiency.EfficiencyUnavailable as err:
                 return None, f"**Not available:** {err}"
 
-        @_guard(2, status_index=1)
+        @guard(2, status_index=1)
         def on_efficiency_tab():
             return efficiency_outputs(efficiency.committed_report)
 
-        @_guard(2, status_index=1)
+        @guard(2, status_index=1)
         def on_live_run():
             return efficiency_outputs(efficiency.live_run)
 
@@ -303,13 +256,13 @@ def _api_endpoints(ex: Explorer) -> None:
         maps = gr.JSON(label="attention maps")
         predict_button, attention_button = gr.Button("predict"), gr.Button("attention")
 
-    @_api_guard
+    @api_guard
     def predict(img):
         """Prediction overlay and per-class pixel shares of an image."""
         state = api_fns.analyse_cached(ex, img)
         return ex.prediction_view(state, 0.5), api_fns.predict_summary(ex, state)
 
-    @_api_guard
+    @api_guard
     def attention(img, qx, qy):
         """Long-range, short-range and combined attention maps (feature grid) of pixel (x, y)."""
         state = api_fns.analyse_cached(ex, img)

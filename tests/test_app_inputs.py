@@ -161,13 +161,13 @@ def test_clicks_outside_the_image(explorer):
 
 
 def test_ui_callbacks_turn_errors_into_a_status_line_not_a_traceback():
-    import app
+    from isa_explorer.explorer.ui import guard
 
-    @app._guard(3, status_index=1)
+    @guard(3, status_index=1)
     def fails_clearly():
         raise ExplorerError("no image loaded yet: pick an example")
 
-    @app._guard(2, status_index=1)
+    @guard(2, status_index=1)
     def has_a_bug():
         raise KeyError("internal detail")
 

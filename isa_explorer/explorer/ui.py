@@ -1,0 +1,67 @@
+"""Gradio glue shared by the app's callbacks: session keys and error handling.
+
+Callbacks never show a traceback: an :class:`ExplorerError` becomes a warning toast plus a
+status line, anything else is logged on the server and reported as an internal error.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+
+import gradio as gr
+
+from isa_explorer.explorer.handlers import ExplorerError
+
+log = logging.getLogger("isa_explorer.app")
+
+
+def session_key(request: gr.Request | None) -> str:
+    """The browser session's key (Gradio's ``session_hash``), ``"default"`` outside a request."""
+    return getattr(request, "session_hash", None) or "default"
+
+
+def guard(n_outputs: int, status_index: int | None = None) -> Callable:
+    """Decorate a callback with ``n_outputs`` outputs: errors become a warning and a status line.
+
+    Args:
+        n_outputs: Number of outputs of the callback (on error, all are left unchanged...).
+        status_index: ...except this one, which receives ``"**Problem:** <message>"``.
+    """
+
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except ExplorerError as err:
+                message = str(err)
+            except Exception:  # a bug: keep the details in the server log only
+                log.exception("explorer callback %s failed", fn.__name__)
+                message = "internal error while processing the request (see the server log)"
+            gr.Warning(message)
+            out = [gr.skip()] * n_outputs
+            if status_index is not None:
+                out[status_index] = f"**Problem:** {message}"
+            return tuple(out) if n_outputs > 1 else out[0]
+
+        return inner
+
+    return wrap
+
+
+def api_guard(fn: Callable) -> Callable:
+    """API endpoints: errors go back to the client as :class:`gr.Error` messages."""
+
+    @functools.wraps(fn)
+    def inner(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ExplorerError as err:
+            raise gr.Error(str(err)) from None
+        except Exception:
+            log.exception("api call %s failed", fn.__name__)
+            raise gr.Error("internal error while processing the request") from None
+
+    return inner
