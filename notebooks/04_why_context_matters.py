@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -38,6 +40,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from isa_explorer.configs import get_config
 from isa_explorer.data.synthetic import SYNTHETIC_CONTEXT_CLASSES, SYNTHETIC_INFO, generate
 from isa_explorer.experiments.context import HEADS, HELD_OUT_SEED, format_results, run_experiment
 from isa_explorer.pretrained import load_model
@@ -83,8 +86,7 @@ print(f"pixels that differ: {int((a != b).any(-1).sum())} of {a.shape[0] * a.sha
 # `synthetic-context` recipe (`train/fit.py --config synthetic-context`) and the same overrides,
 # then scores each on held-out scenes (seed `HELD_OUT_SEED`, never used for training). Here:
 # 30 iterations of batch 2 at 96 x 192 with a 32-channel head -- about a minute of CPU for all
-# three on an idle machine, against the full recipe (1500 iterations of batch 8 at 128 x 256)
-# for the committed run.
+# three on an idle machine, against the full recipe (printed below) for the committed run.
 
 # %%
 tiny = [
@@ -98,6 +100,11 @@ tiny = [
     "ckpt_interval=30",
     "log_interval=10",
 ]
+full = get_config("synthetic-context")
+print(
+    f"full recipe: {full.iters} iterations of batch {full.batch_size} at "
+    f"{tuple(full.synthetic['size'])}, lr {full.lr}, head {full.model['decoder_channels']} ch"
+)
 workdir = TemporaryDirectory(prefix="isa_context_")
 live = run_experiment(workdir.name, HEADS, overrides=tiny, n_eval=8, progress=False)
 print(format_results(live))
@@ -178,6 +185,7 @@ for ax in axes:
     ax.set_axis_off()
 plt.tight_layout()
 plt.show()
+workdir.cleanup()  # remove the temporary folders
 
 # %% [markdown]
 # ## Exercises

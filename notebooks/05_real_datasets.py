@@ -449,6 +449,7 @@ for name, p in (("slide", slide), ("ms+flip", ms_flip)):
     print(
         f"largest |p_{name} - p_whole| over the pixels and classes: {float((p - whole).abs().max()):.4f}"
     )
+workdir.cleanup()  # remove the temporary folders
 
 # %% [markdown]
 # ## Exercises
