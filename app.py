@@ -24,6 +24,7 @@ from isa_explorer.explorer import api as api_fns
 from isa_explorer.explorer.handlers import CONTEXTS, MAP_TITLES, NUM_EXAMPLES
 from isa_explorer.explorer.images import MAX_SIDE, MIN_SIDE
 from isa_explorer.explorer.ui import api_guard, guard, session_key
+from isa_explorer.pretrained import model_card
 
 #: Largest upload accepted by the server.
 MAX_FILE_SIZE = "20mb"
@@ -73,6 +74,10 @@ def build_app(
             f"Model: `{em.model_dir.name}` ({em.config.get('encoder_name', '?')}, "
             f"{em.head} head, {em.num_classes} classes)."
         )
+        card = model_card(em.model_dir)
+        if card:
+            with gr.Accordion("Model card", open=False):
+                gr.Markdown(card)
         with gr.Tab("Explore"):
             with gr.Row():
                 with gr.Column(scale=1, min_width=280):
@@ -185,7 +190,8 @@ def build_app(
                 f"**Query** pixel (x={x}, y={y}), feature cell ({fx}, {fy}): predicted "
                 f"**{result.class_name}** (p = {result.confidence:.2f})."
             )
-            return (ex.prediction_view(state, op, grid), *panels, query, result.regions, "")
+            status = f"{state.source}: attention of pixel ({x}, {y}). Click elsewhere to compare."
+            return (ex.prediction_view(state, op, grid), *panels, query, result.regions, status)
 
         @guard(len(click_outputs), status_index=len(click_outputs) - 1)
         def on_select(op, grid, evt: gr.SelectData, request: gr.Request):

@@ -132,7 +132,10 @@ class Explorer:
         """The analysed image of session ``key``; raises if none is loaded (or it expired)."""
         state = self.store.get(key)
         if state is None:
-            raise ExplorerError("no image loaded yet: pick an example or upload an image first")
+            raise ExplorerError(
+                "no image loaded yet (or it was dropped from the server's memory after a while): "
+                "pick an example or upload an image first"
+            )
         return state
 
     # -- views ------------------------------------------------------------------------------
