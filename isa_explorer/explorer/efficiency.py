@@ -57,7 +57,8 @@ def committed_report(path: str | Path | None = None) -> tuple[Figure, str]:
         raise EfficiencyUnavailable(str(err)) from None
     fig = bench.plot_results(report)
     system = report.get("system", {})
-    where = ", ".join(f"{k} {v}" for k, v in system.items() if isinstance(v, str | int | float))
+    keys = ("device_name", "threads", "torch", "loadavg", "time_utc", "command")
+    where = ", ".join(f"{k} `{system[k]}`" for k in keys if k in system)
     header = f"**Committed results** ({path.name}{'; ' + where if where else ''})\n\n"
     return fig, header + results_table(report["results"])
 
