@@ -180,7 +180,7 @@ def build_app(
 
         click_outputs = [pred, *slots, query_md, regions, status]
 
-        def click_values(result, state, op, grid):
+        def click_values(result, state, op, grid, with_status=True):
             x, y = result.query
             fx, fy = result.cell
             panels = [result.panels.get(n) for n in _MAP_SLOTS]
@@ -191,6 +191,7 @@ def build_app(
                 f"**{result.class_name}** (p = {result.confidence:.2f})."
             )
             status = f"{state.source}: attention of pixel ({x}, {y}). Click elsewhere to compare."
+            status = status if with_status else gr.skip()  # view changes keep the status line
             return (ex.prediction_view(state, op, grid), *panels, query, result.regions, status)
 
         @guard(len(click_outputs), status_index=len(click_outputs) - 1)
@@ -211,7 +212,7 @@ def build_app(
                     *[gr.skip()] * (len(click_outputs) - 1),
                 )
             result = ex.click(session_key(request), *state.query, op, grid)
-            return click_values(result, state, op, grid)
+            return click_values(result, state, op, grid, with_status=False)
 
         @guard(2, status_index=1)
         def on_explain(tgt, meth, steps, op, request: gr.Request):
