@@ -195,3 +195,13 @@ def test_a_missing_checkpoint_is_a_clear_command_line_error(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "save_pretrained" in err
+
+
+def test_building_the_app_loads_no_weights():
+    import app
+
+    ex = Explorer(ExplorerModel())
+    demo = app.build_app(explorer=ex)
+    assert not ex.model.loaded  # loaded by the first request
+    names = {d.api_name for d in demo.fns.values() if d.api_name}
+    assert {"predict", "attention"} <= names
