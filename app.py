@@ -1,8 +1,14 @@
 """ISA Explorer: click a pixel, see where Interlaced Sparse Self-Attention looks.
 
 Run ``python app.py`` (the embedded default model) or ``python app.py --checkpoint DIR`` (a
-``train/fit.py`` run or a converted mmseg model); open http://127.0.0.1:7860. The logic lives in
+``train/fit.py`` run or a converted mmseg model); open http://127.0.0.1:7860. ``--host``,
+``--port`` and ``--share`` (off by default) choose where it is served. The logic lives in
 :mod:`isa_explorer.explorer`; this file only lays out the Gradio UI.
+
+Limits: uploads up to ``MAX_FILE_SIZE``; images need sides of at least 32 px and are resized
+down to a longest side of 2048 px; the analysed images of at most ``--max-sessions`` sessions
+(``--max-cache-mb`` MiB in all) are kept, least recently used first out. API: ``predict``
+``(image) -> (overlay, json)`` and ``attention`` ``(image, x, y) -> json`` (gradio_client).
 """
 
 from __future__ import annotations
@@ -68,7 +74,7 @@ def build_app(
         status = f"Loaded {state.source}: {w}x{h} pixels. Click the prediction to see attention."
         return (view, ex.legend(state), status, None, None, None, "", "")
 
-    with gr.Blocks(title="ISA Explorer") as demo:
+    with gr.Blocks(title="ISA Explorer", analytics_enabled=False) as demo:
         gr.Markdown(_INTRO)
         gr.Markdown(
             f"Model: `{em.model_dir.name}` ({em.config.get('encoder_name', '?')}, "
