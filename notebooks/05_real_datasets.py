@@ -424,7 +424,8 @@ print(sorted(p.name for p in run_dir.iterdir()))
 #
 # Three iterations taught the model next to nothing (it may well predict one class everywhere),
 # so the metrics below only show the three modes at work; on a converted released checkpoint
-# they reproduce mmseg's tables. Where the modes differ is in the class scores, printed after.
+# they follow the procedure behind mmseg's tables. Where the modes differ is in the class scores,
+# printed after.
 
 # %%
 trained = load_model(run_dir)  # a run folder: its best/ model
