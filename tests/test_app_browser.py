@@ -123,3 +123,22 @@ def test_efficiency_tab_shows_the_committed_results_or_how_to_make_them(page):
     text = page.locator("body").inner_text()
     assert "Committed results" in text or "python -m isa_explorer.benchmark" in text
     page.get_by_role("tab", name="Explore").click()
+
+
+def test_an_uploaded_16_bit_grey_image_is_converted_and_predicted(page, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path / "deep.png"
+    deep = np.linspace(0, 65535, 96 * 160).reshape(96, 160).astype(np.uint16)
+    Image.fromarray(deep).save(path)
+    clear = page.locator("#upload button[aria-label='Clear']")
+    if clear.count():  # a previous upload is still shown
+        clear.first.click()
+    page.locator("#upload input[type=file]").set_input_files(str(path))
+    page.wait_for_function(
+        "() => document.querySelector('#status')?.innerText.includes('Loaded upload')",
+        timeout=60_000,
+    )
+    status = page.locator("#status").inner_text()
+    assert "160x96" in status and "16-bit" in status and "grey" in status
