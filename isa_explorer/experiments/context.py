@@ -92,11 +92,16 @@ def cue_attention_ratio(
     the feature cells that lie mostly on the cue, and divided by the fraction of cells that do.
     A ratio of 1 is attention spread evenly; the cue is what decides the object's class.
 
+    Reported per context class too: a model may find one cue colour and decide the other class
+    by its absence (the shipped model looks for the red cue), so one class can attend to the cue
+    and the other not.
+
     Returns:
-        ``{"ratios": [...], "median": float, "min": float, "cue_share": [...]}``.
+        ``{"ratios": [...], "median": float, "min": float, "cue_share": [...], "classes": [...],
+        "by_class": {name: {"median": float, "count": int}}, "map": map_name}``.
     """
     rng = np.random.default_rng(seed)
-    ratios, shares = [], []
+    ratios, shares, classes = [], [], []
     for index in range(n_scenes):
         image, labels = generate(seed, index, size)
         labels = torch.from_numpy(labels)
@@ -117,11 +122,22 @@ def cue_attention_ratio(
             continue
         ratios.append(float(m[cue_cells].sum() / m.sum()) / share)
         shares.append(share)
+        classes.append(int(labels[ys[pick], xs[pick]]))
+    by_class = {}
+    for c in SYNTHETIC_CONTEXT_CLASSES:
+        r = [v for v, k in zip(ratios, classes, strict=True) if k == c]
+        if r:
+            by_class[SYNTHETIC_INFO.class_names[c]] = {
+                "median": float(np.median(r)),
+                "count": len(r),
+            }
     return {
         "ratios": ratios,
         "median": float(np.median(ratios)),
         "min": float(np.min(ratios)),
         "cue_share": shares,
+        "classes": classes,
+        "by_class": by_class,
         "map": map_name,
     }
 
@@ -191,18 +207,27 @@ def run_experiment(
 def format_results(results: dict) -> str:
     """A Markdown table of :func:`run_experiment`'s results."""
     lines = [
-        "| head | mIoU | context mIoU | s/iter | peak memory (MB) | cue attention (median x) |",
+        "| head | mIoU | context mIoU | s/iter | peak memory (MB) | cue attention (median x, "
+        "red / blue context) |",
         "|---|---|---|---|---|---|",
     ]
     for head, r in results["heads"].items():
         mem = r.get("peak_memory_bytes")
         spi = r.get("sec_per_iter")
-        cue = r.get("cue_attention", {}).get("median")
+        by_class = r.get("cue_attention", {}).get("by_class", {})
+        cue = (
+            " / ".join(
+                f"{by_class[n]['median']:.1f}" if n in by_class else "-"
+                for n in (SYNTHETIC_INFO.class_names[c] for c in SYNTHETIC_CONTEXT_CLASSES)
+            )
+            if by_class
+            else None
+        )
         lines.append(
             f"| {head} | {r['mIoU']:.3f} | {r['context_mIoU']:.3f} | "
             f"{'-' if spi is None else f'{spi:.2f}'} | "
             f"{'-' if mem is None else f'{mem / 2**20:.0f}'} | "
-            f"{'-' if cue is None else f'{cue:.1f}'} |"
+            f"{'-' if cue is None else cue} |"
         )
     return "\n".join(lines)
 
