@@ -62,8 +62,8 @@ class ConvBNReLU(nn.Module):
         b, h, n, c = heads.shape
         w = self.conv.weight.flatten(1).view(-1, h, c)  # (Cout, h, Cin / h)
         y = torch.bmm(heads[:, 0], w[:, 0].t().expand(b, c, -1))  # (B, L, Cout)
-        for i in range(1, h):
-            y = y.baddbmm_(heads[:, i], w[:, i].t().expand(b, c, -1))
+        for i in range(1, h):  # out of place: FlopCounterMode does not count baddbmm_
+            y = torch.baddbmm(y, heads[:, i], w[:, i].t().expand(b, c, -1))
         return self._bn_act(y)
 
     def _bn_act(self, y: torch.Tensor) -> torch.Tensor:
