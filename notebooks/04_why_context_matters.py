@@ -85,8 +85,8 @@ print(f"pixels that differ: {int((a != b).any(-1).sum())} of {a.shape[0] * a.sha
 # `isa_explorer.experiments.context.run_experiment` trains one run per head with the
 # `synthetic-context` recipe (`train/fit.py --config synthetic-context`) and the same overrides,
 # then scores each on held-out scenes (seed `HELD_OUT_SEED`, never used for training). Here:
-# 30 iterations of batch 2 at 96 x 192 with a 32-channel head -- about a minute of CPU for all
-# three on an idle machine, against the full recipe (printed below) for the committed run.
+# 30 iterations of batch 2 at 96 x 192 with a 32-channel head -- a few minutes on a 2-core CPU
+# for all three, against the full recipe (printed below) for the committed run.
 
 # %%
 tiny = [

@@ -30,7 +30,7 @@
 #   three iterations on the fake Cityscapes copy;
 # - evaluating like mmseg: whole image, sliding window, multi-scale + flip.
 #
-# Everything runs on the CPU in about a minute. For the real data, replace the temporary root by
+# Everything runs on the CPU in one to two minutes. For the real data, replace the temporary root by
 # the folder you downloaded (the download links are in the error messages below and in
 # `docs/mmseg_checkpoints.md`).
 
