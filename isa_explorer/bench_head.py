@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -152,8 +153,12 @@ def run(
     probe_size: tuple[int, int] | None = (128, 256),
     timeout: float = 1800,
     command: str | None = None,
+    rounds: int = 1,
 ) -> dict[str, Any]:
     """Measure every ``(size, path)`` in a fresh subprocess, then the probe latency.
+
+    With ``rounds > 1`` the paths of a size run in turn ``rounds`` times (each a fresh
+    process); the median is taken over the timed runs of all rounds.
 
     Returns:
         A report: ``system`` (:func:`system_info`), ``results`` (one dict per case),
@@ -164,10 +169,14 @@ def run(
     report: dict[str, Any] = {"system": system, "head": {**HEAD}, "results": []}
     report["head"]["down_factor"] = list(DOWN_FACTOR)
     for size in sizes:
+        rounds_of: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
+        for _ in range(rounds):  # paths alternate, so load bursts on a shared CPU hit all
+            for path in paths:
+                spec = dict(kind="decoder", path=path, size=list(size), runs=runs, warmup=warmup)
+                spec.update(device=device, threads=threads)
+                rounds_of[path].append(run_worker(WORKER_MODULE, spec, timeout))
         for path in paths:
-            spec = dict(kind="decoder", path=path, size=list(size), runs=runs, warmup=warmup)
-            spec.update(device=device, threads=threads)
-            res = run_worker(WORKER_MODULE, spec, timeout)
+            res = merge_rounds(rounds_of[path])
             res.setdefault("path", path)
             res.setdefault("size", list(size))
             report["results"].append(res)
@@ -178,6 +187,19 @@ def run(
         report["probe"] = run_worker(WORKER_MODULE, {**spec, "threads": threads}, timeout)
     report["system"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     return report
+
+
+def merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from the rounds of a case: all timed runs, their median, the largest peak."""
+    ok = [r for r in rounds if r.get("status") == "ok"]
+    if not ok:
+        return rounds[-1]
+    times = [t for r in ok for t in r["times_ms"]]
+    merged = {**ok[0], "times_ms": times, "median_ms": round(statistics.median(times), 2)}
+    merged["peak_mib"] = max(r["peak_mib"] for r in ok)
+    merged["peak_mib_rounds"] = [r["peak_mib"] for r in ok]
+    merged["rounds"] = len(ok)
+    return merged
 
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -238,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paths", nargs="+", choices=PATHS, default=list(DEFAULT_PATHS))
     p.add_argument("--runs", type=int, default=3, help="timed runs per case (median)")
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=1, help="alternate the paths this many times")
     p.add_argument("--device", default="cpu")
     p.add_argument("--probe-size", type=_size, default=(128, 256))
     p.add_argument("--no-probe", action="store_true")
@@ -254,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         args.warmup,
         args.device,
         None if args.no_probe else args.probe_size,
+        rounds=args.rounds,
         command=" ".join(["python -m", WORKER_MODULE, *(sys.argv[1:] if argv is None else argv)]),
     )
     print(format_table(report))

@@ -65,3 +65,13 @@ def test_cli_runs_cases_in_subprocesses_and_writes_json(tmp_path, capsys):
 def test_bad_size_is_rejected_with_the_expected_format():
     with pytest.raises(SystemExit):
         bench_head.main(["--sizes", "128by256"])
+
+
+def test_rounds_pool_the_timed_runs_and_keep_the_largest_peak():
+    a = bench_head.measure_decoder("fused", (8, 8), runs=2, warmup=0, head=SMALL)
+    b = {**a, "times_ms": [1.0, 2.0, 30.0], "peak_mib": a["peak_mib"] + 5}
+    merged = bench_head.merge_rounds([a, {"status": "failed", "error": "x"}, b])
+    assert merged["rounds"] == 2 and len(merged["times_ms"]) == 5
+    assert merged["median_ms"] == sorted(merged["times_ms"])[2]
+    assert merged["peak_mib"] == b["peak_mib"]
+    assert bench_head.merge_rounds([{"status": "timeout"}])["status"] == "timeout"

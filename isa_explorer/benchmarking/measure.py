@@ -26,6 +26,11 @@ from typing import Any
 import torch
 
 MiB = 2**20
+#: Environment of the worker processes. glibc returns freed blocks above its mmap threshold to
+#: the system at once, but by default raises that threshold (up to 32 MiB) after the first
+#: such free, so later tensors below it stay in the heap and the peak RSS depends on heap
+#: fragmentation. A fixed 1 MiB threshold makes the peak RSS follow the peak of live tensors.
+WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576"}
 
 
 class PeakMemory:
@@ -160,6 +165,7 @@ def system_info(device: str | torch.device = "cpu", command: str | None = None) 
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "worker_env": WORKER_ENV,
         "command": command or "python -m " + _module_name() + " " + " ".join(sys.argv[1:]),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -174,12 +180,13 @@ def _module_name() -> str:
 def run_worker(module: str, spec: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
     """Run ``python -m module --worker JSON`` in a fresh process and return its JSON result.
 
-    The worker prints its result as the last line of stdout. A crash (e.g. killed for memory)
+    The worker runs with :data:`WORKER_ENV` and prints its result as the last line of stdout. A crash (e.g. killed for memory)
     or a timeout comes back as ``{"status": "failed" | "timeout", "error": ...}``.
     """
     cmd = [sys.executable, "-m", module, "--worker", json.dumps(spec)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        env = {**os.environ, **WORKER_ENV}
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"status": "timeout", "error": f"no result within {timeout:.0f} s"}
     lines = proc.stdout.strip().splitlines()
