@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -142,6 +143,51 @@ def cue_attention_ratio(
     }
 
 
+def train_step_cost(cfg_overrides: Sequence[str], steps: int = 6, warmup: int = 2) -> dict:
+    """Median time and peak memory growth of one training step of a ``synthetic-context`` model.
+
+    Runs in the calling process (use :func:`measure_train_steps` for a fresh process per head,
+    so the heads are measured under the same conditions, one after the other).
+    """
+    from isa_explorer.benchmarking.measure import PeakMemory, median_ms, time_runs
+    from isa_explorer.configs import get_config
+    from isa_explorer.training.model import build_model
+    from isa_explorer.training.steps import segmentation_loss
+
+    cfg = get_config("synthetic-context", cfg_overrides)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, SYNTHETIC_INFO).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=cfg.momentum)
+    data = SyntheticContextDataset(length=cfg.batch_size, seed=0, size=cfg.synthetic["size"])
+    images = torch.stack([data[i][0] for i in range(cfg.batch_size)]).float()
+    masks = torch.stack([data[i][1] for i in range(cfg.batch_size)]).long()
+
+    def step() -> None:
+        loss, _ = segmentation_loss(model.forward_train(model.normalize(images)), masks, 0.0, 255)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()  # allocate the optimiser state before the memory baseline
+    peak = PeakMemory().start()
+    times = time_runs(step, runs=steps, warmup=warmup)
+    return {"ms_per_step": median_ms(times), "peak_memory_bytes": peak.growth(),
+            "batch": cfg.batch_size, "size": list(cfg.synthetic["size"]),
+            "threads": torch.get_num_threads()}  # fmt: skip
+
+
+def measure_train_steps(heads: Sequence[str] = HEADS, overrides: Sequence[str] = ()) -> dict:
+    """:func:`train_step_cost` of each head, each in a fresh process, one after the other."""
+    from isa_explorer.benchmarking.measure import run_worker
+
+    return {
+        head: run_worker(
+            "isa_explorer.experiments.context", {"overrides": [*overrides, f"model.head={head}"]}
+        )
+        for head in heads
+    }
+
+
 def run_experiment(
     runs_dir: str | Path,
     heads: Sequence[str] = HEADS,
@@ -183,8 +229,7 @@ def run_experiment(
             "context_mIoU": metrics["context_mIoU"],
             "IoU": dict(zip(SYNTHETIC_INFO.class_names, metrics["IoU"], strict=True)),
             "iters": cfg.iters,
-            "sec_per_iter": summary.get("sec_per_iter"),
-            "peak_memory_bytes": summary.get("peak_memory_bytes"),
+            "sec_per_iter_in_run": summary.get("sec_per_iter"),
             "params": sum(p.numel() for p in model.parameters()),
             "run_dir": str(run_dir),
         }
@@ -194,6 +239,9 @@ def run_experiment(
             )
         out["heads"][head] = row
         out["config"] = cfg.to_dict()
+    # Training runs may have shared the machine differently: time one step of each head afresh.
+    for head, cost in measure_train_steps(heads, overrides).items():
+        out["heads"][head]["train_step"] = cost
     out["held_out"] = {"seed": HELD_OUT_SEED, "images": n_eval}
     out["environment"] = {
         "torch": torch.__version__,
@@ -207,13 +255,14 @@ def run_experiment(
 def format_results(results: dict) -> str:
     """A Markdown table of :func:`run_experiment`'s results."""
     lines = [
-        "| head | mIoU | context mIoU | s/iter | peak memory (MB) | cue attention (median x, "
-        "red / blue context) |",
+        "| head | mIoU | context mIoU | s per train step | step peak memory (MB) | cue attention "
+        "(median x, red / blue context) |",
         "|---|---|---|---|---|---|",
     ]
     for head, r in results["heads"].items():
-        mem = r.get("peak_memory_bytes")
-        spi = r.get("sec_per_iter")
+        mem = r.get("train_step", {}).get("peak_memory_bytes")
+        spi = r.get("train_step", {}).get("ms_per_step")
+        spi = None if spi is None else spi / 1000
         by_class = r.get("cue_attention", {}).get("by_class", {})
         cue = (
             " / ".join(
@@ -234,6 +283,10 @@ def format_results(results: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: train/reuse the three heads, score them, write JSON and a Markdown table."""
+    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        spec = json.loads(sys.argv[2])
+        print(json.dumps({"status": "ok", **train_step_cost(spec["overrides"])}))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs-dir", default="runs/context", help="parent of the head runs")
     parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=HEADS)
@@ -244,13 +297,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = run_experiment(args.runs_dir, args.heads, args.set, args.eval_images)
     results["command"] = "python -m isa_explorer.experiments.context " + " ".join(
-        argv if argv is not None else __import__("sys").argv[1:]
+        argv if argv is not None else sys.argv[1:]
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     table = format_results(results)
-    out.with_suffix(".md").write_text(table + "\n")
+    env = results["environment"]
+    out.with_suffix(".md").write_text(
+        f"`{results['command']}` ({env['date']}, torch {env['torch']}, {env['device']}, "
+        f"{env['threads']} threads; held-out seed {HELD_OUT_SEED}, "
+        f"{results['held_out']['images']} scenes; train steps timed afresh per head, batch "
+        f"{results['config']['batch_size']})\n\n{table}\n"
+    )
     print(table)
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
