@@ -98,7 +98,12 @@ def test_published_configs_build_their_models() -> None:
 
 def test_synthetic_context_recipe() -> None:
     cfg = get_config("synthetic-context")
-    assert cfg.dataset == "synthetic-context" and cfg.iters == 500 and cfg.batch_size == 8 and cfg.lr == 0.05
+    assert (
+        cfg.dataset == "synthetic-context"
+        and cfg.iters == 500
+        and cfg.batch_size == 8
+        and cfg.lr == 0.05
+    )
     assert cfg.model["encoder_name"] == "tu-resnet10t" and cfg.model["encoder_weights"] is None
     assert cfg.model["classes"] == 7 and cfg.model["aux_head"] is False
     assert cfg.synthetic["size"] == (128, 256)
