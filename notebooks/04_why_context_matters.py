@@ -153,16 +153,23 @@ plt.show()
 #   to look at the cue. In the tiny run every head may still be near chance; compare the full run.
 # - **cue attention** (median over held-out scenes of the attention mass a context object puts
 #   on the cue, divided by the cue's area share; 1 = no preference) tells whether the attention
-#   heads found the cue.
-# - **s/iter and peak memory** are the price: at these small maps ISA and dense cost about the
-#   same; notebook 2 shows how the dense cost grows with `N^2`.
+#   heads found the cue. It is given separately for objects in the red and in the blue context:
+#   a head may look at the cue in one context only and read the other from its absence, so
+#   compare the two numbers, not just their median.
+# - **time and peak memory of a training step** are the price: at these small maps ISA and
+#   dense cost about the same; notebook 2 shows how the dense cost grows with `N^2`.
 
 # %%
 for name, res in runs.items():
     print(name)
     for head, row in res["heads"].items():
         cue = row.get("cue_attention")
-        where = f"cue attention median {cue['median']:.2f}x" if cue else "no attention"
+        where = "no attention"
+        if cue:
+            per_class = ", ".join(
+                f"{cls} {c['median']:.2f}x" for cls, c in cue.get("by_class", {}).items()
+            )
+            where = f"cue attention median {cue['median']:.2f}x ({per_class})"
         print(f"  {head:6s} params {row['params']:,}  {where}")
 
 # %% [markdown]
