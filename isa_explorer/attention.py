@@ -39,6 +39,10 @@ class AttentionCache:
         image_size: ``(H, W)`` of the image.
         stride: Pixels per feature cell (the encoder's output stride).
         logits: ``(K, H, W)`` logits of the image.
+        first_keys: ISA only: the first step's keys grouped the way one query's block (or
+            group) meets them, contiguous, so a query costs one batched matmul instead of a
+            strided copy of all keys: long-short ``(lh, lw, Ck, gh*gw)``, short-long
+            ``(gh, gw, Ck, lh*lw)``.
     """
 
     head: str
@@ -50,6 +54,7 @@ class AttentionCache:
     image_size: tuple[int, int]
     stride: int
     logits: torch.Tensor
+    first_keys: torch.Tensor | None = field(default=None, repr=False)
 
     def to_feature(self, x: int, y: int) -> tuple[int, int]:
         """Image pixel ``(x, y)`` -> feature cell ``(fx, fy)``; raises ``ValueError`` outside."""
@@ -62,9 +67,10 @@ class AttentionCache:
     @property
     def nbytes(self) -> int:
         """Memory held by the cache (queries, keys and logits)."""
-        return sum(t.numel() * t.element_size() for t in self.qk.values()) + (
-            self.logits.numel() * self.logits.element_size()
-        )
+        tensors = [*self.qk.values(), self.logits]
+        if self.first_keys is not None:
+            tensors.append(self.first_keys)
+        return sum(t.numel() * t.element_size() for t in tensors)
 
 
 @dataclass
@@ -135,9 +141,21 @@ def capture_attention(model: ISANet, image: torch.Tensor) -> AttentionCache:
         grid, head, order = None, "dense", "dense"
         feature_size = tuple(qk["dense_q"].shape[-2:])
         scale = decoder.relation.scale
+    first_keys = _group_first_keys(qk, grid, order) if grid is not None else None
     return AttentionCache(
-        head, order, qk, grid, scale, feature_size, (H, W), model.output_stride, logits
+        head, order, qk, grid, scale, feature_size, (H, W), model.output_stride, logits, first_keys
     )
+
+
+def _group_first_keys(qk: dict[str, torch.Tensor], g: GroupGrid, order: str) -> torch.Tensor:
+    """The first step's keys ``(Ck, hp, wp)`` regrouped for :func:`_isa_maps` (contiguous)."""
+    first = order.split("-")[0]
+    k = qk[f"{first}_k"]
+    ck = k.shape[0]
+    kv = k.view(ck, g.gh, g.lh, g.gw, g.lw)  # [c, m, a, n, b] = position (m*lh + a, n*lw + b)
+    if first == "long":  # per block offset (a, b): its long-range group (m, n)
+        return kv.permute(2, 4, 0, 1, 3).reshape(g.lh, g.lw, ck, g.gh * g.gw).contiguous()
+    return kv.permute(1, 3, 0, 2, 4).reshape(g.gh, g.gw, ck, g.lh * g.lw).contiguous()
 
 
 def query_maps(cache: AttentionCache, x: int, y: int) -> AttentionMaps:
@@ -173,27 +191,31 @@ def _isa_maps(cache: AttentionCache, fx: int, fy: int) -> dict[str, torch.Tensor
     py, px = fy + g.pad_top, fx + g.pad_left  # padded coordinates of the query
     li, lj, bi, bj = py % g.lh, px % g.lw, py // g.lh, px // g.lw
     first, second = cache.order.split("-")
-    q1, k1 = cache.qk[f"{first}_q"], cache.qk[f"{first}_k"]  # (Ck, hp, wp)
+    q1 = cache.qk[f"{first}_q"]  # (Ck, hp, wp); the first step's keys come grouped
     q2, k2 = cache.qk[f"{second}_q"], cache.qk[f"{second}_k"]
     ck = q1.shape[0]
-    # Keys viewed as (Ck, gh, lh, gw, lw): [.., m, a, n, b] is position (m*lh + a, n*lw + b).
-    k1v, k2v = (k.view(ck, g.gh, g.lh, g.gw, g.lw) for k in (k1, k2))
+    # Viewed as (Ck, gh, lh, gw, lw): [.., m, a, n, b] is position (m*lh + a, n*lw + b).
+    k2v = k2.view(ck, g.gh, g.lh, g.gw, g.lw)
     q1v = q1.view(ck, g.gh, g.lh, g.gw, g.lw)
     s = cache.scale
     if first == "long":
         # Second step (short): p's weights over its block (a, b).
         w2 = _softmax(torch.einsum("c,cab->ab", q2[:, py, px], k2v[:, bi, :, bj, :]) * s, (0, 1))
         # First step (long) for every j = (bi, a, bj, b) of p's block over its group (m, n).
-        qb = q1v[:, bi, :, bj, :]  # (Ck, lh, lw)
-        w1 = _softmax(torch.einsum("cab,cmanb->abmn", qb, k1v) * s, (2, 3))  # (lh, lw, gh, gw)
+        qb = q1v[:, bi, :, bj, :].permute(1, 2, 0).reshape(g.lh * g.lw, 1, ck)  # (lh*lw, 1, Ck)
+        kg = _first_keys(cache).view(g.lh * g.lw, ck, g.gh * g.gw)  # (lh*lw, Ck, gh*gw)
+        logits1 = torch.bmm(qb, kg).view(g.lh, g.lw, g.gh, g.gw)
+        w1 = _softmax(logits1 * s, (2, 3))  # (lh, lw, gh, gw)
         combined = (w2[:, :, None, None] * w1).permute(2, 0, 3, 1)  # (gh, lh, gw, lw)
         long_w, short_w = w1[li, lj], w2  # p's own first-step weights: (gh, gw)
     else:
         # Second step (long): p's weights over its long-range group (m, n).
         w2 = _softmax(torch.einsum("c,cmn->mn", q2[:, py, px], k2v[:, :, li, :, lj]) * s, (0, 1))
         # First step (short) for every j = (m, li, n, lj) of p's group over its block (a, b).
-        qg = q1v[:, :, li, :, lj]  # (Ck, gh, gw)
-        w1 = _softmax(torch.einsum("cmn,cmanb->mnab", qg, k1v) * s, (2, 3))  # (gh, gw, lh, lw)
+        qg = q1v[:, :, li, :, lj].permute(1, 2, 0).reshape(g.gh * g.gw, 1, ck)  # (gh*gw, 1, Ck)
+        kg = _first_keys(cache).view(g.gh * g.gw, ck, g.lh * g.lw)  # (gh*gw, Ck, lh*lw)
+        logits1 = torch.bmm(qg, kg).view(g.gh, g.gw, g.lh, g.lw)
+        w1 = _softmax(logits1 * s, (2, 3))  # (gh, gw, lh, lw)
         combined = (w2[:, :, None, None] * w1).permute(0, 2, 1, 3)  # (gh, lh, gw, lw)
         long_w, short_w = w2, w1[bi, bj]
     hp, wp = g.padded
@@ -203,6 +225,12 @@ def _isa_maps(cache: AttentionCache, fx: int, fy: int) -> dict[str, torch.Tensor
     short_map[bi, :, bj, :] = short_w
     maps = {"long": long_map, "short": short_map, "combined": combined}
     return {k: g.crop(v.reshape(hp, wp)).float() for k, v in maps.items()}
+
+
+def _first_keys(cache: AttentionCache) -> torch.Tensor:
+    if cache.first_keys is None:  # a cache built by hand: group once, keep it
+        cache.first_keys = _group_first_keys(cache.qk, cache.grid, cache.order)
+    return cache.first_keys
 
 
 def affinity_matrices(cache: AttentionCache) -> dict[str, torch.Tensor]:
