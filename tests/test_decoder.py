@@ -119,14 +119,15 @@ def test_fused_and_explicit_agree_with_gradients(cls, kw):
     # channel that is almost constant amplify fp32 rounding alike on both paths).
     for mode, dtype, tol in (("eval", torch.float32, 1e-4), ("train", torch.float64, 1e-8)):
         a2, b2 = (getattr(m.to(dtype), mode)() for m in (a, b))
-        xa = x.to(dtype).requires_grad_()
-        xb = x.to(dtype).requires_grad_()
+        xa = x.to(dtype).clone().requires_grad_()  # two distinct leaves
+        xb = x.to(dtype).clone().requires_grad_()
         ya, yb = a2(xa), b2(xb)
         w = torch.randn_like(ya)
         a2.zero_grad(), b2.zero_grad()
         (ya * w).sum().backward()
         (yb * w).sum().backward()
         torch.testing.assert_close(ya, yb, atol=tol, rtol=tol)
+        assert xa.grad is not None and xb.grad is not None and xa.grad.abs().sum() > 0
         torch.testing.assert_close(xa.grad, xb.grad, atol=tol, rtol=tol)
         for (name, pa), pb in zip(a2.named_parameters(), b2.parameters(), strict=True):
             torch.testing.assert_close(pa.grad, pb.grad, atol=tol, rtol=tol, msg=f"{mode} {name}")
