@@ -8,7 +8,8 @@ mmseg's ISANet is ``ResNetV1c`` (deep stem, dilated to output stride 8) + ``ISAH
   ``encoder.model.bn1``, ``backbone.layer*`` -> ``encoder.model.layer*`` (timm's ResNet);
 * ``decode_head.*`` -> ``decoder.*`` and ``auxiliary_head.*`` -> ``aux_head.*`` (same names).
 
-Depth, widths and class count are read from the weights' shapes. Command line::
+Depth, widths and class count are read from the weights' shapes
+(:mod:`isa_explorer.mmseg_spec`). Command line::
 
     python -m isa_explorer.convert isanet_r50-d8_....pth converted/isanet_r50_cityscapes
 """
@@ -27,76 +28,30 @@ from typing import Any
 import torch
 
 from isa_explorer.data.info import ADE20K_INFO, CITYSCAPES_INFO, VOC_INFO
+from isa_explorer.mmseg_spec import (
+    RESNET_LAYERS,
+    ConversionError,
+    ISANetSpec,
+    infer_spec,
+    rename_key,
+)
 from isa_explorer.models.isa.model import ISANet
+
+__all__ = [
+    "DATASETS",
+    "RESNET_LAYERS",
+    "ConversionError",
+    "ConversionReport",
+    "ISANetSpec",
+    "convert_checkpoint",
+    "infer_spec",
+    "load_mmseg_checkpoint",
+    "main",
+    "rename_key",
+]
 
 #: Dataset name -> info (class names, palette); a checkpoint's class count picks one.
 DATASETS = {"cityscapes": CITYSCAPES_INFO, "ade20k": ADE20K_INFO, "voc": VOC_INFO}
-#: Bottleneck blocks per stage of the timm ``resnet{depth}c`` encoders.
-RESNET_LAYERS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
-_TIMM_STEM_WIDTH = 32
-_TIMM_CHANNELS = (64, 128, 256, 512)
-# Submodule of an mmseg decode head -> the head it belongs to (first match wins).
-_HEAD_HINTS = (
-    ("lateral_convs", "UPerHead (UPerNet)"),
-    ("psp_modules", "PSPHead (PSPNet)"),
-    ("sep_bottleneck", "DepthwiseSeparableASPPHead (DeepLabV3+)"),
-    ("aspp_modules", "ASPPHead (DeepLabV3)"),
-    ("nl_block", "NLHead (Non-local)"),
-    ("dnl_block", "DNLHead"),
-    ("gc_block", "GCHead (GCNet)"),
-    ("cca", "CCHead (CCNet)"),
-    ("ema_module", "EMAHead (EMANet)"),
-    ("pam", "DAHead (DANet)"),
-    ("object_context_block", "OCRHead (OCRNet)"),
-    ("convs", "FCNHead (FCN)"),
-)
-
-
-class ConversionError(ValueError):
-    """A checkpoint that cannot be converted; the message names the problem and the fix."""
-
-
-@dataclass
-class ISANetSpec:
-    """What a checkpoint's weight shapes say about the model.
-
-    Attributes:
-        depth: ResNet depth (50, 101, 152).
-        stem_width: Channels of the first two stem convolutions (32 in the released models).
-        channels: Bottleneck widths of the four stages (64, 128, 256, 512).
-        classes: Number of classes.
-        decoder_channels: ISA head channels (512).
-        isa_channels: Query/key channels (256).
-        aux_channels: Auxiliary head channels (256), ``None`` without an auxiliary head.
-    """
-
-    depth: int
-    stem_width: int
-    channels: tuple[int, ...]
-    classes: int
-    decoder_channels: int
-    isa_channels: int
-    aux_channels: int | None
-
-    def model_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :class:`ISANet` for this checkpoint (no pretrained download)."""
-        kwargs: dict[str, Any] = dict(
-            encoder_name=f"tu-resnet{self.depth}c",
-            encoder_weights=None,
-            encoder_output_stride=8,
-            classes=self.classes,
-            decoder_channels=self.decoder_channels,
-            decoder_isa_channels=self.isa_channels,
-            aux_head=self.aux_channels is not None,
-        )
-        if self.aux_channels is not None:
-            kwargs["aux_channels"] = self.aux_channels
-        # Reduced-width ResNets: timm's ResNet takes these through smp's encoder kwargs.
-        if self.stem_width != _TIMM_STEM_WIDTH:
-            kwargs["stem_width"] = self.stem_width
-        if self.channels != _TIMM_CHANNELS:
-            kwargs["channels"] = self.channels
-        return kwargs
 
 
 @dataclass
@@ -174,97 +129,6 @@ def load_mmseg_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], di
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
         state = {k[len("module.") :]: v for k, v in state.items()}
     return state, dict(meta)
-
-
-def rename_key(key: str) -> str | None:
-    """mmseg ISANet key -> ISA Explorer key, ``None`` for keys outside the model."""
-    if m := re.fullmatch(r"backbone\.stem\.(\d+)\.(.+)", key):
-        idx, rest = m.groups()
-        return f"encoder.model.bn1.{rest}" if idx == "7" else f"encoder.model.conv1.{idx}.{rest}"
-    for src, dst in (
-        ("backbone.layer", "encoder.model.layer"),
-        ("decode_head.", "decoder."),
-        ("auxiliary_head.", "aux_head."),
-    ):
-        if key.startswith(src):
-            return dst + key[len(src) :]
-    return None
-
-
-def _dim0(state: Mapping[str, torch.Tensor], key: str) -> int:
-    if key not in state:
-        raise ConversionError(f"the checkpoint has no {key}: it is incomplete or not an ISANet")
-    return state[key].shape[0]
-
-
-def _head_guess(state: Mapping[str, torch.Tensor]) -> str:
-    parts = sorted({k.split(".")[1] for k in state if k.startswith("decode_head.")})
-    guess = next((name for part, name in _HEAD_HINTS if part in parts), "an unknown head")
-    return f"{guess}; its modules: {', '.join(parts)}"
-
-
-def infer_spec(state: Mapping[str, torch.Tensor]) -> ISANetSpec:
-    """Read depth, widths and class count of an mmseg ISANet from its weight shapes.
-
-    Raises:
-        ConversionError: The weights are not those of an mmseg ResNetV1c ISANet.
-    """
-    if not any(k.startswith("decode_head.") for k in state):
-        prefixes = sorted({k.split(".")[0] for k in state})[:8]
-        raise ConversionError(
-            "this is not an mmseg segmentor checkpoint: no decode_head.* keys (top-level "
-            f"names: {', '.join(prefixes) or 'none'}). Convert a released ISANet .pth."
-        )
-    if "decode_head.global_relation.key_project.0.conv.weight" not in state:
-        raise ConversionError(
-            f"this is not an ISANet checkpoint (decode head looks like {_head_guess(state)}). "
-            "Only mmseg ISANet checkpoints (decode_head.global_relation/local_relation) convert."
-        )
-    if "backbone.stem.0.weight" not in state or "backbone.layer1.0.conv3.weight" not in state:
-        raise ConversionError(
-            "the backbone is not mmseg's ResNetV1c with bottleneck blocks (no backbone.stem.* "
-            "or layer1.0.conv3 keys), the backbone of every released ISANet; other backbones "
-            "have no timm counterpart here."
-        )
-    if state.get("backbone.layer1.0.downsample.1.weight", torch.empty(0)).dim() == 4:
-        raise ConversionError(
-            "the backbone is ResNetV1d (average-pool shortcuts), not the ResNetV1c of the "
-            "released ISANets; it cannot be converted."
-        )
-    blocks = tuple(
-        len({k.split(".")[2] for k in state if k.startswith(f"backbone.layer{i}.")})
-        for i in range(1, 5)
-    )
-    depth = next((d for d, layers in RESNET_LAYERS.items() if layers == blocks), None)
-    if depth is None:
-        raise ConversionError(
-            f"backbone stages have {blocks} blocks; supported: "
-            + ", ".join(f"R-{d} {layers}" for d, layers in RESNET_LAYERS.items())
-        )
-    head = "decode_head."
-    classes = _dim0(state, head + "conv_seg.weight")
-    aux_channels = None
-    if "auxiliary_head.convs.0.conv.weight" in state:
-        aux_channels = state["auxiliary_head.convs.0.conv.weight"].shape[0]
-        if "auxiliary_head.convs.1.conv.weight" in state or any(
-            k.startswith("auxiliary_head.conv_cat.") for k in state
-        ):
-            raise ConversionError(
-                "the auxiliary head has more than one conv (or conv_cat); ISANet's auxiliary "
-                "head is mmseg's FCNHead(num_convs=1, concat_input=False)"
-            )
-        aux_classes = _dim0(state, "auxiliary_head.conv_seg.weight")
-        if aux_classes != classes:
-            raise ConversionError(f"aux head has {aux_classes} classes, decode head {classes}")
-    return ISANetSpec(
-        depth=depth,
-        stem_width=state["backbone.stem.0.weight"].shape[0],
-        channels=tuple(_dim0(state, f"backbone.layer{i}.0.conv1.weight") for i in range(1, 5)),
-        classes=classes,
-        decoder_channels=_dim0(state, head + "in_conv.conv.weight"),
-        isa_channels=state[head + "global_relation.key_project.0.conv.weight"].shape[0],
-        aux_channels=aux_channels,
-    )
 
 
 def _labels(
