@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 5. Real datasets, released checkpoints, evaluation and training
+# # 5. Real datasets: layouts, labels and the training pipeline
 #
 # **What this notebook teaches.** How ISA Explorer meets the three benchmarks of the paper --
 # Cityscapes, ADE20K and PASCAL VOC -- without any of them on this machine:
@@ -23,20 +23,14 @@
 #   dataset (a few generated PNGs) in a temporary folder and reading it with `build_dataset`;
 # - the label conventions the readers apply (Cityscapes `labelIds -> trainIds`, ADE20K's
 #   `reduce_zero_label`, VOC's palette PNGs) and the mmseg training pipeline;
-# - the messages you get when a folder is missing;
-# - converting a released mmsegmentation ISANet checkpoint (`python -m isa_explorer.convert`),
-#   shown on a small ISANet that mmsegmentation itself produced, with its logits as the check;
-# - the command lines that train on one or several GPUs (`train/fit.py`, `torchrun`), run for
-#   three iterations on the fake Cityscapes copy;
-# - evaluating like mmseg: whole image, sliding window, multi-scale + flip.
+# - the messages you get when a folder is missing.
 #
-# Everything runs on the CPU in one to two minutes. For the real data, replace the temporary root by
+# Converting released checkpoints, training with `train/fit.py` and evaluating like mmseg follow
+# in notebook 6. Everything runs on the CPU in under a minute. For the real data, replace the temporary root by
 # the folder you downloaded (the download links are in the error messages below and in
 # `docs/mmseg_checkpoints.md`).
 
 # %%
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -44,9 +38,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
-from isa_explorer.convert import convert_checkpoint
+from isa_explorer import predict
 from isa_explorer.data import (
     RECIPES,
     DatasetNotFoundError,
@@ -54,10 +47,6 @@ from isa_explorer.data import (
     build_train_transforms,
     get_info,
 )
-from isa_explorer.evaluate import evaluate
-from isa_explorer.evaluation import MS_SCALES, aug_inference, format_table, inference
-from isa_explorer.models import ISANet
-from isa_explorer.pretrained import load_model
 
 _ = torch.manual_seed(0)
 rng = np.random.default_rng(0)
@@ -124,10 +113,8 @@ def show_tree(root: Path, limit: int = 14) -> None:
 
 
 def colourise(mask: torch.Tensor, palette) -> np.ndarray:
-    """Class-id mask ``(H, W)`` -> RGB picture; ignored pixels (255) are white."""
-    lut = np.full((256, 3), 255, dtype=np.uint8)
-    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
-    return lut[mask.numpy().astype(np.uint8)]
+    """Class-id mask ``(H, W)`` -> ``(H, W, 3)`` picture; ignored pixels (255) are black."""
+    return predict.colourise(mask, palette).permute(1, 2, 0).numpy()
 
 
 def show_items(dataset, n: int = 2, title: str = "") -> None:
@@ -187,7 +174,7 @@ image, mask = cityscapes_val[0]
 print("image", tuple(image.shape), image.dtype, "| mask", tuple(mask.shape), mask.dtype)
 print("stored labelIds:", np.unique(np.array(Image.open(cityscapes_val.pairs[0][1]))).tolist())
 print("train ids      :", mask.unique().tolist())
-show_items(cityscapes_val, title="Cityscapes (fake): bottom rows = ego vehicle, ignored (white)")
+show_items(cityscapes_val, title="Cityscapes (fake): bottom rows = ego vehicle, ignored (black)")
 
 # %% [markdown]
 # ## 3. ADE20K
@@ -305,151 +292,9 @@ for i in range(4):
     axes[1, i].imshow(colourise(mask, city_info.palette))
 for ax in axes.flat:
     ax.set_axis_off()
-fig.suptitle("four training draws of one image (crop 48 x 48; white = ignore / padding)")
+fig.suptitle("four training draws of one image (crop 48 x 48; black = ignore / padding)")
 plt.tight_layout()
 plt.show()
-
-# %% [markdown]
-# ## 7. Converting a released mmsegmentation checkpoint
-#
-# mmsegmentation published 16 ISANet models (R-50/R-101-D8 on Cityscapes, ADE20K and VOC; the
-# list and URLs are in `docs/mmseg_checkpoints.md`). The converter reads a `.pth` safely
-# (`torch.load(weights_only=True)`), infers depth, widths and classes from the weight shapes,
-# renames the keys onto the smp/timm model and saves a model folder:
-#
-# ```bash
-# python -m isa_explorer.convert \
-#     isanet_r50-d8_512x1024_80k_cityscapes_20210901_074202-89384497.pth \
-#     converted/isanet_r50_cityscapes --strict
-# ```
-#
-# Those files are 200-400 MB, so here we convert a small ISANet that mmsegmentation 1.2.2 built
-# itself (ResNetV1c-50 at 1/8 width, 7 classes, random weights), saved together with an image and
-# the logits *mmseg* computed for it (`tests/fixtures/isanet_r50_small.pt`). First the command
-# line, exactly as above:
-
-# %%
-fixture = Path("..") / "tests" / "fixtures" / "isanet_r50_small.pt"
-out_dir = ROOT / "converted" / "isanet_r50_small"
-cli = [sys.executable, "-m", "isa_explorer.convert", str(fixture), str(out_dir), "--strict"]
-print("$", " ".join(["python", *cli[1:]]))
-done = subprocess.run(cli, capture_output=True, text=True, check=True)
-print(done.stdout)
-print(sorted(p.name for p in out_dir.iterdir()))
-
-# %% [markdown]
-# The saved folder loads with `ISANet.from_pretrained`. The converted model must give mmseg's own
-# logits for mmseg's image (normalised with the same mean/std). The same conversion is available
-# in Python as `convert_checkpoint(path)`, which also returns a report.
-
-# %%
-reference = torch.load(fixture, weights_only=True)
-converted = ISANet.from_pretrained(str(out_dir)).eval()
-image = reference["image_rgb_0_255"]  # (1, 3, 75, 90)
-with torch.no_grad():
-    features = converted.encoder(converted.normalize(image))
-    decode_logits = converted.decoder(features[-1])  # (1, 7, 10, 12): 1/8 resolution
-print(
-    "largest |ours - mmseg| on the decode logits:",
-    float((decode_logits - reference["decode_logits"]).abs().max()),
-)
-torch.testing.assert_close(decode_logits, reference["decode_logits"], atol=1e-4, rtol=0)
-
-model, report = convert_checkpoint(fixture)
-print(report)
-
-# %% [markdown]
-# ## 8. Training on one or several GPUs
-#
-# `train/fit.py` runs a recipe of `isa_explorer.configs` (every published ISANet schedule under
-# mmseg's name, plus the CPU recipe `synthetic-context`); `--set key=value` overrides any field.
-# On real data:
-#
-# ```bash
-# python train/fit.py --list                                   # the recipes
-# # one GPU (the published recipes use 4 GPUs x batch 2/4; keep the total batch if you can)
-# python train/fit.py --config isanet_r50-d8_4xb2-40k_cityscapes-512x1024 \
-#     --data-root data/cityscapes --run-dir runs/cs-r50 --set batch_size=8
-# # four GPUs of one machine (DDP, SyncBatchNorm): the published setting
-# torchrun --nproc_per_node 4 train/fit.py --config isanet_r50-d8_4xb2-40k_cityscapes-512x1024 \
-#     --data-root data/cityscapes --run-dir runs/cs-r50
-# # two machines x 4 GPUs (run on both, with the first machine's address)
-# torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \
-#     train/fit.py --config isanet_r101-d8_4xb4-160k_ade20k-512x512 --data-root data/ade
-# # continue an interrupted run from its last checkpoint
-# python train/fit.py --resume --run-dir runs/cs-r50
-# ```
-#
-# Here: three iterations of the Cityscapes recipe on the fake copy, on the CPU, with a tiny
-# encoder (`tu-resnet10t`, random init) and everything shrunk to the 64 x 128 images.
-
-# %%
-run_dir = ROOT / "runs" / "cityscapes-tiny"
-fit = [
-    sys.executable, str(Path("..") / "train" / "fit.py"),
-    "--config", "isanet_r50-d8_4xb2-40k_cityscapes-512x1024",
-    "--data-root", str(city_root), "--run-dir", str(run_dir),
-    "--encoder-weights", "none", "--no-progress",
-]  # fmt: skip
-tiny = [
-    "iters=3", "batch_size=2", "scale=[64,128]", "crop_size=[48,96]", "workers=0",
-    "model.encoder_name=tu-resnet10t", "model.decoder_channels=32",
-    "model.decoder_isa_channels=16", "model.aux_channels=16", "amp=false",
-    "channels_last=false", "eval_interval=3", "ckpt_interval=3", "log_interval=1",
-]  # fmt: skip
-for item in tiny:
-    fit += ["--set", item]
-print("$", " ".join(["python", *fit[1:]]))
-done = subprocess.run(fit, capture_output=True, text=True)
-print(done.stdout[-1500:], done.stderr[-1500:], sep="\n")
-assert done.returncode == 0, "training failed"
-print(sorted(p.name for p in run_dir.iterdir()))
-
-# %% [markdown]
-# The run folder holds the effective `config.json` (reproduce the run with
-# `--config runs/.../config.json`), `checkpoints/last.pt` (resume), the `best/` and `final/`
-# model folders, `log.txt`, `metrics.json` and TensorBoard events
-# (`tensorboard --logdir runs`).
-#
-# ## 9. Evaluating like mmsegmentation
-#
-# `isa_explorer.evaluate.evaluate` counts one confusion matrix over the whole split and reports
-# mIoU, mAcc and aAcc, with three ways to predict:
-#
-# - `mode="whole"`: one forward pass per image;
-# - `mode="slide"`: windows of `crop_size` every `stride` pixels, logits averaged where they
-#   overlap (mmseg's test of the 769 x 769 Cityscapes models);
-# - `scales=MS_SCALES, flip=True`: softmax averaged over six scales and their mirror images
-#   (mmseg's "ms+flip" column).
-#
-# Three iterations taught the model next to nothing (it may well predict one class everywhere),
-# so the metrics below only show the three modes at work; on a converted released checkpoint
-# they follow the procedure behind mmseg's tables. Where the modes differ is in the class scores,
-# printed after.
-
-# %%
-trained = load_model(run_dir)  # a run folder: its best/ model
-val_loader = DataLoader(build_dataset("cityscapes", city_root, "val"), batch_size=1)
-settings = {
-    "whole": dict(mode="whole"),
-    "slide 32x64 / 24x48": dict(mode="slide", crop_size=(32, 64), stride=(24, 48)),
-    "ms+flip (0.5, 1, 1.5)": dict(scales=(0.5, 1.0, 1.5), flip=True),
-}
-for name, kwargs in settings.items():
-    metrics = evaluate(trained, val_loader, num_classes=19, progress=False, **kwargs)
-    print(f"{name:24s} mIoU {100 * metrics['mIoU']:5.2f}  aAcc {100 * metrics['aAcc']:5.2f}")
-print(format_table(metrics, city_info.class_names))
-
-image, _ = build_dataset("cityscapes", city_root, "val")[0]
-x = trained.normalize(image[None].float())  # (1, 3, 64, 128)
-whole = inference(trained, x).softmax(1)
-slide = inference(trained, x, mode="slide", crop_size=(32, 64), stride=(24, 48)).softmax(1)
-ms_flip = aug_inference(trained, x, scales=MS_SCALES, flip=True)  # probabilities already
-print("mmseg's ms scales:", MS_SCALES)
-for name, p in (("slide", slide), ("ms+flip", ms_flip)):
-    print(
-        f"largest |p_{name} - p_whole| over the pixels and classes: {float((p - whole).abs().max()):.4f}"
-    )
 workdir.cleanup()  # remove the temporary folders
 
 # %% [markdown]
@@ -462,7 +307,5 @@ workdir.cleanup()  # remove the temporary folders
 # 3. Write a `train_aug.txt` list and a `SegmentationClassAug` folder for the fake VOC copy and
 #    read `build_dataset("voc-aug", ..., "train")`. What happens for ids that are missing from
 #    `SegmentationClassAug`?
-# 4. Convert the fixture with `--down-factor 4 4`. The weights load (the block size has no
-#    weights), but are the logits still mmseg's? Why?
-# 5. Draw 20 training crops of one image with `cat_max_ratio=0.75` and with `1.0`: how often is
+# 4. Draw 20 training crops of one image with `cat_max_ratio=0.75` and with `1.0`: how often is
 #    a crop mostly road?

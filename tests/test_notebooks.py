@@ -42,6 +42,7 @@ EXPECTED = [
     "03_inside_a_model",
     "04_why_context_matters",
     "05_real_datasets",
+    "06_checkpoints_training_evaluation",
 ]
 
 
