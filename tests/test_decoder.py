@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from isa_explorer.models.heads import DenseAttentionDecoder
+from isa_explorer.models.isa import streaming
 from isa_explorer.models.isa.decoder import GroupGrid, ISADecoder
 from isa_explorer.models.layers import attention
 
@@ -13,8 +14,12 @@ def mmseg_head(fixtures_dir):
     return torch.load(fixtures_dir / "isahead_small.pt", weights_only=True)
 
 
-@pytest.mark.parametrize("impl", ["explicit", "fused"])
-def test_matches_mmsegmentation_isahead(mmseg_head, impl):
+@pytest.mark.parametrize("impl,token_budget", [("explicit", None), ("fused", None), ("fused", 1)])
+def test_matches_mmsegmentation_isahead(mmseg_head, impl, token_budget, monkeypatch):
+    # Fused without autograd streams the attention sequences in chunks; a budget of one
+    # token makes every chunk a single row of sequences. With autograd on it runs whole.
+    if token_budget is not None:
+        monkeypatch.setattr(streaming, "TOKEN_BUDGET", token_budget)
     cfg = mmseg_head["config"]
     head = ISADecoder(
         cfg["in_channels"],
@@ -27,11 +32,12 @@ def test_matches_mmsegmentation_isahead(mmseg_head, impl):
     head.load_state_dict(mmseg_head["state_dict"], strict=True)
     assert set(mmseg_head["inputs"]) == {"20x27", "16x16", "9x31"}
     for name, x in mmseg_head["inputs"].items():
-        with torch.no_grad():
-            out = head(x)
         expected = mmseg_head["outputs"][name]
-        assert out.shape == expected.shape
-        torch.testing.assert_close(out, expected, atol=1e-5, rtol=0, msg=name)
+        for grad in (False, True):
+            with torch.set_grad_enabled(grad):
+                out = head(x)
+            assert out.shape == expected.shape
+            torch.testing.assert_close(out, expected, atol=1e-5, rtol=0, msg=f"{name} {grad=}")
 
 
 def test_padding_is_symmetric_like_mmseg():

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from isa_explorer.models.inference import concat_conv_bn_relu, inference_active
 from isa_explorer.models.layers import AttnImpl, ConvBNReLU, RelationBlock
 
 
@@ -58,6 +59,8 @@ class ContextHead(nn.Module, ABC):
         # out_conv over cat([context, residual]) as two half-convolutions: no concatenated copy.
         c = context.shape[1]
         w = self.out_conv.conv.weight  # (C, 2C, 1, 1)
+        if inference_active(self):
+            return concat_conv_bn_relu(self.out_conv, context, residual)
         y = F.conv2d(context, w[:, :c]) + F.conv2d(residual, w[:, c:])
         del context, residual
         return self.out_conv.act(self.out_conv.bn(y))

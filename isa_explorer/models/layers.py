@@ -18,6 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from isa_explorer.models.inference import (
+    conv_bn_relu,
+    folded_linear,
+    inference_active,
+    linear_over_heads,
+)
+
 AttnImpl = Literal["fused", "explicit"]
 
 
@@ -43,12 +50,13 @@ class ConvBNReLU(nn.Module):
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, H, W) -> (B, Cout, H, W)
+        if inference_active(self):  # BN applied in place; large inputs in row bands
+            return conv_bn_relu(self, x)
         return self.act(self.bn(self.conv(x)))
 
     def forward_tokens(self, t: torch.Tensor) -> torch.Tensor:
         """Apply the (1x1) module to tokens ``(B, L, Cin) -> (B, L, Cout)``."""
         assert self.conv.kernel_size == (1, 1), "token layout needs a 1x1 convolution"
-        b, n, _ = t.shape
         y = F.linear(t, self.conv.weight.flatten(1))  # (B, L, Cout)
         return self._bn_act(y)
 
@@ -56,15 +64,9 @@ class ConvBNReLU(nn.Module):
         """Apply the (1x1) module to tokens split into heads ``(B, h, L, Cin / h) -> (B, L, Cout)``.
 
         Same result as :meth:`forward_tokens` on the heads side by side along the channels,
-        without copying them there: each head meets its slice of the weight in a batched
-        matmul that reads it in place, and the products are summed.
+        without copying them there (:func:`~isa_explorer.models.inference.linear_over_heads`).
         """
-        b, h, n, c = heads.shape
-        w = self.conv.weight.flatten(1).view(-1, h, c)  # (Cout, h, Cin / h)
-        y = torch.bmm(heads[:, 0], w[:, 0].t().expand(b, c, -1))  # (B, L, Cout)
-        for i in range(1, h):  # out of place: FlopCounterMode does not count baddbmm_
-            y = torch.baddbmm(y, heads[:, i], w[:, i].t().expand(b, c, -1))
-        return self._bn_act(y)
+        return self._bn_act(linear_over_heads(heads, self.conv.weight.flatten(1)))
 
     def _bn_act(self, y: torch.Tensor) -> torch.Tensor:
         b, n, _ = y.shape  # (B, L, Cout)
@@ -174,3 +176,44 @@ class RelationBlock(nn.Module):
         context = attention(q, k, v, self.scale, impl)
         del q, k, v
         return self.output_project.forward_tokens(context)
+
+    def inference_weights(self) -> dict[str, torch.Tensor]:
+        """The block's weights for :meth:`infer`, with every BatchNorm folded (eval mode).
+
+        ``qkv``/``qkv_bias``: the first query and key projections and the value projection
+        stacked into one ``(2 Ck + C, C)`` map, since all three read the same tokens;
+        ``q2``, ``k2``, ``out`` (and ``*_bias``): the second projections and the output one.
+        """
+        (q1, q1b), (q2, q2b) = (folded_linear(m) for m in self.query_project)
+        (k1, k1b), (k2, k2b) = (folded_linear(m) for m in self.key_project)
+        out, out_b = folded_linear(self.output_project)
+        v, vb = self.value_project.weight.flatten(1), self.value_project.bias
+        return {
+            "qkv": torch.cat([q1, k1, v]),
+            "qkv_bias": torch.cat([q1b, k1b, vb]),
+            "q2": q2,
+            "q2_bias": q2b,
+            "k2": k2,
+            "k2_bias": k2b,
+            "out": out,
+            "out_bias": out_b,
+        }
+
+    def infer(self, t: torch.Tensor, weights: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The fused forward in eval mode without autograd: tokens ``(B, L, C) -> (B, L, C)``.
+
+        Equal to ``self(t, "fused")`` up to fp32 rounding, with one product for the first
+        query/key projections and the values and no separate BatchNorm passes.
+
+        Args:
+            t: Tokens ``(B, L, C)``.
+            weights: :meth:`inference_weights` (computed once per forward, not per call).
+        """
+        ck = self.isa_channels
+        y = F.linear(t, weights["qkv"], weights["qkv_bias"])  # (B, L, 2 Ck + C): q1 | k1 | v
+        y[..., : 2 * ck].relu_()
+        q = F.linear(y[..., :ck], weights["q2"], weights["q2_bias"]).relu_()  # (B, L, Ck)
+        k = F.linear(y[..., ck : 2 * ck], weights["k2"], weights["k2_bias"]).relu_()
+        heads = fused_attention_heads(q, k, y[..., 2 * ck :], self.scale)  # (B, h, L, C / h)
+        del y, q, k
+        return linear_over_heads(heads, weights["out"], weights["out_bias"]).relu_()

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from isa_explorer.models.heads import ContextHead
+from isa_explorer.models.inference import inference_active
+from isa_explorer.models.isa.streaming import streamed_context
 from isa_explorer.models.layers import AttnImpl, RelationBlock
 
 Order = Literal["long-short", "short-long"]
@@ -167,11 +169,16 @@ class ISADecoder(ContextHead):
     def context(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run ``in_conv`` and both attention steps.
 
+        The fused path in eval mode without autograd, when nothing is captured, streams the
+        attention sequences in chunks (:func:`~isa_explorer.models.isa.streaming.streamed_context`).
+
         Returns:
             ``(context, residual)``, both ``(B, channels, H, W)``.
         """
         residual = self.in_conv(x)  # (B, C, H, W)
         grid = GroupGrid.of(*residual.shape[-2:], self.down_factor)
+        if self.attn_impl == "fused" and self._capture is None and inference_active(self):
+            return streamed_context(self, residual, grid), residual
         (first, block1), (second, block2) = self.steps
         rec1 = rec2 = None
         if self._capture is not None:

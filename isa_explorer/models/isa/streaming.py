@@ -1,0 +1,92 @@
+"""The fused ISA context at inference, streamed over groups of attention sequences.
+
+Every attention sequence of a step is independent of the others, and in eval mode so is every
+layer of a relation block (BatchNorm uses its running statistics). So at inference the two
+steps can run a few sequences at a time: gather their tokens from the map, attend, project, and
+write the result straight into the layout the next stage reads. Queries, keys, values and the
+attention output then exist for one chunk of about ``token_budget`` positions at a time instead
+of for the whole map, and no full-size token tensor is made for the first step's input or the
+second step's output. In training, and while queries and keys are captured, the decoder runs the
+whole map at once instead (:meth:`ISADecoder.context`).
+
+Tokens are kept channels-last, so moving them between the layouts of the two steps copies rows
+of ``C`` contiguous channels.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from isa_explorer.models.layers import RelationBlock
+
+if TYPE_CHECKING:
+    from isa_explorer.models.isa.decoder import GroupGrid, ISADecoder
+
+#: Positions per chunk: 2048 tokens of 512 channels are 4 MiB per activation.
+TOKEN_BUDGET = 2048
+
+# Permutations of a padded channels-last map viewed as (B, gh, lh, gw, lw, C):
+_NHWC_TO = {
+    "long": (0, 2, 4, 1, 3, 5),  # -> (B, lh, lw, gh, gw, C)
+    "short": (0, 1, 3, 2, 4, 5),  # -> (B, gh, gw, lh, lw, C)
+}
+_SWAP = (0, 3, 4, 1, 2, 5)  # (B, a, b, c, d, C) of one step <-> (B, c, d, a, b, C) of the other
+
+
+def streamed_context(
+    decoder: ISADecoder,
+    residual: torch.Tensor,
+    grid: GroupGrid,
+    token_budget: int | None = None,
+) -> torch.Tensor:
+    """Both attention steps of ``decoder`` on ``residual``, chunk by chunk (eval, no autograd).
+
+    Args:
+        decoder: The ISA decoder (its ``steps`` give the order and the relation blocks).
+        residual: Output of ``in_conv``, ``(B, C, H, W)`` in any memory layout.
+        grid: The decoder's :class:`GroupGrid` for ``(H, W)``.
+        token_budget: About how many positions one chunk holds (at least one row of
+            sequences); :data:`TOKEN_BUDGET` when ``None``.
+
+    Returns:
+        The context ``(B, C, H, W)``, stored channels-last.
+    """
+    token_budget = TOKEN_BUDGET if token_budget is None else token_budget
+    b, c = residual.shape[:2]
+    hp, wp = grid.padded
+    x = residual.permute(0, 2, 3, 1)  # (B, H, W, C), a view
+    if (hp, wp) != (grid.h, grid.w):  # symmetric zero padding, as GroupGrid.pad
+        pt, pl = grid.pad_top, grid.pad_left
+        x = F.pad(x, (0, 0, pl, wp - grid.w - pl, pt, hp - grid.h - pt))  # (B, hp, wp, C)
+    (first, block1), (second, block2) = decoder.steps
+    # Tokens of the second step, (B, e1, e2, e3, e4, C): the first step writes into them.
+    mid = x.new_empty(b, *grid._dims(second), c)
+    blocks = x.view(b, grid.gh, grid.lh, grid.gw, grid.lw, c)  # (B, gh, lh, gw, lw, C)
+    _run_step(block1, blocks.permute(_NHWC_TO[first]), mid.permute(_SWAP), token_budget)
+    del x, blocks
+    out = residual.new_empty(b, hp, wp, c)  # (B, hp, wp, C)
+    out_steps = out.view(b, grid.gh, grid.lh, grid.gw, grid.lw, c).permute(_NHWC_TO[second])
+    _run_step(block2, mid, out_steps, token_budget)
+    del mid
+    out = out[:, grid.pad_top : grid.pad_top + grid.h, grid.pad_left : grid.pad_left + grid.w]
+    return out.permute(0, 3, 1, 2)  # (B, C, H, W), channels-last
+
+
+def _run_step(
+    block: RelationBlock, src: torch.Tensor, dst: torch.Tensor, token_budget: int
+) -> None:
+    """Attend ``src`` into ``dst``, both ``(B, d1, d2, d3, d4, C)`` views in one step's layout.
+
+    Sequences are ``(B, d1, d2)``, their positions ``(d3, d4)``; chunks split ``d1``.
+    """
+    b, d1, d2, d3, d4, c = src.shape
+    weights = block.inference_weights()
+    per = max(1, token_budget // (b * d2 * d3 * d4))  # d1 rows per chunk
+    for i in range(0, d1, per):
+        j = min(i + per, d1)
+        t = src[:, i:j].reshape(-1, d3 * d4, c)  # (B * n * d2, L, C): a copy of the chunk
+        y = block.infer(t, weights)  # (B * n * d2, L, C)
+        dst[:, i:j] = y.view(b, j - i, d2, d3, d4, c)

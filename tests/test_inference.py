@@ -1,0 +1,145 @@
+"""Inference fast paths (eval mode, no autograd) give the modules' own results.
+
+BatchNorm statistics are randomised throughout: with the initial ones (mean 0, variance 1)
+a wrongly folded scale or shift would go unnoticed.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from isa_explorer.models import inference
+from isa_explorer.models.heads import DenseAttentionDecoder
+from isa_explorer.models.inference import concat_conv_bn_relu, conv_bn_relu
+from isa_explorer.models.isa import streaming
+from isa_explorer.models.isa.decoder import GroupGrid, ISADecoder
+from isa_explorer.models.layers import ConvBNReLU, RelationBlock
+
+
+def randomise_bn(module: torch.nn.Module) -> torch.nn.Module:
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.3, 3.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+    return module.eval()
+
+
+def module_ops(m: ConvBNReLU, x: torch.Tensor) -> torch.Tensor:
+    """The conv-BN-ReLU layer by layer, as in training code."""
+    return m.act(m.bn(m.conv(x)))
+
+
+@pytest.mark.parametrize("kernel,dilation", [(3, 1), (3, 2), (1, 1)])
+@pytest.mark.parametrize("band_rows", [1, 3, None])
+def test_banded_conv_bn_relu_equals_the_module(kernel, dilation, band_rows):
+    torch.manual_seed(0)
+    m = randomise_bn(ConvBNReLU(6, 5, kernel, dilation))
+    x = torch.randn(2, 6, 11, 9)
+    row_bytes = 2 * 6 * 9 * 4
+    band_bytes = None if band_rows is None else band_rows * row_bytes
+    with torch.no_grad():
+        expected = module_ops(m, x)
+        torch.testing.assert_close(conv_bn_relu(m, x, band_bytes), expected)
+        torch.testing.assert_close(m(x), expected)  # forward takes the fast path
+
+
+def test_conv_module_uses_the_fast_path_only_without_autograd_in_eval(monkeypatch):
+    m = randomise_bn(ConvBNReLU(4, 3, 3))
+    x = torch.randn(1, 4, 8, 8)
+    calls = []
+    monkeypatch.setattr(inference, "BAND_BYTES", 4 * 8 * 4)  # one row per band
+    real = inference.conv_bn_relu
+    monkeypatch.setattr(
+        "isa_explorer.models.layers.conv_bn_relu", lambda *a: calls.append(1) or real(*a)
+    )
+    y = m(x)  # eval, autograd on: the module ops, differentiable
+    assert y.requires_grad and not calls
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), y.detach())
+    assert calls == [1]
+    m.train()
+    with torch.no_grad():
+        m(x)  # training mode: batch statistics, never the folded path
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "cropped"])
+def test_concat_conv_equals_out_conv_over_the_concatenation(layout):
+    torch.manual_seed(0)
+    m = randomise_bn(ConvBNReLU(16, 7, 1))
+    ctx, res = torch.randn(2, 8, 6, 5), torch.randn(2, 8, 6, 5)
+    if layout == "channels_last":
+        ctx = ctx.contiguous(memory_format=torch.channels_last)
+    elif layout == "cropped":  # a crop of a padded channels-last map, as the ISA head returns
+        big = torch.randn(2, 9, 8, 8).permute(0, 3, 1, 2)  # (2, 8, 9, 8), channels-last
+        ctx = big[:, :, 1:7, 2:7]
+    with torch.no_grad():
+        expected = module_ops(m, torch.cat([ctx, res], dim=1))
+        torch.testing.assert_close(concat_conv_bn_relu(m, ctx, res), expected)
+
+
+def test_relation_block_infer_equals_its_forward():
+    torch.manual_seed(0)
+    block = randomise_bn(RelationBlock(32, 16))
+    t = torch.randn(5, 40, 32)  # 5 sequences of 40 tokens
+    with torch.no_grad():
+        expected = block(t, "explicit")
+        torch.testing.assert_close(block(t, "fused"), expected, atol=1e-5, rtol=1e-5)
+        got = block.infer(t, block.inference_weights())
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("order", ["long-short", "short-long"])
+@pytest.mark.parametrize("size", [(19, 21), (16, 12), (7, 30)])
+@pytest.mark.parametrize("token_budget", [1, 50, None])
+def test_streamed_isa_context_equals_the_explicit_path(order, size, token_budget):
+    torch.manual_seed(0)
+    kw = dict(in_channels=12, classes=3, channels=32, isa_channels=16, down_factor=(4, 3))
+    explicit = randomise_bn(ISADecoder(**kw, order=order, attn_impl="explicit"))
+    fused = ISADecoder(**kw, order=order, attn_impl="fused").eval()
+    fused.load_state_dict(explicit.state_dict())
+    x = torch.randn(2, 12, *size)
+    with torch.no_grad():
+        ctx_e, residual = explicit.context(x)
+        grid = GroupGrid.of(*size, (4, 3))
+        ctx_s = streaming.streamed_context(fused, residual, grid, token_budget)
+        torch.testing.assert_close(ctx_s, ctx_e, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fused(x), explicit(x), atol=1e-5, rtol=1e-5)
+
+
+def test_streamed_context_runs_chunk_by_chunk(monkeypatch):
+    """A budget of one token gives one chunk per row of sequences: d1 = lh (long), gh (short)."""
+    sizes = []
+    real = RelationBlock.infer
+    monkeypatch.setattr(
+        RelationBlock, "infer", lambda self, t, w: sizes.append(tuple(t.shape)) or real(self, t, w)
+    )
+    monkeypatch.setattr(streaming, "TOKEN_BUDGET", 1)
+    decoder = ISADecoder(8, 2, 16, 8, down_factor=(4, 4)).eval()
+    with torch.no_grad():
+        decoder(torch.randn(1, 8, 12, 20))  # gh, gw = 3, 5
+    # long step: a chunk per row offset li: lw = 4 sequences of gh * gw = 15 positions;
+    # short step: a chunk per row of blocks: gw = 5 sequences of lh * lw = 16 positions.
+    assert sizes == [(4, 15, 16)] * 4 + [(5, 16, 16)] * 3
+    sizes.clear()
+    monkeypatch.setattr(streaming, "TOKEN_BUDGET", 10**6)
+    with torch.no_grad():
+        decoder(torch.randn(1, 8, 12, 20))
+    assert sizes == [(16, 15, 16), (15, 16, 16)]  # one chunk per step
+
+
+def test_dense_and_isa_inference_keep_working_with_autograd():
+    """The fast paths never run when gradients are needed (captum, training)."""
+    torch.manual_seed(0)
+    for head in (
+        randomise_bn(ISADecoder(8, 3, 16, 8, down_factor=(2, 2))),
+        randomise_bn(DenseAttentionDecoder(8, 3, 16, 8)),
+    ):
+        x = torch.randn(1, 8, 6, 6, requires_grad=True)
+        y = head(x)
+        F.softmax(y, 1)[:, 0].sum().backward()
+        assert x.grad is not None and x.grad.abs().sum() > 0
+        with torch.no_grad():
+            torch.testing.assert_close(head(x), y.detach(), atol=1e-5, rtol=1e-5)
