@@ -4,7 +4,8 @@
 channels, 256 query/key channels, 8x8 groups, batch 1) on feature maps of 32x64, 64x128 and
 128x256, each size and path in a fresh subprocess, and prints a table and writes JSON. Paths:
 
-* ``fused`` -- :class:`ISADecoder` with ``attn_impl="fused"`` (scaled_dot_product_attention);
+* ``fused`` -- :class:`ISADecoder` with ``attn_impl="fused"`` (scaled_dot_product_attention,
+  streamed over chunks of attention sequences at inference);
 * ``explicit`` -- the same weights, materialised affinities;
 * ``dense`` -- :class:`DenseAttentionDecoder` (one attention over all positions, fused);
 * ``dense-explicit`` -- dense with the ``N x N`` affinity materialised (not run by default).
