@@ -25,8 +25,11 @@ from isa_explorer.models.layers import RelationBlock
 if TYPE_CHECKING:
     from isa_explorer.models.isa.decoder import GroupGrid, ISADecoder
 
-#: Positions per chunk: 2048 tokens of 512 channels are 4 MiB per activation.
+#: Positions per chunk on the CPU: 2048 tokens of 512 channels are 4 MiB per activation.
 TOKEN_BUDGET = 2048
+#: Positions per chunk on other devices: a GPU is bound by kernel launches long before memory,
+#: so a 128x256 map runs each step in one chunk there and only larger maps are split.
+TOKEN_BUDGET_ACCELERATOR = 65536
 
 # Permutations of a padded channels-last map viewed as (B, gh, lh, gw, lw, C):
 _NHWC_TO = {
@@ -49,12 +52,15 @@ def streamed_context(
         residual: Output of ``in_conv``, ``(B, C, H, W)`` in any memory layout.
         grid: The decoder's :class:`GroupGrid` for ``(H, W)``.
         token_budget: About how many positions one chunk holds (at least one row of
-            sequences); :data:`TOKEN_BUDGET` when ``None``.
+            sequences); when ``None``, :data:`TOKEN_BUDGET` on the CPU and
+            :data:`TOKEN_BUDGET_ACCELERATOR` elsewhere.
 
     Returns:
         The context ``(B, C, H, W)``, stored channels-last.
     """
-    token_budget = TOKEN_BUDGET if token_budget is None else token_budget
+    if token_budget is None:
+        cpu = residual.device.type == "cpu"
+        token_budget = TOKEN_BUDGET if cpu else TOKEN_BUDGET_ACCELERATOR
     b, c = residual.shape[:2]
     hp, wp = grid.padded
     x = residual.permute(0, 2, 3, 1)  # (B, H, W, C), a view
