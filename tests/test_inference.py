@@ -7,6 +7,7 @@ a wrongly folded scale or shift would go unnoticed.
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import small_isanet
 
 from isa_explorer.models import inference
 from isa_explorer.models.heads import DenseAttentionDecoder
@@ -143,3 +144,19 @@ def test_dense_and_isa_inference_keep_working_with_autograd():
         assert x.grad is not None and x.grad.abs().sum() > 0
         with torch.no_grad():
             torch.testing.assert_close(head(x), y.detach(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("head", ["isa", "dense", "fcn"])
+def test_inference_under_autocast_and_in_bfloat16(head):
+    """bf16 autocast runs the modules' own forward; a bf16 model runs the fast paths in bf16."""
+    torch.manual_seed(0)
+    model = randomise_bn(small_isanet(head=head))
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        expected = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = model(x)
+        torch.testing.assert_close(got.float(), expected, atol=0.1, rtol=0.05)
+        got = model.to(torch.bfloat16)(x.bfloat16())
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected, atol=0.1, rtol=0.05)

@@ -24,8 +24,14 @@ BAND_BYTES = 16 * 2**20
 
 
 def inference_active(module: nn.Module) -> bool:
-    """True when ``module`` is in eval mode and autograd is off (``no_grad``/``inference_mode``)."""
-    return not module.training and not torch.is_grad_enabled()
+    """True when ``module`` is in eval mode, autograd is off and autocast is not active.
+
+    Under ``torch.autocast`` the modules' own forward runs instead: autocast picks each
+    operator's dtype, which the preallocated outputs of the fast paths cannot follow.
+    """
+    if module.training or torch.is_grad_enabled():
+        return False
+    return not any(torch.is_autocast_enabled(device) for device in ("cpu", "cuda"))
 
 
 def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
