@@ -160,3 +160,20 @@ def test_inference_under_autocast_and_in_bfloat16(head):
         got = model.to(torch.bfloat16)(x.bfloat16())
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), expected, atol=0.1, rtol=0.05)
+
+
+def test_forward_hooks_on_submodules_still_fire_without_autograd():
+    """Feature extraction with a hook on a layer works under no_grad (the fast paths step aside)."""
+    torch.manual_seed(0)
+    decoder = randomise_bn(ISADecoder(8, 3, 16, 8, down_factor=(2, 2)))
+    x = torch.randn(1, 8, 6, 10)
+    with torch.no_grad():
+        expected = decoder(x)
+        seen = []
+        for layer in (decoder.out_conv.bn, decoder.in_conv.conv, decoder.local_relation):
+            handle = layer.register_forward_hook(lambda m, i, o: seen.append(o))
+            torch.testing.assert_close(decoder(x), expected, atol=1e-5, rtol=1e-5)
+            handle.remove()
+            assert len(seen) == 1, layer
+            seen.clear()
+        assert inference.inference_active(decoder)  # hooks removed: the fast path again

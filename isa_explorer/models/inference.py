@@ -24,14 +24,18 @@ BAND_BYTES = 16 * 2**20
 
 
 def inference_active(module: nn.Module) -> bool:
-    """True when ``module`` is in eval mode, autograd is off and autocast is not active.
+    """True when ``module`` is in eval mode, autograd is off, autocast is not active and no
+    forward hook is registered on it or its submodules.
 
-    Under ``torch.autocast`` the modules' own forward runs instead: autocast picks each
-    operator's dtype, which the preallocated outputs of the fast paths cannot follow.
+    Otherwise the modules' own forward runs: autocast picks each operator's dtype, which the
+    preallocated outputs of the fast paths cannot follow, and the fast paths call no submodule,
+    so a hook (feature extraction, captum) would silently never fire.
     """
     if module.training or torch.is_grad_enabled():
         return False
-    return not any(torch.is_autocast_enabled(device) for device in ("cpu", "cuda"))
+    if any(torch.is_autocast_enabled(device) for device in ("cpu", "cuda")):
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
 def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
