@@ -30,47 +30,17 @@ from isa_explorer.data import DATASETS, RECIPES, build_dataset, build_eval_trans
 from isa_explorer.data.info import ALIASES
 from isa_explorer.evaluate import MS_SCALES, evaluate, format_table
 from isa_explorer.evaluation.checkpoint import load_any_model
+from isa_explorer.evaluation.cli import add_inference_arguments
 from isa_explorer.evaluation.distributed import ShardSampler, close, init_from_env
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        help="model directory (save_pretrained / train/fit.py run / converted mmseg "
-        "checkpoint); default: the embedded default model",
-    )
     p.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
     p.add_argument("--data-root", type=Path, default=None, help="dataset folder")
     p.add_argument("--split", default="val")
-    p.add_argument("--mode", choices=("whole", "slide"), default="whole")
-    p.add_argument(
-        "--crop",
-        type=int,
-        nargs=2,
-        default=(769, 769),
-        metavar=("H", "W"),
-        help="slide window (default 769 769)",
-    )
-    p.add_argument(
-        "--stride",
-        type=int,
-        nargs=2,
-        default=(513, 513),
-        metavar=("H", "W"),
-        help="slide step (default 513 513)",
-    )
-    p.add_argument("--ms", action="store_true", help=f"multi-scale test, ratios {MS_SCALES}")
-    p.add_argument("--flip", action="store_true", help="add horizontally flipped images")
-    p.add_argument(
-        "--scale",
-        type=int,
-        nargs=2,
-        default=None,
-        metavar=("H", "W"),
-        help="keep-ratio test resize bound (default: the dataset's mmseg recipe)",
+    add_inference_arguments(
+        p, "keep-ratio test resize bound (default: the dataset's mmseg recipe, e.g. 2048 512)"
     )
     p.add_argument("--no-resize", action="store_true", help="evaluate images at their size")
     p.add_argument(
@@ -80,7 +50,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="images per batch (>1 only when all images have one size)",
     )
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", type=Path, default=None, help="write the metrics here")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
     p.add_argument(

@@ -19,12 +19,12 @@ import glob
 import sys
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from isa_explorer.data.common import CorruptFileError
 from isa_explorer.evaluate import MS_SCALES
 from isa_explorer.evaluation.checkpoint import load_any_model
+from isa_explorer.evaluation.cli import add_inference_arguments
 from isa_explorer.predict import (
     IMAGE_EXTENSIONS,
     colourise,
@@ -41,29 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
-    p.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        help="model directory (save_pretrained / train/fit.py run / converted mmseg "
-        "checkpoint); default: the embedded default model",
-    )
-    p.add_argument("--mode", choices=("whole", "slide"), default="whole")
-    p.add_argument("--crop", type=int, nargs=2, default=(769, 769), metavar=("H", "W"))
-    p.add_argument("--stride", type=int, nargs=2, default=(513, 513), metavar=("H", "W"))
-    p.add_argument("--ms", action="store_true", help=f"multi-scale, ratios {MS_SCALES}")
-    p.add_argument("--flip", action="store_true", help="add the horizontally flipped image")
-    p.add_argument(
-        "--scale",
-        type=int,
-        nargs=2,
-        default=None,
-        metavar=("LONG", "SHORT"),
-        help="keep-ratio resize bound before inference (e.g. 2048 512 for ADE20K)",
+    add_inference_arguments(
+        p, "keep-ratio resize bound before inference (e.g. 2048 512 for ADE20K)"
     )
     p.add_argument("--alpha", type=float, default=0.5, help="mask opacity in the overlay")
     p.add_argument("--recursive", action="store_true", help="also read sub-folders")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p.parse_args(argv)  # fmt: skip
 
 

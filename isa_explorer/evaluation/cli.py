@@ -1,0 +1,50 @@
+"""Command-line options shared by the inference tools (``train/evaluate.py``, ``train/predict.py``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from isa_explorer.evaluate import MS_SCALES
+
+
+def add_inference_arguments(p: argparse.ArgumentParser, scale_help: str) -> None:
+    """Add the model and test-time options: ``--checkpoint``, ``--mode``, ``--crop``,
+    ``--stride``, ``--ms``, ``--flip``, ``--scale`` and ``--device``.
+
+    Args:
+        p: The parser to extend.
+        scale_help: Help text of ``--scale`` (its default differs between the tools).
+    """
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="model directory (save_pretrained / train/fit.py run / converted mmseg "
+        "checkpoint); default: the embedded default model",
+    )
+    p.add_argument("--mode", choices=("whole", "slide"), default="whole")
+    p.add_argument(
+        "--crop",
+        type=int,
+        nargs=2,
+        default=(769, 769),
+        metavar=("H", "W"),
+        help="slide window (default 769 769)",
+    )
+    p.add_argument(
+        "--stride",
+        type=int,
+        nargs=2,
+        default=(513, 513),
+        metavar=("H", "W"),
+        help="slide step (default 513 513)",
+    )
+    p.add_argument("--ms", action="store_true", help=f"multi-scale test, ratios {MS_SCALES}")
+    p.add_argument("--flip", action="store_true", help="add horizontally flipped images")
+    p.add_argument(
+        "--scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"), help=scale_help
+    )
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
