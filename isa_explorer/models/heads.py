@@ -56,11 +56,11 @@ class ContextHead(nn.Module, ABC):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, Cin, H, W) -> (B, channels, H, W)``: the map before dropout and classifier."""
         context, residual = self.context(x)
-        # out_conv over cat([context, residual]) as two half-convolutions: no concatenated copy.
-        c = context.shape[1]
-        w = self.out_conv.conv.weight  # (C, 2C, 1, 1)
+        # out_conv over cat([context, residual]) without the concatenated copy.
         if inference_active(self):
             return concat_conv_bn_relu(self.out_conv, context, residual)
+        c = context.shape[1]
+        w = self.out_conv.conv.weight  # (C, 2C, 1, 1): two half-convolutions
         y = F.conv2d(context, w[:, :c]) + F.conv2d(residual, w[:, c:])
         del context, residual
         return self.out_conv.act(self.out_conv.bn(y))

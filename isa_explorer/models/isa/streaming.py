@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from isa_explorer.models.layers import RelationBlock
 
@@ -63,10 +62,7 @@ def streamed_context(
         token_budget = TOKEN_BUDGET if cpu else TOKEN_BUDGET_ACCELERATOR
     b, c = residual.shape[:2]
     hp, wp = grid.padded
-    x = residual.permute(0, 2, 3, 1)  # (B, H, W, C), a view
-    if (hp, wp) != (grid.h, grid.w):  # symmetric zero padding, as GroupGrid.pad
-        pt, pl = grid.pad_top, grid.pad_left
-        x = F.pad(x, (0, 0, pl, wp - grid.w - pl, pt, hp - grid.h - pt))  # (B, hp, wp, C)
+    x = grid.pad(residual).permute(0, 2, 3, 1)  # (B, hp, wp, C), a view
     (first, block1), (second, block2) = decoder.steps
     # Tokens of the second step, (B, e1, e2, e3, e4, C): the first step writes into them.
     mid = x.new_empty(b, *grid._dims(second), c)
@@ -77,8 +73,7 @@ def streamed_context(
     out_steps = out.view(b, grid.gh, grid.lh, grid.gw, grid.lw, c).permute(_NHWC_TO[second])
     _run_step(block2, mid, out_steps, token_budget)
     del mid
-    out = out[:, grid.pad_top : grid.pad_top + grid.h, grid.pad_left : grid.pad_left + grid.w]
-    return out.permute(0, 3, 1, 2)  # (B, C, H, W), channels-last
+    return grid.crop(out.permute(0, 3, 1, 2))  # (B, C, H, W), channels-last
 
 
 def _run_step(
