@@ -1,0 +1,55 @@
+"""FLOP formulas that :mod:`torch.utils.flop_counter` lacks for the kernels SDPA dispatches to.
+
+``F.scaled_dot_product_attention`` picks a kernel per device and build. On the CPU it is
+``aten._scaled_dot_product_flash_attention_for_cpu`` (and its backward), which the flop
+counter of current torch releases has no formula for: it counts those calls as zero FLOPs,
+so a fused path would be reported as doing only its projections. The formulas registered here
+are torch's own SDPA counts (``sdpa_flop_count``, ``sdpa_backward_flop_count``: the
+``Q K^T`` and ``A V`` matmuls, backward 2.5x), the ones it already applies to the CUDA flash,
+memory-efficient and cuDNN kernels. An op that torch already counts is left alone, so a
+torch release that adds its own formula keeps it.
+
+Importing :mod:`isa_explorer.benchmarking` registers them (idempotent).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import (
+    flop_registry,
+    register_flop_formula,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
+
+__all__ = ["register_sdpa_formulas"]
+
+_FORWARD = ("_scaled_dot_product_flash_attention_for_cpu",)
+_BACKWARD = ("_scaled_dot_product_flash_attention_for_cpu_backward",)
+
+
+def _missing(names: tuple[str, ...]) -> list:
+    ops = [getattr(torch.ops.aten, n) for n in names if hasattr(torch.ops.aten, n)]
+    return [op for op in ops if op not in flop_registry]
+
+
+def _sdpa_forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    # (B, heads, L, E) query, (B, heads, S, E) key, (B, heads, S, Ev) value.
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _sdpa_backward(
+    grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs
+) -> int:
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+def register_sdpa_formulas() -> list[str]:
+    """Register the missing SDPA formulas; returns the names of the ops registered now."""
+    done = []
+    for names, formula in ((_FORWARD, _sdpa_forward), (_BACKWARD, _sdpa_backward)):
+        ops = _missing(names)
+        if ops:
+            register_flop_formula(ops)(formula)
+            done += [str(op) for op in ops]
+    return done
