@@ -1,5 +1,7 @@
 """The ISA decoder: parity with mmsegmentation, fused vs explicit, grouping geometry."""
 
+import functools
+
 import pytest
 import torch
 
@@ -7,6 +9,7 @@ from isa_explorer.models.heads import DenseAttentionDecoder
 from isa_explorer.models.isa import streaming
 from isa_explorer.models.isa.decoder import GroupGrid, ISADecoder
 from isa_explorer.models.layers import attention
+from isa_explorer.parity import compare_to_reference
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +37,17 @@ def test_matches_mmsegmentation_isahead(mmseg_head, impl, token_budget, monkeypa
     for name, x in mmseg_head["inputs"].items():
         expected = mmseg_head["outputs"][name]
         for grad in (False, True):
-            with torch.set_grad_enabled(grad):
-                out = head(x)
-            assert out.shape == expected.shape
-            torch.testing.assert_close(out, expected, atol=1e-5, rtol=0, msg=f"{name} {grad=}")
+            # mmseg's float32 logits against ours in float64, within a few times our own
+            # float32 rounding (isa_explorer.parity): robust across oneDNN builds.
+            run = functools.partial(_head_logits, grad=grad)
+            parity = compare_to_reference(run, head, (x,), expected)
+            assert parity.ok, f"{name} {grad=}: {parity}"
+            assert parity.tolerance < 1e-4 * parity.scale, f"{name} {grad=}: {parity}"
+
+
+def _head_logits(head: ISADecoder, x: torch.Tensor, grad: bool) -> torch.Tensor:
+    with torch.set_grad_enabled(grad):
+        return head(x).detach()
 
 
 def test_padding_is_symmetric_like_mmseg():
