@@ -261,7 +261,9 @@ def build_app(
 def _api_endpoints(ex: Explorer) -> None:
     """Hidden components behind the ``predict`` and ``attention`` API endpoints."""
     with gr.Row(visible=False):
-        image = gr.Image(type="pil", image_mode=None, label="image")
+        # A file, not gr.Image: Gradio would decode a gr.Image upload before the project sees
+        # it, so a corrupt file would give clients a bare exception instead of our message.
+        image = gr.File(type="filepath", label="image")
         x = gr.Number(label="x", precision=0)
         y = gr.Number(label="y", precision=0)
         overlay = gr.Image(label="prediction overlay", format="png")
@@ -270,15 +272,15 @@ def _api_endpoints(ex: Explorer) -> None:
         predict_button, attention_button = gr.Button("predict"), gr.Button("attention")
 
     @api_guard
-    def predict(img):
-        """Prediction overlay and per-class pixel shares of an image."""
-        state = api_fns.analyse_cached(ex, img)
+    def predict(path):
+        """Prediction overlay and per-class pixel shares of an image file."""
+        state = api_fns.analyse_cached(ex, path)
         return ex.prediction_view(state, 0.5), api_fns.predict_summary(ex, state)
 
     @api_guard
-    def attention(img, qx, qy):
+    def attention(path, qx, qy):
         """Long-range, short-range and combined attention maps (feature grid) of pixel (x, y)."""
-        state = api_fns.analyse_cached(ex, img)
+        state = api_fns.analyse_cached(ex, path)
         return api_fns.attention_summary(ex, state, qx, qy)
 
     predict_button.click(predict, [image], [overlay, info], api_name="predict")

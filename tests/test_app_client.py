@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import zlib
 from pathlib import Path
 
 import httpx
@@ -107,3 +108,63 @@ def test_paths_not_uploaded_through_gradio_are_never_read(server):
     event = httpx.post(call, json=payload, timeout=30).json()["event_id"]
     stream = httpx.get(f"{call}/{event}", timeout=60).text
     assert "event: error" in stream and "event: complete" not in stream
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR chunk claiming ``width x height`` (8-bit RGB), then IEND."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+        )
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def _bad_files(tmp_path: Path, scene: Path) -> dict[str, tuple[Path, str]]:
+    """Hostile uploads and the message the project gives for each (as the browser path does)."""
+    files = {
+        "zero bytes": ("empty.png", b"", r"'empty.png' is not an image PIL can read"),
+        "truncated PNG": (
+            "cut.png",
+            scene.read_bytes()[:3000],
+            r"'cut.png' .*truncated or corrupt",
+        ),
+        "text named .png": ("notes.png", b"these are not pixels\n", r"'notes.png' is not an image"),
+        "HTML named .jpg": (
+            "page.jpg",
+            b"<!DOCTYPE html><html><body><script>alert(1)</script></body></html>",
+            r"'page.jpg' is not an image PIL can read",
+        ),
+        "60000x60000 header": (
+            "huge.png",
+            _png_header(60000, 60000),
+            r"'huge.png' is 3600 MP, more than the 80 MP this app decodes; downscale it",
+        ),
+    }
+    out = {}
+    for case, (name, data, message) in files.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        out[case] = (path, message)
+    return out
+
+
+def test_bad_files_get_the_projects_message_on_both_endpoints(client, scene, tmp_path, capsys):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    for case, (path, message) in _bad_files(tmp_path, scene).items():
+        for args, api_name in (((), "/predict"), ((10, 10), "/attention")):
+            with pytest.raises(AppError, match=message):
+                client.predict(handle_file(str(path)), *args, api_name=api_name)
+            # Never Gradio's generic "The upstream Gradio app has raised an exception".
+            try:
+                client.predict(handle_file(str(path)), *args, api_name=api_name)
+            except AppError as err:
+                assert "upstream" not in str(err), f"{case} {api_name}: {err}"
+    # The server still answers, and its log has no traceback for a user's bad file.
+    _, info = client.predict(handle_file(str(scene)), api_name="/predict")
+    assert info["size"] == [128, 256]
+    assert "Traceback" not in capsys.readouterr().err

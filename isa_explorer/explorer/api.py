@@ -7,19 +7,35 @@ from its pixels, so repeated queries on the same image run the network once.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from isa_explorer.explorer.handlers import Explorer, ExplorerError
-from isa_explorer.explorer.images import ImageInputError, prepare_image
+from isa_explorer.explorer.images import ImageInputError, load_image_file, prepare_image
 from isa_explorer.explorer.session import ImageState
 
 
-def analyse_cached(explorer: Explorer, image: Image.Image | np.ndarray | None) -> ImageState:
-    """Analyse ``image`` (or reuse the stored analysis of the same pixels)."""
+def analyse_cached(
+    explorer: Explorer, image: str | Path | Image.Image | np.ndarray | None
+) -> ImageState:
+    """Analyse ``image`` (or reuse the stored analysis of the same pixels).
+
+    Args:
+        explorer: The app's explorer.
+        image: The path of a file the server received (decoded by the project's own reader,
+            :func:`load_image_file`, so API clients get the same messages as the browser), or
+            an already decoded PIL image or array.
+
+    Raises:
+        ExplorerError: No image, or a file that is not a usable image (the message says why).
+    """
+    if image is None:
+        raise ExplorerError("no image received; send a PNG, JPEG or WebP file")
     try:
-        prepared = prepare_image(image)
+        is_file = isinstance(image, str | Path)
+        prepared = load_image_file(image) if is_file else prepare_image(image)
     except ImageInputError as err:
         raise ExplorerError(str(err)) from None
     rgb = prepared.rgb

@@ -9,6 +9,7 @@ message meant for the user.
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +65,15 @@ def load_image_file(path: str | Path) -> PreparedImage:
             im.load()
     except ImageInputError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError):
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        # PIL refuses the header's size before the file is decoded; its message has the count.
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(found.group(1)) / 1e6:.0f} MP" if found else "more pixels than PIL allows"
+        raise ImageInputError(
+            f"{path.name!r} is {size}, more than the {MAX_PIXELS / 1e6:.0f} MP this app "
+            "decodes; downscale it first"
+        ) from None
+    except UnidentifiedImageError:
         raise ImageInputError(
             f"{path.name!r} is not an image PIL can read; upload a PNG, JPEG, WebP, BMP or TIFF "
             "image"

@@ -58,8 +58,8 @@ def api_guard(fn: Callable) -> Callable:
     def inner(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except ExplorerError as err:
-            raise gr.Error(str(err)) from None
+        except ExplorerError as err:  # the user's problem, not the server's: no traceback
+            raise gr.Error(str(err), print_exception=False) from None
         except Exception:
             log.exception("api call %s failed", fn.__name__)
             raise gr.Error("internal error while processing the request") from None
