@@ -121,3 +121,22 @@ def test_bad_arguments_are_explained(tmp_path):
         benchmark.load_results(tmp_path / "x.json")
     with pytest.raises(SystemExit):
         main(["--group", "big"])
+
+
+def test_sdpa_kernels_are_counted_like_the_matmuls_they_replace():
+    """The CPU flash kernel SDPA dispatches to counts as Q K^T and A V, forward and backward."""
+    import torch.nn.functional as F
+
+    from isa_explorer.benchmarking import register_sdpa_formulas
+
+    assert register_sdpa_formulas() == []  # registered once, at import; a second call is a no-op
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 40, 16, requires_grad=True) for _ in range(3))
+    with FlopCounterMode(display=False) as fused:
+        F.scaled_dot_product_attention(q, k, v).sum().backward()
+    with FlopCounterMode(display=False) as explicit:
+        a = (q @ k.transpose(-1, -2) / 4).softmax(-1)
+        (a @ v).sum().backward()
+    matmul_forward = 2 * (2 * 2 * 3 * 40 * 40 * 16)  # Q K^T and A V
+    assert fused.get_total_flops() == 3.5 * matmul_forward  # torch's SDPA convention: bwd 2.5x
+    assert explicit.get_total_flops() == 3 * matmul_forward  # matmul backward: 2x
