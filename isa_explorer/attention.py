@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from isa_explorer.models.heads import DenseAttentionDecoder
-from isa_explorer.models.isa.decoder import GroupGrid, ISADecoder
+from isa_explorer.models.isa.decoder import GroupGrid
 from isa_explorer.models.isa.model import ISANet
 
 
@@ -110,40 +110,67 @@ class AttentionMaps:
 
 
 @torch.inference_mode()
-def capture_attention(model: ISANet, image: torch.Tensor) -> AttentionCache:
-    """Run ``model`` on one image and keep what :func:`query_maps` needs.
+def capture_attention(
+    model: nn.Module, image: torch.Tensor, stride: int | None = None
+) -> AttentionCache:
+    """Run ``model`` once and keep what :func:`query_maps` needs.
+
+    Nothing is written on the model: the queries and keys come back from its forward
+    (``return_attention=True``), so several threads may capture on one model at once. The
+    model may be plain or prepared for inference (:func:`~isa_explorer.models.prepare_for_inference`).
 
     Args:
-        model: An :class:`ISANet` with an ``"isa"`` or ``"dense"`` head.
-        image: RGB image ``(3, H, W)`` or ``(1, 3, H, W)``, 0-255 (uint8 or float).
+        model: An :class:`ISANet` with an ``"isa"`` or ``"dense"`` head, or a bare
+            :class:`ISADecoder` / :class:`DenseAttentionDecoder` (plain or prepared).
+        image: For an ``ISANet``: one RGB image ``(3, H, W)`` or ``(1, 3, H, W)``, 0-255
+            (uint8 or float). For a bare decoder: its input feature map ``(1, Cin, h, w)``.
+        stride: Bare decoders only: pixels per feature cell of the image the features stand
+            for (default 8); an ``ISANet`` uses its encoder's output stride.
 
     Returns:
-        The cache of queries, keys and logits.
+        The cache of queries, keys and logits (``(K, H, W)``, at image resolution).
+
+    Raises:
+        ValueError: A head without attention, or an input of the wrong shape.
     """
-    decoder = model.decoder
-    if not isinstance(decoder, ISADecoder | DenseAttentionDecoder):
-        raise ValueError(f"the model's {model.head!r} head has no attention to probe")
-    if image.dim() == 3:
-        image = image[None]
-    if image.dim() != 4 or image.shape[:2] != (1, 3):
-        raise ValueError(f"expected one RGB image (3, H, W), got shape {tuple(image.shape)}")
-    device = next(model.parameters()).device
-    x = model.normalize(image.to(device))
-    with decoder.capture() as store:
-        logits = model.predict(x)[0]  # pads to the stride, so cells align with pixel blocks
-    H, W = image.shape[-2:]
-    qk = {k: v[0] for k, v in store.items() if k != "grid"}
-    if isinstance(decoder, ISADecoder):
-        grid = store["grid"]
-        head, order, feature_size = "isa", decoder.order, (grid.h, grid.w)
-        scale = decoder.global_relation.scale
+    is_net = isinstance(model, ISANet)
+    decoder = model.decoder if is_net else model
+    order = getattr(decoder, "order", None)  # ISA heads, plain or prepared
+    if not hasattr(decoder, "global_relation") and not hasattr(decoder, "relation"):
+        name = model.head if is_net else type(decoder).__name__
+        raise ValueError(f"the model's {name!r} head has no attention to probe")
+    if is_net:
+        if image.dim() == 3:
+            image = image[None]
+        if image.dim() != 4 or image.shape[:2] != (1, 3):
+            raise ValueError(f"expected one RGB image (3, H, W), got shape {tuple(image.shape)}")
+        device = next(model.parameters()).device
+        x = model.normalize(image.to(device))
+        # predict pads to the stride, so cells align with pixel blocks.
+        logits, attn = model.predict(x, return_attention=True)
+        stride, image_size = model.output_stride, tuple(image.shape[-2:])
     else:
-        grid, head, order = None, "dense", "dense"
+        if image.dim() != 4 or image.shape[0] != 1:
+            raise ValueError(f"expected one feature map (1, C, h, w), got {tuple(image.shape)}")
+        stride = 8 if stride is None else stride
+        image_size = (image.shape[-2] * stride, image.shape[-1] * stride)
+        if decoder.training:  # as ISANet.predict: probes are of the eval-mode model
+            decoder.eval()
+        logits, attn = decoder(image, return_attention=True)  # (1, K, h, w)
+        logits = F.interpolate(logits, size=image_size, mode="bilinear", align_corners=False)
+    grid = attn.get("grid")
+    # (Ck, hp, wp) maps, contiguous: the probes view them as (Ck, gh, lh, gw, lw).
+    qk = {k: v[0].contiguous() for k, v in attn.items() if k != "grid"}
+    if order is not None:
+        head, feature_size = "isa", (grid.h, grid.w)
+        scale = decoder.global_relation.scale
+        first_keys = _group_first_keys(qk, grid, order)
+    else:
+        head, order, first_keys = "dense", "dense", None
         feature_size = tuple(qk["dense_q"].shape[-2:])
         scale = decoder.relation.scale
-    first_keys = _group_first_keys(qk, grid, order) if grid is not None else None
     return AttentionCache(
-        head, order, qk, grid, scale, feature_size, (H, W), model.output_stride, logits, first_keys
+        head, order, qk, grid, scale, feature_size, image_size, stride, logits[0], first_keys
     )
 
 
@@ -260,10 +287,3 @@ def _group_ids(idx: torch.Tensor, g: GroupGrid, step: str) -> torch.Tensor:
     if step == "long":  # same offset inside the block
         return ((rows % g.lh) * g.lw + cols % g.lw).flatten()
     return ((rows // g.lh) * g.gw + cols // g.lw).flatten()  # same block
-
-
-def upsample_map(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling of a feature-grid map ``(h, w)`` to ``size`` (smooth display)."""
-    return F.interpolate(m[None, None].float(), size=size, mode="bilinear", align_corners=False)[
-        0, 0
-    ]

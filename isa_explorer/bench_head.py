@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from isa_explorer.attention import AttentionCache, query_maps
+from isa_explorer.attention import AttentionCache, capture_attention, query_maps
 from isa_explorer.benchmarking.measure import (
     MiB,
     PeakMemory,
@@ -40,6 +39,7 @@ from isa_explorer.benchmarking.measure import (
 )
 from isa_explorer.models.heads import DenseAttentionDecoder
 from isa_explorer.models.isa.decoder import ISADecoder
+from isa_explorer.models.prepare import prepare_for_inference
 
 PATHS = ("fused", "explicit", "dense", "dense-explicit")
 DEFAULT_PATHS = ("fused", "explicit", "dense")
@@ -52,14 +52,16 @@ STRIDE = 8  # feature cell of an output-stride-8 encoder, for the probe's image 
 
 
 def build_decoder(path: str, head: dict[str, int] | None = None) -> nn.Module:
-    """The decoder of one benchmark ``path`` (see module docstring), in eval mode."""
+    """The decoder of one benchmark ``path`` (see module docstring), prepared for inference."""
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}: choose from {', '.join(PATHS)}")
     cfg = dict(HEAD if head is None else head)
     if path in ("fused", "explicit"):
-        return ISADecoder(**cfg, down_factor=DOWN_FACTOR, attn_impl=path).eval()
-    impl = "explicit" if path == "dense-explicit" else "fused"
-    return DenseAttentionDecoder(**cfg, attn_impl=impl).eval()
+        decoder = ISADecoder(**cfg, down_factor=DOWN_FACTOR, attn_impl=path)
+    else:
+        impl = "explicit" if path == "dense-explicit" else "fused"
+        decoder = DenseAttentionDecoder(**cfg, attn_impl=impl)
+    return prepare_for_inference(decoder, inplace=True)
 
 
 def measure_decoder(
@@ -99,17 +101,8 @@ def capture_cache(size: tuple[int, int], device: str = "cpu") -> AttentionCache:
     """Queries and keys of the published ISA head on a random ``size`` feature map."""
     torch.manual_seed(0)
     decoder = build_decoder("fused").to(device)
-    h, w = size
-    x = torch.randn(1, HEAD["in_channels"], h, w, device=device)  # (1, 2048, h, w)
-    with torch.inference_mode(), decoder.capture() as store:
-        logits = decoder(x)  # (1, K, h, w)
-    image_size = (h * STRIDE, w * STRIDE)
-    logits = F.interpolate(logits, size=image_size, mode="bilinear", align_corners=False)[0]
-    qk = {k: v[0] for k, v in store.items() if k != "grid"}  # (Ck, hp, wp) each
-    scale = decoder.global_relation.scale
-    return AttentionCache(
-        "isa", decoder.order, qk, store["grid"], scale, (h, w), image_size, STRIDE, logits
-    )
+    x = torch.randn(1, HEAD["in_channels"], *size, device=device)  # (1, 2048, h, w)
+    return capture_attention(decoder, x, stride=STRIDE)
 
 
 def measure_probe(

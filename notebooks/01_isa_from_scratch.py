@@ -184,17 +184,17 @@ def masked_dense_attention(block, t: torch.Tensor, mask: torch.Tensor):
 
     Returns the block's output ``(1, N, C)`` and the affinity matrix ``(N, N)``.
     """
-    q, k = block.query_key(t)  # (1, N, Ck) each
-    v = F.linear(t, block.value_project.weight.flatten(1), block.value_project.bias)  # (1, N, C)
+    q, k = block.query_project(t), block.key_project(t)  # (1, N, Ck) each: 1x1 convs on tokens
+    v = block.value_project(t)  # (1, N, C)
     logits = (q @ k.transpose(1, 2)) * block.scale  # (1, N, N)
     affinity = logits.masked_fill(~mask, float("-inf")).softmax(dim=-1)
     fused = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=block.scale)
     torch.testing.assert_close(fused, affinity @ v)
-    return block.output_project.forward_tokens(affinity @ v), affinity[0]
+    return block.output_project(affinity @ v), affinity[0]
 
 
 with torch.no_grad():
-    isa_context, residual = decoder.context(x)  # the package's ISA: (1, C, h, w) each
+    isa_context, residual, _ = decoder.context(x)  # the package's ISA: (1, C, h, w) each
     tokens = residual.flatten(2).transpose(1, 2)  # (1, N, C), row-major positions
     after_long, L = masked_dense_attention(decoder.global_relation, tokens, M_long)
     after_short, S = masked_dense_attention(decoder.local_relation, after_long, M_short)

@@ -9,6 +9,7 @@ from isa_explorer.models.heads import DenseAttentionDecoder
 from isa_explorer.models.isa import streaming
 from isa_explorer.models.isa.decoder import GroupGrid, ISADecoder
 from isa_explorer.models.layers import attention
+from isa_explorer.models.prepare import prepare_for_inference
 from isa_explorer.parity import compare_to_reference
 
 
@@ -17,10 +18,20 @@ def mmseg_head(fixtures_dir):
     return torch.load(fixtures_dir / "isahead_small.pt", weights_only=True)
 
 
-@pytest.mark.parametrize("impl,token_budget", [("explicit", None), ("fused", None), ("fused", 1)])
-def test_matches_mmsegmentation_isahead(mmseg_head, impl, token_budget, monkeypatch):
-    # Fused without autograd streams the attention sequences in chunks; a budget of one
-    # token makes every chunk a single row of sequences. With autograd on it runs whole.
+@pytest.mark.parametrize(
+    "impl,token_budget,prepared",
+    [
+        ("explicit", None, False),
+        ("fused", None, False),
+        ("explicit", None, True),
+        ("fused", None, True),
+        ("fused", 1, True),
+    ],
+)
+def test_matches_mmsegmentation_isahead(mmseg_head, impl, token_budget, prepared, monkeypatch):
+    # Prepared for inference, the fused path streams the attention sequences in chunks; a
+    # budget of one token makes every chunk a single row of sequences. The plain decoder runs
+    # the whole map, with and without autograd.
     if token_budget is not None:
         monkeypatch.setattr(streaming, "TOKEN_BUDGET", token_budget)
     cfg = mmseg_head["config"]
@@ -33,10 +44,12 @@ def test_matches_mmsegmentation_isahead(mmseg_head, impl, token_budget, monkeypa
         attn_impl=impl,
     ).eval()
     head.load_state_dict(mmseg_head["state_dict"], strict=True)
+    if prepared:
+        head = prepare_for_inference(head)
     assert set(mmseg_head["inputs"]) == {"20x27", "16x16", "9x31"}
     for name, x in mmseg_head["inputs"].items():
         expected = mmseg_head["outputs"][name]
-        for grad in (False, True):
+        for grad in (False,) if prepared else (False, True):
             # mmseg's float32 logits against ours in float64, within a few times our own
             # float32 rounding (isa_explorer.parity): robust across oneDNN builds.
             run = functools.partial(_head_logits, grad=grad)
@@ -170,10 +183,29 @@ def test_capture_leaves_outputs_and_statistics_unchanged():
     head.load_state_dict(head.state_dict())
     torch.manual_seed(0)
     head2 = ISADecoder(8, 3, 16, 8, dropout=0.0).train()
-    with head2.capture() as store:
-        y2 = head2(x)
+    attributes = set(vars(head2))
+    y2, store = head2(x, return_attention=True)
     torch.testing.assert_close(y, y2)
     torch.testing.assert_close(after_one, head2.global_relation.key_project[0].bn.running_mean)
     assert not torch.equal(before, head.in_conv.bn.running_mean)
     assert store["long_q"].shape == (2, 8, 16, 24) and store["grid"].padded == (16, 24)
-    assert head2._capture is None
+    # Nothing was written on the module: the queries and keys came back as a return value.
+    assert set(vars(head2)) == attributes
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in head2.modules())
+
+
+@pytest.mark.parametrize("cls", [ISADecoder, DenseAttentionDecoder])
+@pytest.mark.parametrize("mode", ["train", "eval", "no_grad"])
+def test_forward_hooks_fire_on_every_leaf_module(cls, mode):
+    """A user's hook on any layer sees it run, whatever the mode (feature extraction, captum)."""
+    torch.manual_seed(0)
+    decoder = cls(8, 3, 16, 8)
+    decoder.train(mode == "train")
+    leaves = {n: m for n, m in decoder.named_modules() if not list(m.children())}
+    fired: set[str] = set()
+    for name, m in leaves.items():
+        m.register_forward_hook(lambda mod, i, o, name=name: fired.add(name))
+    with torch.set_grad_enabled(mode != "no_grad"):
+        decoder(torch.randn(2, 8, 10, 14))
+    assert fired == set(leaves), f"never fired: {sorted(set(leaves) - fired)}"
+    assert len(leaves) > 20  # the relation blocks' projections, BatchNorms and ReLUs included

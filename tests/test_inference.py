@@ -1,4 +1,4 @@
-"""Inference fast paths (eval mode, no autograd) give the modules' own results.
+"""Models prepared for inference give the plain modules' own results.
 
 BatchNorm statistics are randomised throughout: with the initial ones (mean 0, variance 1)
 a wrongly folded scale or shift would go unnoticed.
@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from conftest import small_isanet
 
-from isa_explorer.models import inference
+from isa_explorer.models import is_prepared, prepare_for_inference
 from isa_explorer.models.heads import DenseAttentionDecoder
-from isa_explorer.models.inference import concat_conv_bn_relu, conv_bn_relu
+from isa_explorer.models.inference import ConcatConvReLU, ConvReLU, PreparedRelation, fold
 from isa_explorer.models.isa import streaming
-from isa_explorer.models.isa.decoder import GroupGrid, ISADecoder
+from isa_explorer.models.isa.decoder import GroupGrid, ISADecoder, isa_context
 from isa_explorer.models.layers import ConvBNReLU, RelationBlock
 
 
@@ -42,28 +42,31 @@ def test_banded_conv_bn_relu_equals_the_module(kernel, dilation, band_rows):
     band_bytes = None if band_rows is None else band_rows * row_bytes
     with torch.no_grad():
         expected = module_ops(m, x)
-        torch.testing.assert_close(conv_bn_relu(m, x, band_bytes), expected)
-        torch.testing.assert_close(m(x), expected)  # forward takes the fast path
+        torch.testing.assert_close(ConvReLU(fold(m), band_bytes)(x), expected)
+        torch.testing.assert_close(m(x), expected)  # the plain module: the same ops
 
 
-def test_conv_module_uses_the_fast_path_only_without_autograd_in_eval(monkeypatch):
-    m = randomise_bn(ConvBNReLU(4, 3, 3))
-    x = torch.randn(1, 4, 8, 8)
-    calls = []
-    monkeypatch.setattr(inference, "BAND_BYTES", 4 * 8 * 4)  # one row per band
-    real = inference.conv_bn_relu
-    monkeypatch.setattr(
-        "isa_explorer.models.layers.conv_bn_relu", lambda *a: calls.append(1) or real(*a)
-    )
-    y = m(x)  # eval, autograd on: the module ops, differentiable
-    assert y.requires_grad and not calls
+def test_preparing_folds_batchnorm_once_and_leaves_the_original_alone():
+    torch.manual_seed(0)
+    model = randomise_bn(small_isanet(aux_head=True))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    prepared = prepare_for_inference(model)
+    assert is_prepared(prepared) and not is_prepared(model)
+    head_bns = [m for m in prepared.decoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert head_bns == []  # folded into the convolutions, none left to run per forward
+    assert not any(isinstance(m, torch.nn.Dropout2d) for m in prepared.decoder.modules())
+    for k, v in model.state_dict().items():  # the original keeps its weights and statistics
+        assert torch.equal(v, state[k]), k
+    x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
-        torch.testing.assert_close(m(x), y.detach())
-    assert calls == [1]
-    m.train()
-    with torch.no_grad():
-        m(x)  # training mode: batch statistics, never the folded path
-    assert calls == [1]
+        torch.testing.assert_close(prepared(x), model(x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="prepared for inference.*cannot be trained"):
+        prepared.train()
+    with pytest.raises(RuntimeError, match="prepared for inference"):
+        prepared.save_pretrained("unused")
+    with pytest.raises(TypeError, match="cannot prepare a Linear"):
+        prepare_for_inference(torch.nn.Linear(2, 2))
+    assert prepare_for_inference(prepared.decoder, inplace=True) is prepared.decoder  # as is
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "cropped"])
@@ -78,18 +81,23 @@ def test_concat_conv_equals_out_conv_over_the_concatenation(layout):
         ctx = big[:, :, 1:7, 2:7]
     with torch.no_grad():
         expected = module_ops(m, torch.cat([ctx, res], dim=1))
-        torch.testing.assert_close(concat_conv_bn_relu(m, ctx, res), expected)
+        torch.testing.assert_close(ConcatConvReLU(fold(m))(ctx, res), expected)
 
 
 def test_relation_block_infer_equals_its_forward():
     torch.manual_seed(0)
     block = randomise_bn(RelationBlock(32, 16))
     t = torch.randn(5, 40, 32)  # 5 sequences of 40 tokens
+    prepared = PreparedRelation(block)
     with torch.no_grad():
         expected = block(t, "explicit")
         torch.testing.assert_close(block(t, "fused"), expected, atol=1e-5, rtol=1e-5)
-        got = block.infer(t, block.inference_weights())
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        for impl in ("fused", "explicit"):
+            got, q, k = prepared(t, impl, return_qk=True)
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+            _, q0, k0 = block(t, impl, return_qk=True)
+            torch.testing.assert_close(q, q0, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(k, k0, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("order", ["long-short", "short-long"])
@@ -101,24 +109,37 @@ def test_streamed_isa_context_equals_the_explicit_path(order, size, token_budget
     explicit = randomise_bn(ISADecoder(**kw, order=order, attn_impl="explicit"))
     fused = ISADecoder(**kw, order=order, attn_impl="fused").eval()
     fused.load_state_dict(explicit.state_dict())
+    prepared = prepare_for_inference(fused, token_budget)
     x = torch.randn(2, 12, *size)
     with torch.no_grad():
-        ctx_e, residual = explicit.context(x)
+        ctx_e, residual, attn_e = explicit.context(x, return_attention=True)
         grid = GroupGrid.of(*size, (4, 3))
-        ctx_s = streaming.streamed_context(fused, residual, grid, token_budget)
+        ctx_s, attn_s = streaming.streamed_context(
+            prepared.steps, residual, grid, token_budget, return_attention=True
+        )
         torch.testing.assert_close(ctx_s, ctx_e, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(fused(x), explicit(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(prepared(x), explicit(x), atol=1e-5, rtol=1e-5)
+        # The streamed queries and keys, written chunk by chunk, are the whole-map ones.
+        assert set(attn_s) == set(attn_e) == {"grid", "long_q", "long_k", "short_q", "short_k"}
+        for name in ("long_q", "long_k", "short_q", "short_k"):
+            torch.testing.assert_close(attn_s[name], attn_e[name], atol=1e-5, rtol=1e-5)
+        # The whole-map function on the prepared blocks is the explicit path too.
+        ctx_w, _ = isa_context(prepared.steps, residual, grid, "explicit")
+        torch.testing.assert_close(ctx_w, ctx_e, atol=1e-5, rtol=1e-5)
 
 
 def test_streamed_context_runs_chunk_by_chunk(monkeypatch):
     """A budget of one token gives one chunk per row of sequences: d1 = lh (long), gh (short)."""
     sizes = []
-    real = RelationBlock.infer
-    monkeypatch.setattr(
-        RelationBlock, "infer", lambda self, t, w: sizes.append(tuple(t.shape)) or real(self, t, w)
-    )
+    real = PreparedRelation.forward
+
+    def recording(self, t, *args, **kwargs):
+        sizes.append(tuple(t.shape))
+        return real(self, t, *args, **kwargs)
+
+    monkeypatch.setattr(PreparedRelation, "forward", recording)
     monkeypatch.setattr(streaming, "TOKEN_BUDGET", 1)
-    decoder = ISADecoder(8, 2, 16, 8, down_factor=(4, 4)).eval()
+    decoder = prepare_for_inference(ISADecoder(8, 2, 16, 8, down_factor=(4, 4)))
     with torch.no_grad():
         decoder(torch.randn(1, 8, 12, 20))  # gh, gw = 3, 5
     # long step: a chunk per row offset li: lw = 4 sequences of gh * gw = 15 positions;
@@ -132,7 +153,7 @@ def test_streamed_context_runs_chunk_by_chunk(monkeypatch):
 
 
 def test_dense_and_isa_inference_keep_working_with_autograd():
-    """The fast paths never run when gradients are needed (captum, training)."""
+    """The plain heads run one code path with and without gradients (captum, training)."""
     torch.manual_seed(0)
     for head in (
         randomise_bn(ISADecoder(8, 3, 16, 8, down_factor=(2, 2))),
@@ -144,11 +165,14 @@ def test_dense_and_isa_inference_keep_working_with_autograd():
         assert x.grad is not None and x.grad.abs().sum() > 0
         with torch.no_grad():
             torch.testing.assert_close(head(x), y.detach(), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                prepare_for_inference(head)(x), y.detach(), atol=1e-5, rtol=1e-5
+            )
 
 
 @pytest.mark.parametrize("head", ["isa", "dense", "fcn"])
 def test_inference_under_autocast_and_in_bfloat16(head):
-    """bf16 autocast runs the modules' own forward; a bf16 model runs the fast paths in bf16."""
+    """bf16 autocast runs the plain modules; a bf16 model prepared for inference runs in bf16."""
     torch.manual_seed(0)
     model = randomise_bn(small_isanet(head=head))
     x = torch.randn(1, 3, 64, 96)
@@ -157,13 +181,13 @@ def test_inference_under_autocast_and_in_bfloat16(head):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             got = model(x)
         torch.testing.assert_close(got.float(), expected, atol=0.1, rtol=0.05)
-        got = model.to(torch.bfloat16)(x.bfloat16())
+        got = prepare_for_inference(model.to(torch.bfloat16))(x.bfloat16())
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), expected, atol=0.1, rtol=0.05)
 
 
 def test_forward_hooks_on_submodules_still_fire_without_autograd():
-    """Feature extraction with a hook on a layer works under no_grad (the fast paths step aside)."""
+    """Feature extraction with a hook on a layer works under no_grad."""
     torch.manual_seed(0)
     decoder = randomise_bn(ISADecoder(8, 3, 16, 8, down_factor=(2, 2)))
     x = torch.randn(1, 8, 6, 10)
@@ -176,4 +200,19 @@ def test_forward_hooks_on_submodules_still_fire_without_autograd():
             handle.remove()
             assert len(seen) == 1, layer
             seen.clear()
-        assert inference.inference_active(decoder)  # hooks removed: the fast path again
+
+
+@pytest.mark.parametrize("head", ["isa", "dense"])
+def test_prepared_model_returns_the_same_attention(head):
+    torch.manual_seed(0)
+    model = randomise_bn(small_isanet(head=head))
+    prepared = prepare_for_inference(model)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        logits, attn = model(x, return_attention=True)
+        logits_p, attn_p = prepared(x, return_attention=True)
+    torch.testing.assert_close(logits_p, logits, atol=1e-5, rtol=1e-5)
+    assert set(attn_p) == set(attn)
+    for name in attn:
+        if name != "grid":
+            torch.testing.assert_close(attn_p[name], attn[name], atol=1e-5, rtol=1e-5)

@@ -14,6 +14,7 @@ pixels if none), or the logit of one pixel.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 
@@ -202,9 +203,10 @@ def explain(
         raise ExplorerError(f"unknown target {target!r}: pick {CLICKED_PIXEL!r} or a class name")
     if method not in METHODS:
         raise ExplorerError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    model = explorer.model.model
-    with explorer.model.forward_lock:
-        result = attribute(model, state.rgb, state.labels, cls, pixel, method, n_steps)
+    # captum registers hooks on the layer it explains: each request gets its own copy of the
+    # model, so concurrent requests never see each other's hooks (the model is never locked).
+    model = copy.deepcopy(explorer.model.model)
+    result = attribute(model, state.rgb, state.labels, cls, pixel, method, n_steps)
     d = explorer.display(state)
     panel = render.heat_overlay(explorer._view(state, "rgb"), result.heat, opacity)
     if pixel is not None:

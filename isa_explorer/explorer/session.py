@@ -21,6 +21,7 @@ import torch
 from isa_explorer.attention import AttentionCache, capture_attention
 from isa_explorer.data.synthetic import SYNTHETIC_INFO
 from isa_explorer.models.isa.model import ISANet
+from isa_explorer.models.prepare import prepare_for_inference
 from isa_explorer.pretrained import DEFAULT_MODEL_DIR, load_model, resolve_model_dir
 
 #: Training size of models whose directory does not record one (the default model's).
@@ -66,18 +67,27 @@ class ExplorerModel:
         self.train_size = read_train_size(self.model_dir)
         self.config: dict = json.loads((self.model_dir / "config.json").read_text())
         self._model: ISANet | None = None
-        self._lock = threading.Lock()
-        #: Held by every network pass: the decoder's capture hooks are per model, not per call.
-        self.forward_lock = threading.Lock()
+        self._prepared: ISANet | None = None
+        self._lock = threading.Lock()  # guards loading only; network passes run concurrently
 
     @property
     def model(self) -> ISANet:
-        """The loaded model (loads it on first access)."""
+        """The loaded model, as trained (loads it on first access): for gradients (captum)."""
         if self._model is None:
             with self._lock:
                 if self._model is None:
                     self._model = load_model(self.model_dir, device=self.device)
         return self._model
+
+    @property
+    def prepared(self) -> ISANet:
+        """The model prepared for inference (:func:`prepare_for_inference`): for analysis."""
+        if self._prepared is None:
+            model = self.model
+            with self._lock:
+                if self._prepared is None:
+                    self._prepared = prepare_for_inference(model)
+        return self._prepared
 
     @property
     def loaded(self) -> bool:
@@ -115,20 +125,16 @@ class ExplorerModel:
     def analyse(self, rgb: np.ndarray) -> ImageState:
         """Run the model once on ``rgb`` ``(H, W, 3)`` uint8 and keep what clicks need."""
         image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))  # (3, H, W)
-        with self.forward_lock:
-            return self._analyse(image, rgb)
-
-    def _analyse(self, image: torch.Tensor, rgb: np.ndarray) -> ImageState:
+        model = self.prepared  # nothing is stored on it: threads share it without a lock
         if self.has_attention:
-            cache = capture_attention(self.model, image)
+            cache = capture_attention(model, image)
             logits = cache.logits
             # Clicks need the queries/keys only: drop the full-resolution logits from the cache.
             cache = dataclasses.replace(cache, logits=torch.empty(0))
         else:
             cache = None
             with torch.inference_mode():
-                x = self.model.normalize(image[None].to(self.device))
-                logits = self.model.predict(x)[0]
+                logits = model.predict(model.normalize(image[None].to(self.device)))[0]
         with torch.inference_mode():
             probs = logits.float().softmax(0)  # (K, H, W)
             confidence, labels = probs.max(0)
@@ -208,6 +214,7 @@ class SessionStore:
             return state
 
     def discard(self, key: str) -> None:
+        """Drop the state of ``key`` (a closed browser tab), if any."""
         with self._lock:
             self._items.pop(key, None)
 

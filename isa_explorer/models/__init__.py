@@ -5,10 +5,19 @@ import segmentation_models_pytorch as smp
 from isa_explorer.models.heads import DenseAttentionDecoder, FCNHead
 from isa_explorer.models.isa.decoder import GroupGrid, ISADecoder
 from isa_explorer.models.isa.model import ISANet
+from isa_explorer.models.prepare import is_prepared, prepare_for_inference
 
 # smp.create_model("isanet", ...) looks up this mapping; smp.from_pretrained(dir) looks up the
 # class name on the smp module.
 smp.MODEL_ARCHITECTURES_MAPPING["isanet"] = ISANet
 smp.ISANet = ISANet
 
-__all__ = ["DenseAttentionDecoder", "FCNHead", "GroupGrid", "ISADecoder", "ISANet"]
+__all__ = [
+    "DenseAttentionDecoder",
+    "FCNHead",
+    "GroupGrid",
+    "ISADecoder",
+    "ISANet",
+    "is_prepared",
+    "prepare_for_inference",
+]

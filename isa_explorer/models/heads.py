@@ -9,20 +9,24 @@ no-attention baseline (two 3x3 convs with the input concatenated).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from isa_explorer.models.inference import concat_conv_bn_relu, inference_active
 from isa_explorer.models.layers import AttnImpl, ConvBNReLU, RelationBlock
+
+#: What a context head returns with ``return_attention=True``: its queries and keys as maps
+#: (and, for ISA, the ``grid``). Keys are documented by each head.
+Attention = dict
 
 
 class ContextHead(nn.Module, ABC):
     """``in_conv`` -> context (defined by subclasses) -> ``out_conv(cat[context, residual])``.
 
-    Subclasses implement :meth:`context`. Parameter names follow mmseg's heads.
+    Subclasses implement :meth:`context`. Parameter names follow mmseg's heads. Nothing is
+    stored on the module during a forward pass: the queries and keys of the attention steps
+    come back as a return value when asked for (``return_attention=True``), so one head can
+    serve several threads at once.
     """
 
     def __init__(
@@ -34,46 +38,61 @@ class ContextHead(nn.Module, ABC):
         self.out_conv = ConvBNReLU(channels * 2, channels, 1)
         self.dropout = nn.Dropout2d(dropout)
         self.conv_seg = nn.Conv2d(channels, classes, 1)
-        self._capture: dict | None = None
 
     @abstractmethod
-    def context(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, Cin, H, W)`` -> ``(context, residual)``, both ``(B, channels, H, W)``."""
+    def context(
+        self, x: torch.Tensor, return_attention: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, Attention | None]:
+        """``(B, Cin, H, W)`` -> ``(context, residual, attention)``.
 
-    @contextmanager
-    def capture(self):
-        """Record the queries/keys of the attention steps during forward passes in the block.
-
-        Yields the dict the head fills (keys documented by each head's :meth:`context`).
+        ``context`` and ``residual`` are ``(B, channels, H, W)``; ``attention`` is the dict of
+        queries and keys when ``return_attention``, else ``None``.
         """
-        store: dict = {}
-        self._capture = store
-        try:
-            yield store
-        finally:
-            self._capture = None
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(
+        self, x: torch.Tensor, return_attention: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, Attention]:
         """``(B, Cin, H, W) -> (B, channels, H, W)``: the map before dropout and classifier."""
-        context, residual = self.context(x)
-        # out_conv over cat([context, residual]) without the concatenated copy.
-        if inference_active(self):
-            return concat_conv_bn_relu(self.out_conv, context, residual)
-        c = context.shape[1]
-        w = self.out_conv.conv.weight  # (C, 2C, 1, 1): two half-convolutions
-        y = F.conv2d(context, w[:, :c]) + F.conv2d(residual, w[:, c:])
-        del context, residual
-        return self.out_conv.act(self.out_conv.bn(y))
+        context, residual, attn = self.context(x, return_attention)
+        y = self.out_conv(torch.cat([context, residual], dim=1))  # (B, C, H, W)
+        return (y, attn) if return_attention else y
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, Cin, H, W) -> (B, classes, H, W)`` logits at feature resolution."""
+    def forward(
+        self, x: torch.Tensor, return_attention: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, Attention]:
+        """``(B, Cin, H, W) -> (B, classes, H, W)`` logits at feature resolution.
+
+        With ``return_attention=True``: ``(logits, attention)``, the queries and keys of the
+        attention steps as documented by the head (detached).
+        """
+        if return_attention:
+            y, attn = self.features(x, True)
+            return self.conv_seg(self.dropout(y)), attn
         return self.conv_seg(self.dropout(self.features(x)))
+
+
+def dense_context(
+    relation: nn.Module, residual: torch.Tensor, impl: AttnImpl, return_attention: bool
+) -> tuple[torch.Tensor, Attention | None]:
+    """One attention over all ``H * W`` positions of ``residual (B, C, H, W)``.
+
+    ``relation`` is a relation block (plain or prepared for inference). Returns the context
+    ``(B, C, H, W)`` and, when asked, ``{"dense_q", "dense_k"}`` maps ``(B, Ck, H, W)``.
+    """
+    b, c, h, w = residual.shape
+    t = residual.flatten(2).transpose(1, 2)  # (B, H*W, C)
+    if not return_attention:
+        return relation(t, impl).transpose(1, 2).reshape(b, c, h, w), None
+    t, q, k = relation(t, impl, return_qk=True)
+    attn = {f"dense_{n}": v.transpose(1, 2).reshape(b, -1, h, w) for n, v in (("q", q), ("k", k))}
+    return t.transpose(1, 2).reshape(b, c, h, w), attn
 
 
 class DenseAttentionDecoder(ContextHead):
     """Dense (non-local) self-attention head with the ISA head's channels.
 
-    Capture keys: ``dense_q``, ``dense_k`` as maps ``(B, Ck, H, W)``.
+    Attention keys (``return_attention=True``): ``dense_q``, ``dense_k`` as maps
+    ``(B, Ck, H, W)``.
 
     Args:
         in_channels: Encoder channels.
@@ -96,17 +115,12 @@ class DenseAttentionDecoder(ContextHead):
         super().__init__(in_channels, classes, channels, dropout, attn_impl)
         self.relation = RelationBlock(channels, isa_channels)
 
-    def context(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def context(
+        self, x: torch.Tensor, return_attention: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, Attention | None]:
         residual = self.in_conv(x)
-        b, c, h, w = residual.shape
-        t = residual.flatten(2).transpose(1, 2)  # (B, H*W, C)
-        rec = {} if self._capture is not None else None
-        t = self.relation(t, self.attn_impl, record=rec)
-        if rec is not None:
-            for name in ("q", "k"):
-                self._capture[f"dense_{name}"] = rec[name].transpose(1, 2).reshape(b, -1, h, w)
-        context = t.transpose(1, 2).reshape(b, c, h, w)
-        return context, residual
+        context, attn = dense_context(self.relation, residual, self.attn_impl, return_attention)
+        return context, residual, attn
 
 
 class FCNHead(nn.Module):

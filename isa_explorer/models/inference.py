@@ -1,121 +1,109 @@
-"""Inference fast paths of the heads' layers: eval mode with gradients off.
+"""The layers of a head prepared for inference: BatchNorm folded, fewer copies.
 
-In eval mode BatchNorm is a fixed per-channel affine map ``y * scale + shift``, so it can be
-folded into the convolution before it or applied in place, instead of writing a second copy of
-every activation. Large 3x3 convolutions run in bands of output rows, so the CPU backend
-(oneDNN) copies one band of the input into its blocked layout at a time instead of the whole
-input (a 268 MiB copy for a 2048-channel 128x256 map). Nothing here changes a parameter or
-the ``state_dict``; every function gives the module's own forward result up to fp32 rounding.
+In eval mode BatchNorm is a fixed per-channel affine map, so
+:func:`torch.nn.utils.fusion.fuse_conv_bn_eval` folds it into the convolution before it, once,
+when the model is prepared (:func:`isa_explorer.models.prepare.prepare_for_inference`). The
+modules here then run that folded model with fewer copies of the activations:
+
+* :class:`ConvReLU` -- a conv-BN-ReLU with BN folded; a large 3x3 input runs in bands of
+  output rows, so the CPU backend (oneDNN) copies one band of the input into its blocked layout
+  at a time instead of the whole input (a 268 MiB copy for a 2048-channel 128x256 map);
+* :class:`ConcatConvReLU` -- ``out_conv`` over ``cat([context, residual])`` as two half
+  products accumulated in place, without the concatenated copy;
+* :class:`PreparedRelation` -- a relation block with its first query and key projections and
+  its value projection stacked into one product, since all three read the same tokens.
+
+Every module gives the original module's result up to fp32 rounding (``tests/test_inference.py``).
+They are for inference only: no BatchNorm statistics to update, no dropout.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-if TYPE_CHECKING:
-    from isa_explorer.models.layers import ConvBNReLU
+from isa_explorer.models.layers import (
+    AttnImpl,
+    ConvBNReLU,
+    RelationBlock,
+    attention,
+    fused_attention_heads,
+)
 
 #: Input bytes of one band of a banded convolution (16 MiB: 8 rows of a 2048 x 256 map).
 BAND_BYTES = 16 * 2**20
 
 
-def inference_active(module: nn.Module) -> bool:
-    """True when ``module`` is in eval mode, autograd is off, autocast is not active and no
-    forward hook is registered on it or its submodules.
-
-    Otherwise the modules' own forward runs: autocast picks each operator's dtype, which the
-    preallocated outputs of the fast paths cannot follow, and the fast paths call no submodule,
-    so a hook (feature extraction, captum) would silently never fire.
-    """
-    if module.training or torch.is_grad_enabled():
-        return False
-    if any(torch.is_autocast_enabled(device) for device in ("cpu", "cuda")):
-        return False
-    return not any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+def fold(m: ConvBNReLU) -> nn.Conv2d:
+    """The convolution of an eval-mode conv-BN(-ReLU) with the BatchNorm folded into it."""
+    return fuse_conv_bn_eval(m.conv.eval(), m.bn.eval())
 
 
-def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(scale, shift)``, each ``(C,)``, of an eval-mode BatchNorm: ``bn(y) == y * scale + shift``."""
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    shift = -bn.running_mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
-    return scale, shift
-
-
-def folded_linear(m: ConvBNReLU) -> tuple[torch.Tensor, torch.Tensor]:
-    """A 1x1 conv-BN as one linear map: weight ``(Cout, Cin)`` and bias ``(Cout,)`` (eval mode)."""
-    scale, shift = bn_affine(m.bn)
-    return m.conv.weight.flatten(1) * scale[:, None], shift
-
-
-def affine_relu_(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``relu(y * scale + shift)`` in place over the channels of ``y (B, C, H, W)``."""
-    return y.mul_(scale[:, None, None]).add_(shift[:, None, None]).relu_()
-
-
-def conv_bn_relu(m: ConvBNReLU, x: torch.Tensor, band_bytes: int | None = None) -> torch.Tensor:
-    """``m(x)`` in eval mode without a second copy of the output, in row bands when ``x`` is large.
+class ConvReLU(nn.Module):
+    """``relu(conv(x))`` with BatchNorm folded into ``conv``; large inputs in row bands.
 
     Args:
-        m: The conv-BN-ReLU module (stride 1, ``padding = dilation * (k // 2)``).
-        x: Input ``(B, Cin, H, W)``.
-        band_bytes: Input bytes per band (:data:`BAND_BYTES` when ``None``); inputs up to
-            twice this run in one call.
+        conv: The folded convolution (stride 1, ``padding = dilation * (k // 2)``).
+        band_bytes: Input bytes per band (:data:`BAND_BYTES` when ``None``); inputs up to twice
+            this, and 1x1 kernels, run in one call.
 
-    Returns:
-        ``(B, Cout, H, W)``, equal to ``m(x)`` up to fp32 rounding.
+    Shapes:
+        ``(B, Cin, H, W) -> (B, Cout, H, W)``; a 1x1 ``conv`` also takes tokens ``(B, L, Cin)``.
     """
-    band_bytes = BAND_BYTES if band_bytes is None else band_bytes
-    conv = m.conv
-    scale, shift = bn_affine(m.bn)
-    b, cin, h, w = x.shape
-    row_bytes = b * cin * w * x.element_size()
-    rows = max(1, band_bytes // row_bytes)
-    if h <= 2 * rows:
-        return affine_relu_(conv(x), scale, shift)
-    pad = conv.padding[0]  # rows of context above and below every output row
-    out = x.new_empty(b, conv.out_channels, h, w)
-    for r0 in range(0, h, rows):
-        r1 = min(r0 + rows, h)
-        a, z = max(r0 - pad, 0), min(r1 + pad, h)  # input rows the band reads
-        band = F.pad(x[:, :, a:z], (0, 0, pad - (r0 - a), pad - (z - r1)))  # zero rows at borders
-        y = F.conv2d(band, conv.weight, None, 1, (0, conv.padding[1]), conv.dilation)
-        out[:, :, r0:r1] = affine_relu_(y, scale, shift)  # (B, Cout, r1 - r0, W)
-    return out
+
+    def __init__(self, conv: nn.Conv2d, band_bytes: int | None = None):
+        super().__init__()
+        self.conv = conv
+        self.band_bytes = BAND_BYTES if band_bytes is None else band_bytes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.conv
+        if x.dim() == 3 or conv.kernel_size == (1, 1):
+            return conv(x).relu_()
+        b, cin, h, w = x.shape
+        rows = max(1, self.band_bytes // (b * cin * w * x.element_size()))
+        if h <= 2 * rows:
+            return conv(x).relu_()
+        pad = conv.padding[0]  # rows of context above and below every output row
+        out = x.new_empty(b, conv.out_channels, h, w)
+        for r0 in range(0, h, rows):
+            r1 = min(r0 + rows, h)
+            a, z = max(r0 - pad, 0), min(r1 + pad, h)  # input rows the band reads
+            band = F.pad(x[:, :, a:z], (0, 0, pad - (r0 - a), pad - (z - r1)))  # zero borders
+            y = F.conv2d(band, conv.weight, conv.bias, 1, (0, conv.padding[1]), conv.dilation)
+            out[:, :, r0:r1] = y.relu_()  # (B, Cout, r1 - r0, W)
+        return out
 
 
-def concat_conv_bn_relu(
-    m: ConvBNReLU, context: torch.Tensor, residual: torch.Tensor
-) -> torch.Tensor:
-    """``m(cat([context, residual]))`` for a 1x1 conv-BN-ReLU, without the concatenation.
+class ConcatConvReLU(nn.Module):
+    """``relu(conv(cat([context, residual])))`` for a folded 1x1 conv, without the concatenation.
 
-    The two halves of the weight (BatchNorm folded in) multiply the two inputs as position x
-    channel matrices read in place, the second product accumulating into the first; only the
-    output is allocated.
+    The two halves of the weight multiply the two inputs as position x channel matrices read
+    in place, the second product accumulating into the first; only the output is allocated.
 
     Args:
-        m: The 1x1 conv-BN-ReLU over ``2 C`` channels (``out_conv`` of a context head).
-        context: ``(B, C, H, W)``, any memory layout.
-        residual: ``(B, C, H, W)``, any memory layout.
+        conv: The folded 1x1 convolution over ``2 C`` channels (``out_conv`` of a context head).
 
-    Returns:
-        ``(B, Cout, H, W)``, stored channels-last.
+    Shapes:
+        ``(B, C, H, W), (B, C, H, W) -> (B, Cout, H, W)``, stored channels-last; any input
+        memory layout.
     """
-    weight, shift = folded_linear(m)  # (Cout, 2C), (Cout,)
-    b, c, h, w = context.shape
-    y = context.new_empty(b, h, w, weight.shape[0])  # (B, H, W, Cout)
-    for i in range(b):
-        rows = y[i].view(h * w, -1)  # (H * W, Cout)
-        torch.addmm(shift, _position_rows(context[i]), weight[:, :c].t(), out=rows)
-        rows.addmm_(_position_rows(residual[i]), weight[:, c:].t())
-    return y.relu_().permute(0, 3, 1, 2)  # (B, Cout, H, W), channels-last
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        weight, shift = self.conv.weight.flatten(1), self.conv.bias  # (Cout, 2C), (Cout,)
+        b, c, h, w = context.shape
+        y = context.new_empty(b, h, w, weight.shape[0])  # (B, H, W, Cout)
+        for i in range(b):
+            rows = y[i].view(h * w, -1)  # (H * W, Cout)
+            torch.addmm(shift, _position_rows(context[i]), weight[:, :c].t(), out=rows)
+            rows.addmm_(_position_rows(residual[i]), weight[:, c:].t())
+        return y.relu_().permute(0, 3, 1, 2)  # (B, Cout, H, W), channels-last
 
 
 def _position_rows(x: torch.Tensor) -> torch.Tensor:
@@ -145,3 +133,59 @@ def linear_over_heads(
     for i in range(1, h):  # out of place: FlopCounterMode does not count baddbmm_
         y = torch.baddbmm(y, heads[:, i], w[:, i].t().expand(b, c, -1))
     return y
+
+
+class PreparedRelation(nn.Module):
+    """A :class:`~isa_explorer.models.layers.RelationBlock` with every BatchNorm folded.
+
+    Modules: ``qkv`` (the first query and key projections and the value projection stacked,
+    ``C -> 2 Ck + C``), ``query2`` and ``key2`` (the second projections, ``Ck -> Ck``) and
+    ``output`` (``C -> C``), all linear maps over tokens followed by ReLU except the values.
+
+    Args:
+        block: The eval-mode relation block to fold.
+
+    Shapes:
+        Tokens ``(B, L, C) -> (B, L, C)``, as the block's forward.
+    """
+
+    def __init__(self, block: RelationBlock):
+        super().__init__()
+        q1, q2 = (fold(m) for m in block.query_project)
+        k1, k2 = (fold(m) for m in block.key_project)
+        v = block.value_project
+        self.isa_channels, self.scale = block.isa_channels, block.scale
+        channels = v.in_channels
+        self.qkv = _linear(
+            torch.cat([q1.weight, k1.weight, v.weight]), torch.cat([q1.bias, k1.bias, v.bias])
+        )
+        self.query2, self.key2 = _linear(q2.weight, q2.bias), _linear(k2.weight, k2.bias)
+        out = fold(block.output_project)
+        self.output = _linear(out.weight, out.bias)
+        assert self.qkv.out_features == 2 * self.isa_channels + channels
+
+    def forward(
+        self, t: torch.Tensor, impl: AttnImpl = "fused", return_qk: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tokens ``(B, L, C)`` -> ``(B, L, C)`` (and the queries and keys when asked)."""
+        ck = self.isa_channels
+        y = self.qkv(t)  # (B, L, 2 Ck + C): q1 | k1 | v
+        y[..., : 2 * ck].relu_()
+        q = self.query2(y[..., :ck]).relu_()  # (B, L, Ck)
+        k = self.key2(y[..., ck : 2 * ck]).relu_()
+        v = y[..., 2 * ck :]  # (B, L, C)
+        if impl == "fused":  # the output projection reads the value heads where they are
+            heads = fused_attention_heads(q, k, v, self.scale)  # (B, h, L, C / h)
+            out = linear_over_heads(heads, self.output.weight, self.output.bias).relu_()
+        else:
+            out = self.output(attention(q, k, v, self.scale, impl)).relu_()
+        return (out, q, k) if return_qk else out
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+    """An ``nn.Linear`` holding a (folded) 1x1 convolution's weight ``(Cout, Cin[, 1, 1])``."""
+    lin = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        lin.weight.copy_(weight.flatten(1))
+        lin.bias.copy_(bias)
+    return lin

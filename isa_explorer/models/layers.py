@@ -4,10 +4,17 @@ Parameter names follow mmsegmentation (``conv``/``bn`` inside a conv module; ``k
 ``query_project``, ``value_project``, ``output_project`` inside a relation block) so released
 mmseg checkpoints map onto these modules one to one.
 
-The relation block works on *token* layout ``(batch, length, channels)``: a 1x1 convolution
-is a linear layer over the channel dimension, and BatchNorm over ``(B * L, C, 1, 1)`` computes
-exactly the statistics BatchNorm2d computes over ``(B, C, H, W)``, so grouping pixels into
-attention sequences needs one permutation per step and no transposes around the projections.
+The relation block works on *token* layout ``(batch, length, channels)``. Its 1x1 convolutions
+are :class:`TokenConv2d`: an ``nn.Conv2d`` that applies itself to tokens as the linear map it
+is, and BatchNorm over ``(B * L, C, 1, 1)`` computes exactly the statistics BatchNorm2d
+computes over ``(B, C, H, W)``. So grouping pixels into attention sequences needs one
+permutation per step, and every layer still runs through its module's ``__call__``: forward
+hooks (feature extraction, captum) fire on each of them. On tokens a hook sees ``(B, L, C)``
+at a convolution and ``(B * L, C, 1, 1)`` at a BatchNorm.
+
+These are the modules for training and analysis. For fast inference,
+:func:`isa_explorer.models.prepare.prepare_for_inference` folds the BatchNorms and swaps in
+the modules of :mod:`isa_explorer.models.inference`.
 """
 
 from __future__ import annotations
@@ -18,18 +25,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from isa_explorer.models.inference import (
-    conv_bn_relu,
-    folded_linear,
-    inference_active,
-    linear_over_heads,
-)
-
 AttnImpl = Literal["fused", "explicit"]
+
+
+class TokenConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` that also takes tokens: 1x1 on ``(B, L, Cin)`` is ``F.linear``.
+
+    On a 4-D map it is the plain convolution. On a 3-D token tensor (1x1 kernels only) it
+    returns ``(B, L, Cout)``, the same numbers a 1x1 convolution of the map would give.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3:
+            return super().forward(x)
+        if self.kernel_size != (1, 1) or self.groups != 1:
+            raise ValueError("token layout needs a 1x1 convolution without groups")
+        return F.linear(x, self.weight.flatten(1), self.bias)  # (B, L, Cout)
 
 
 class ConvBNReLU(nn.Module):
     """Convolution without bias, BatchNorm and ReLU (mmcv ``ConvModule`` with BN and ReLU).
+
+    Takes a map ``(B, Cin, H, W)`` or, for a 1x1 kernel, tokens ``(B, L, Cin)``.
 
     Args:
         in_channels: Input channels.
@@ -43,36 +60,20 @@ class ConvBNReLU(nn.Module):
     ):
         super().__init__()
         padding = dilation * (kernel_size // 2)
-        self.conv = nn.Conv2d(
+        self.conv = TokenConv2d(
             in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False
         )
         self.bn = nn.BatchNorm2d(out_channels)
         self.act = nn.ReLU(inplace=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, H, W) -> (B, Cout, H, W)
-        if inference_active(self):  # BN applied in place; large inputs in row bands
-            return conv_bn_relu(self, x)
-        return self.act(self.bn(self.conv(x)))
-
-    def forward_tokens(self, t: torch.Tensor) -> torch.Tensor:
-        """Apply the (1x1) module to tokens ``(B, L, Cin) -> (B, L, Cout)``."""
-        assert self.conv.kernel_size == (1, 1), "token layout needs a 1x1 convolution"
-        y = F.linear(t, self.conv.weight.flatten(1))  # (B, L, Cout)
-        return self._bn_act(y)
-
-    def forward_token_heads(self, heads: torch.Tensor) -> torch.Tensor:
-        """Apply the (1x1) module to tokens split into heads ``(B, h, L, Cin / h) -> (B, L, Cout)``.
-
-        Same result as :meth:`forward_tokens` on the heads side by side along the channels,
-        without copying them there (:func:`~isa_explorer.models.inference.linear_over_heads`).
-        """
-        return self._bn_act(linear_over_heads(heads, self.conv.weight.flatten(1)))
-
-    def _bn_act(self, y: torch.Tensor) -> torch.Tensor:
-        b, n, _ = y.shape  # (B, L, Cout)
-        # BatchNorm over (B*L, C, 1, 1) == BatchNorm2d statistics over (B, C, H, W).
-        y = self.bn(y.reshape(b * n, -1, 1, 1)).reshape(b, n, -1)
-        return self.act(y)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, Cin, H, W) -> (B, Cout, H, W)``, or tokens ``(B, L, Cin) -> (B, L, Cout)``."""
+        y = self.conv(x)
+        if y.dim() == 3:
+            b, n, c = y.shape
+            # BatchNorm over (B*L, C, 1, 1) == BatchNorm2d statistics over (B, C, H, W).
+            return self.act(self.bn(y.reshape(b * n, c, 1, 1)).view(b, n, c))
+        return self.act(self.bn(y))
 
 
 def attention(
@@ -143,77 +144,24 @@ class RelationBlock(nn.Module):
         self.query_project = nn.Sequential(
             ConvBNReLU(channels, isa_channels), ConvBNReLU(isa_channels, isa_channels)
         )
-        self.value_project = nn.Conv2d(channels, channels, 1)
+        self.value_project = TokenConv2d(channels, channels, 1)
         self.output_project = ConvBNReLU(channels, channels)
         self.scale = isa_channels**-0.5
 
-    @staticmethod
-    def _project(seq: nn.Sequential, t: torch.Tensor) -> torch.Tensor:
-        for m in seq:
-            t = m.forward_tokens(t)
-        return t
-
-    def query_key(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Queries and keys ``(B, L, isa_channels)`` of tokens ``t (B, L, channels)``."""
-        return self._project(self.query_project, t), self._project(self.key_project, t)
-
     def forward(
-        self, t: torch.Tensor, impl: AttnImpl = "fused", record: dict | None = None
-    ) -> torch.Tensor:
+        self, t: torch.Tensor, impl: AttnImpl = "fused", return_qk: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Tokens ``(B, L, C)`` -> attended and projected tokens ``(B, L, C)``.
-
-        When ``record`` is a dict, the detached queries and keys are stored in it as
-        ``"q"`` and ``"k"`` (``(B, L, isa_channels)``).
-        """
-        q, k = self.query_key(t)
-        if record is not None:
-            record["q"], record["k"] = q.detach(), k.detach()
-        v = F.linear(t, self.value_project.weight.flatten(1), self.value_project.bias)  # (B, L, C)
-        if impl == "fused":  # the output projection reads the value heads where they are
-            heads = fused_attention_heads(q, k, v, self.scale)  # (B, h, L, C / h)
-            del q, k, v
-            return self.output_project.forward_token_heads(heads)
-        context = attention(q, k, v, self.scale, impl)
-        del q, k, v
-        return self.output_project.forward_tokens(context)
-
-    def inference_weights(self) -> dict[str, torch.Tensor]:
-        """The block's weights for :meth:`infer`, with every BatchNorm folded (eval mode).
-
-        ``qkv``/``qkv_bias``: the first query and key projections and the value projection
-        stacked into one ``(2 Ck + C, C)`` map, since all three read the same tokens;
-        ``q2``, ``k2``, ``out`` (and ``*_bias``): the second projections and the output one.
-        """
-        (q1, q1b), (q2, q2b) = (folded_linear(m) for m in self.query_project)
-        (k1, k1b), (k2, k2b) = (folded_linear(m) for m in self.key_project)
-        out, out_b = folded_linear(self.output_project)
-        v, vb = self.value_project.weight.flatten(1), self.value_project.bias
-        return {
-            "qkv": torch.cat([q1, k1, v]),
-            "qkv_bias": torch.cat([q1b, k1b, vb]),
-            "q2": q2,
-            "q2_bias": q2b,
-            "k2": k2,
-            "k2_bias": k2b,
-            "out": out,
-            "out_bias": out_b,
-        }
-
-    def infer(self, t: torch.Tensor, weights: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The fused forward in eval mode without autograd: tokens ``(B, L, C) -> (B, L, C)``.
-
-        Equal to ``self(t, "fused")`` up to fp32 rounding, with one product for the first
-        query/key projections and the values and no separate BatchNorm passes.
 
         Args:
             t: Tokens ``(B, L, C)``.
-            weights: :meth:`inference_weights` (computed once per forward, not per call).
+            impl: ``"fused"`` or ``"explicit"`` attention (:func:`attention`).
+            return_qk: Also return the detached queries and keys, ``(B, L, isa_channels)``.
+
+        Returns:
+            The tokens, or ``(tokens, queries, keys)`` when ``return_qk``.
         """
-        ck = self.isa_channels
-        y = F.linear(t, weights["qkv"], weights["qkv_bias"])  # (B, L, 2 Ck + C): q1 | k1 | v
-        y[..., : 2 * ck].relu_()
-        q = F.linear(y[..., :ck], weights["q2"], weights["q2_bias"]).relu_()  # (B, L, Ck)
-        k = F.linear(y[..., ck : 2 * ck], weights["k2"], weights["k2_bias"]).relu_()
-        heads = fused_attention_heads(q, k, y[..., 2 * ck :], self.scale)  # (B, h, L, C / h)
-        del y, q, k
-        return linear_over_heads(heads, weights["out"], weights["out_bias"]).relu_()
+        q, k = self.query_project(t), self.key_project(t)  # (B, L, Ck) each
+        v = self.value_project(t)  # (B, L, C)
+        out = self.output_project(attention(q, k, v, self.scale, impl))
+        return (out, q.detach(), k.detach()) if return_qk else out

@@ -20,10 +20,9 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from isa_explorer.models.heads import ContextHead
-from isa_explorer.models.inference import inference_active
-from isa_explorer.models.isa.streaming import streamed_context
+from isa_explorer.models.heads import Attention, ContextHead
 from isa_explorer.models.layers import AttnImpl, RelationBlock
 
 Order = Literal["long-short", "short-long"]
@@ -121,11 +120,48 @@ class GroupGrid:
         return self.lh * self.lw if step == "long" else self.gh * self.gw
 
 
+def isa_context(
+    steps: tuple[tuple[str, nn.Module], tuple[str, nn.Module]],
+    residual: torch.Tensor,
+    grid: GroupGrid,
+    impl: AttnImpl,
+    return_attention: bool = False,
+) -> tuple[torch.Tensor, Attention | None]:
+    """Both ISA steps over the whole map at once.
+
+    Args:
+        steps: ``((first, block), (second, block))``, e.g. ``(("long", global_relation),
+            ("short", local_relation))``; the blocks are relation blocks, plain or prepared
+            for inference (called as ``block(tokens, impl, return_qk=...)``).
+        residual: Output of ``in_conv``, ``(B, C, H, W)``.
+        grid: The :class:`GroupGrid` of ``(H, W)``.
+        impl: ``"fused"`` or ``"explicit"`` attention.
+        return_attention: Also return the queries and keys.
+
+    Returns:
+        The context ``(B, C, H, W)`` and, when asked, ``{"grid": grid, "{step}_q": ...,
+        "{step}_k": ...}`` with padded maps ``(B, Ck, hp, wp)`` for ``step`` in long/short.
+    """
+    (first, block1), (second, block2) = steps
+    t = grid.to_tokens(grid.pad(residual), first)  # (B * groups, L, C)
+    attn: Attention | None = {"grid": grid} if return_attention else None
+    for i, (step, block) in enumerate(steps):
+        if i:
+            t = grid.swap(t, first)  # tokens of the second step
+        if attn is None:
+            t = block(t, impl)
+            continue
+        t, q, k = block(t, impl, return_qk=True)
+        attn[f"{step}_q"], attn[f"{step}_k"] = grid.to_map(q, step), grid.to_map(k, step)
+    return grid.crop(grid.to_map(t, second)), attn  # (B, C, H, W)
+
+
 class ISADecoder(ContextHead):
     """ISA head: ``in_conv`` -> long-range -> short-range -> ``out_conv`` -> classifier.
 
-    Capture keys (inside :meth:`capture`): ``grid`` (:class:`GroupGrid`) and, for ``step`` in
-    ``long``/``short``, ``{step}_q`` and ``{step}_k`` as padded maps ``(B, Ck, hp, wp)``.
+    Attention keys (``return_attention=True``): ``grid`` (:class:`GroupGrid`) and, for
+    ``step`` in ``long``/``short``, ``{step}_q`` and ``{step}_k`` as padded maps
+    ``(B, Ck, hp, wp)``.
 
     Args:
         in_channels: Channels of the encoder's last stage (2048 for ResNet-50).
@@ -163,34 +199,24 @@ class ISADecoder(ContextHead):
     @property
     def steps(self) -> tuple[tuple[str, RelationBlock], tuple[str, RelationBlock]]:
         """The two attention steps in the order they run: ``(("long", block), ("short", block))``."""
-        long_, short_ = ("long", self.global_relation), ("short", self.local_relation)
-        return (long_, short_) if self.order == "long-short" else (short_, long_)
+        return ordered_steps(self.order, self.global_relation, self.local_relation)
 
-    def context(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def context(
+        self, x: torch.Tensor, return_attention: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, Attention | None]:
         """Run ``in_conv`` and both attention steps.
 
-        The fused path in eval mode without autograd, when nothing is captured, streams the
-        attention sequences in chunks (:func:`~isa_explorer.models.isa.streaming.streamed_context`).
-
         Returns:
-            ``(context, residual)``, both ``(B, channels, H, W)``.
+            ``(context, residual, attention)``: the first two ``(B, channels, H, W)``, the
+            last as documented by the class (``None`` unless ``return_attention``).
         """
         residual = self.in_conv(x)  # (B, C, H, W)
         grid = GroupGrid.of(*residual.shape[-2:], self.down_factor)
-        if self.attn_impl == "fused" and self._capture is None and inference_active(self):
-            return streamed_context(self, residual, grid), residual
-        (first, block1), (second, block2) = self.steps
-        rec1 = rec2 = None
-        if self._capture is not None:
-            rec1, rec2 = {}, {}
-        t = grid.to_tokens(grid.pad(residual), first)  # (B * groups, L, C)
-        t = block1(t, self.attn_impl, record=rec1)
-        t = grid.swap(t, first)  # tokens of the second step
-        t = block2(t, self.attn_impl, record=rec2)
-        if self._capture is not None:
-            self._capture["grid"] = grid
-            for step, rec in ((first, rec1), (second, rec2)):
-                self._capture[f"{step}_q"] = grid.to_map(rec["q"], step)
-                self._capture[f"{step}_k"] = grid.to_map(rec["k"], step)
-        context = grid.crop(grid.to_map(t, second))  # (B, C, H, W)
-        return context, residual
+        context, attn = isa_context(self.steps, residual, grid, self.attn_impl, return_attention)
+        return context, residual, attn
+
+
+def ordered_steps(order: Order, long_block: nn.Module, short_block: nn.Module) -> tuple:
+    """``(("long", long_block), ("short", short_block))`` in the order ``order`` runs them."""
+    long_, short_ = ("long", long_block), ("short", short_block)
+    return (long_, short_) if order == "long-short" else (short_, long_)

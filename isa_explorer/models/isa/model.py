@@ -157,13 +157,27 @@ class ISANet(SegmentationModel):
             out["aux"] = self._resize(self.aux_head(features[-2]), x)
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` normalised images -> ``(B, classes, H, W)`` logits."""
-        return self._resize(self.decoder(self.encoder(x)[-1]), x)
+    def forward(
+        self, x: torch.Tensor, return_attention: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, dict]:
+        """``(B, C, H, W)`` normalised images -> ``(B, classes, H, W)`` logits.
+
+        With ``return_attention=True`` (ISA and dense heads): ``(logits, attention)``, the
+        decoder's queries and keys at feature resolution (see :class:`ISADecoder`).
+        """
+        features = self.encoder(x)[-1]
+        if not return_attention:
+            return self._resize(self.decoder(features), x)
+        if self.head == "fcn":
+            raise ValueError("the 'fcn' head has no attention to return")
+        logits, attn = self.decoder(features, return_attention=True)
+        return self._resize(logits, x), attn
 
     @torch.inference_mode()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Eval-mode logits for any input size.
+    def predict(
+        self, x: torch.Tensor, return_attention: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, dict]:
+        """Eval-mode logits for any input size (and the attention dict when asked).
 
         The input is zero-padded at the bottom/right to a multiple of the output stride, so
         feature cells align with ``stride x stride`` pixel blocks, and the logits are cropped.
@@ -173,7 +187,19 @@ class ISANet(SegmentationModel):
         h, w = x.shape[-2:]
         s = self.output_stride
         x = F.pad(x, (0, -w % s, 0, -h % s))
+        if return_attention:
+            logits, attn = self(x, return_attention=True)
+            return logits[..., :h, :w], attn
         return self(x)[..., :h, :w]
+
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
+        """smp's ``save_pretrained``; refused for a model prepared for inference."""
+        if getattr(self.decoder, "prepared", False):
+            raise RuntimeError(
+                "this model is prepared for inference (BatchNorm folded into other weights): "
+                "save the original model instead"
+            )
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _resize(self, logits: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return F.interpolate(
