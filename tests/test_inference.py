@@ -98,6 +98,9 @@ def test_relation_block_infer_equals_its_forward():
             _, q0, k0 = block(t, impl, return_qk=True)
             torch.testing.assert_close(q, q0, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(k, k0, atol=1e-5, rtol=1e-5)
+        got, q, k = prepared.chunk(t, return_qk=True)  # one product for q1, k1 and v
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(q, q0, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("order", ["long-short", "short-long"])
@@ -131,13 +134,13 @@ def test_streamed_isa_context_equals_the_explicit_path(order, size, token_budget
 def test_streamed_context_runs_chunk_by_chunk(monkeypatch):
     """A budget of one token gives one chunk per row of sequences: d1 = lh (long), gh (short)."""
     sizes = []
-    real = PreparedRelation.forward
+    real = PreparedRelation.chunk
 
     def recording(self, t, *args, **kwargs):
         sizes.append(tuple(t.shape))
         return real(self, t, *args, **kwargs)
 
-    monkeypatch.setattr(PreparedRelation, "forward", recording)
+    monkeypatch.setattr(PreparedRelation, "chunk", recording)
     monkeypatch.setattr(streaming, "TOKEN_BUDGET", 1)
     decoder = prepare_for_inference(ISADecoder(8, 2, 16, 8, down_factor=(4, 4)))
     with torch.no_grad():

@@ -167,15 +167,33 @@ class PreparedRelation(nn.Module):
     def forward(
         self, t: torch.Tensor, impl: AttnImpl = "fused", return_qk: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Tokens ``(B, L, C)`` -> ``(B, L, C)`` (and the queries and keys when asked)."""
+        """Tokens ``(B, L, C)`` -> ``(B, L, C)`` (and the queries and keys when asked).
+
+        For a whole map: the projections run one after the other (slices of ``qkv``), so
+        only one first-stage projection is alive at a time.
+        """
+        ck = self.isa_channels
+        w, b = self.qkv.weight, self.qkv.bias
+        q = self.query2(F.linear(t, w[:ck], b[:ck]).relu_()).relu_()  # (B, L, Ck)
+        k = self.key2(F.linear(t, w[ck : 2 * ck], b[ck : 2 * ck]).relu_()).relu_()
+        v = F.linear(t, w[2 * ck :], b[2 * ck :])  # (B, L, C)
+        return self._attend(q, k, v, impl, return_qk)
+
+    def chunk(
+        self, t: torch.Tensor, return_qk: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward` (fused) for a chunk of a streamed step: one product for q1, k1, v."""
         ck = self.isa_channels
         y = self.qkv(t)  # (B, L, 2 Ck + C): q1 | k1 | v
         y[..., : 2 * ck].relu_()
         q = self.query2(y[..., :ck]).relu_()  # (B, L, Ck)
         k = self.key2(y[..., ck : 2 * ck]).relu_()
-        v = y[..., 2 * ck :]  # (B, L, C)
+        return self._attend(q, k, y[..., 2 * ck :], "fused", return_qk)
+
+    def _attend(self, q, k, v, impl: AttnImpl, return_qk: bool):
         if impl == "fused":  # the output projection reads the value heads where they are
             heads = fused_attention_heads(q, k, v, self.scale)  # (B, h, L, C / h)
+            del v
             out = linear_over_heads(heads, self.output.weight, self.output.bias).relu_()
         else:
             out = self.output(attention(q, k, v, self.scale, impl)).relu_()

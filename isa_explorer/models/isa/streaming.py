@@ -118,9 +118,9 @@ def _run_step(
         j = min(i + per, d1)
         t = src[:, i:j].reshape(-1, d3 * d4, c)  # (B * n * d2, L, C): a copy of the chunk
         if qk is None:
-            y = block(t)  # (B * n * d2, L, C)
+            y = block.chunk(t)  # (B * n * d2, L, C)
         else:
-            y, q, k = block(t, return_qk=True)
+            y, q, k = block.chunk(t, return_qk=True)
             for view, v in zip(qk, (q, k), strict=True):
                 view[:, i:j] = v.view(b, j - i, d2, d3, d4, -1)
         dst[:, i:j] = y.view(b, j - i, d2, d3, d4, c)
