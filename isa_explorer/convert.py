@@ -11,7 +11,7 @@ mmseg's ISANet is ``ResNetV1c`` (deep stem, dilated to output stride 8) + ``ISAH
 Depth, widths and class count are read from the weights' shapes
 (:mod:`isa_explorer.mmseg_spec`). Command line::
 
-    python -m isa_explorer.convert isanet_r50-d8_....pth converted/isanet_r50_cityscapes
+    isa-explorer convert isanet_r50-d8_....pth converted/isanet_r50_cityscapes
 """
 
 from __future__ import annotations
@@ -230,10 +230,10 @@ def convert_checkpoint(
     return model.eval(), report
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m isa_explorer.convert IN.pth OUT_DIR``: convert and ``save_pretrained``."""
+def main(argv: Sequence[str] | None = None, prog: str = "isa-explorer convert") -> int:
+    """``isa-explorer convert IN.pth OUT_DIR``: convert and ``save_pretrained``."""
     parser = argparse.ArgumentParser(
-        prog="python -m isa_explorer.convert",
+        prog=prog,
         description="Convert an mmsegmentation ISANet checkpoint into an ISA Explorer model "
         "directory (safetensors + config; load with ISANet.from_pretrained(OUT_DIR)).",
     )
@@ -262,7 +262,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report)
     print(f"saved to {args.out_dir} (ISANet.from_pretrained({str(args.out_dir)!r}))")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

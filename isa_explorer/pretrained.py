@@ -43,13 +43,13 @@ def resolve_model_dir(path: str | Path) -> Path:
     if not root.exists():
         raise ModelNotFoundError(
             f"model path {root} does not exist; pass a directory written by "
-            "`model.save_pretrained`, `train/fit.py` or `python -m isa_explorer.convert`"
+            "`model.save_pretrained`, `train/fit.py` or `isa-explorer convert`"
         )
     if root.is_file():
         raise ModelNotFoundError(
             f"{root} is a file; pass the directory that holds it (config.json + {_WEIGHTS}). "
             "An mmsegmentation .pth must be converted first: "
-            f"`python -m isa_explorer.convert {root} OUT_DIR`"
+            f"`isa-explorer convert {root} OUT_DIR`"
         )
     for candidate in (root, *(root / sub for sub in _RUN_SUBDIRS)):
         if (candidate / "config.json").is_file() and (candidate / _WEIGHTS).is_file():

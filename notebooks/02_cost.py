@@ -36,7 +36,7 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 
-from isa_explorer.benchmark import (
+from isa_explorer.bench.attention import (
     COMMITTED_RESULTS,
     MODULES,
     RESOLUTIONS,
@@ -185,7 +185,7 @@ plt.show()
 #
 # ## 4. The committed results
 #
-# `results/benchmark_cpu.json` was written by `python -m isa_explorer.benchmark` (its command and
+# `COMMITTED_RESULTS` (package data) was written by the attention benchmark (its command and
 # machine are stored with it): every resolution of `RESOLUTIONS`, all four paths, forward and
 # forward + backward.
 
@@ -193,7 +193,7 @@ plt.show()
 report = load_results(COMMITTED_RESULTS) if COMMITTED_RESULTS.is_file() else None
 if report is None:
     print(f"{COMMITTED_RESULTS.name} is not in this checkout; produce it with")
-    print("  python -m isa_explorer.benchmark --out results/benchmark_cpu.json")
+    print("  isa-explorer bench attention --out benchmark_cpu.json")
     report = {"system": {}, "results": []}
 system = report["system"]
 print("machine:", {k: v for k, v in system.items() if not isinstance(v, dict | list)})

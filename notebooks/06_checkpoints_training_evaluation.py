@@ -38,8 +38,7 @@ from torch.utils.data import DataLoader
 
 from isa_explorer.convert import convert_checkpoint
 from isa_explorer.data import build_dataset, get_info
-from isa_explorer.evaluate import evaluate
-from isa_explorer.evaluation import MS_SCALES, aug_inference, format_table, inference
+from isa_explorer.evaluation import MS_SCALES, aug_inference, evaluate, format_table, inference
 from isa_explorer.models import ISANet
 from isa_explorer.parity import compare_to_reference
 from isa_explorer.pretrained import load_model
@@ -158,7 +157,7 @@ print(sorted(p.name for p in run_dir.iterdir()))
 #
 # ## 3. Evaluating like mmsegmentation
 #
-# `isa_explorer.evaluate.evaluate` counts one confusion matrix over the whole split and reports
+# `isa_explorer.evaluation.evaluate` counts one confusion matrix over the whole split and reports
 # mIoU, mAcc and aAcc, with three ways to predict:
 #
 # - `mode="whole"`: one forward pass per image;

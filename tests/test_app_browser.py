@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # app.py lives at the root
-
-import app  # noqa: E402
+from isa_explorer.explorer import Explorer, ExplorerModel, app
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -28,9 +25,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def url():
+def explorer() -> Explorer:
     torch.manual_seed(0)
-    demo = app.build_app()
+    return Explorer(ExplorerModel())
+
+
+@pytest.fixture(scope="module")
+def url(explorer):
+    demo = app.build_app(explorer=explorer)
     kwargs = app.launch_kwargs(port=_free_port())
     demo.launch(prevent_thread_lock=True, quiet=True, **kwargs)
     try:
@@ -40,7 +42,7 @@ def url():
 
 
 @pytest.fixture(scope="module")
-def page(url):
+def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -49,11 +51,22 @@ def page(url):
             args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(url, wait_until="networkidle", timeout=60_000)
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+def _open(browser, url):
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    # Not "networkidle": the app keeps a heartbeat stream open (demo.unload needs it).
+    page.goto(url, wait_until="load", timeout=60_000)
+    page.locator("#load-example").wait_for(state="visible", timeout=60_000)
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser, url):
+    return _open(browser, url)
 
 
 def test_click_before_loading_an_image_says_what_to_do(page):
@@ -121,7 +134,7 @@ def test_efficiency_tab_shows_the_committed_results_or_how_to_make_them(page):
         timeout=60_000,
     )
     text = page.locator("body").inner_text()
-    assert "Committed results" in text or "python -m isa_explorer.benchmark" in text
+    assert "Committed results" in text or "isa-explorer bench attention" in text
     page.get_by_role("tab", name="Explore").click()
 
 
@@ -142,3 +155,21 @@ def test_an_uploaded_16_bit_grey_image_is_converted_and_predicted(page, tmp_path
     )
     status = page.locator("#status").inner_text()
     assert "160x96" in status and "16-bit" in status and "grey" in status
+
+
+def test_closing_a_tab_frees_its_analysed_image(browser, url, explorer):
+    import time
+
+    tab = _open(browser, url)
+    before = len(explorer.store)
+    tab.locator("#load-example").click()
+    tab.wait_for_function(
+        "() => document.querySelector('#status')?.innerText.includes('Loaded example')",
+        timeout=60_000,
+    )
+    assert len(explorer.store) == before + 1
+    tab.close()
+    deadline = time.monotonic() + 60
+    while len(explorer.store) > before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(explorer.store) == before  # demo.unload -> SessionStore.discard

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import sys
 import zlib
 from pathlib import Path
 
@@ -13,10 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # app.py lives at the root
-
-import app  # noqa: E402
-from isa_explorer.data.synthetic import generate  # noqa: E402
+from isa_explorer.data.synthetic import generate
+from isa_explorer.explorer import app
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:::gradio.queueing")]
 

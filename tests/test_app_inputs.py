@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -16,13 +13,12 @@ from isa_explorer.explorer import (
     ExplorerError,
     ExplorerModel,
     ImageInputError,
+    app,
     images,
     load_image_file,
     prepare_image,
 )
 from isa_explorer.explorer import api as api_fns
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # app.py lives at the root
 
 
 @pytest.fixture(scope="module")
@@ -180,16 +176,12 @@ def test_ui_callbacks_turn_errors_into_a_status_line_not_a_traceback():
 
 
 def test_launch_limits_uploads_and_binds_locally():
-    import app
-
     kwargs = app.launch_kwargs()
     assert kwargs["max_file_size"] == app.MAX_FILE_SIZE
     assert kwargs["server_name"] == "127.0.0.1" and kwargs["share"] is False
 
 
 def test_a_missing_checkpoint_is_a_clear_command_line_error(tmp_path, capsys):
-    import app
-
     with pytest.raises(SystemExit) as exit_info:
         app.main(["--checkpoint", str(tmp_path / "no-such-run")])
     assert exit_info.value.code == 2
@@ -198,8 +190,6 @@ def test_a_missing_checkpoint_is_a_clear_command_line_error(tmp_path, capsys):
 
 
 def test_building_the_app_loads_no_weights():
-    import app
-
     ex = Explorer(ExplorerModel())
     demo = app.build_app(explorer=ex)
     assert not ex.model.loaded  # loaded by the first request

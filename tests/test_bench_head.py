@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from isa_explorer import bench_head
 from isa_explorer.attention import query_maps
+from isa_explorer.bench import decoder as bench_head
 
 SMALL = dict(in_channels=24, classes=3, channels=32, isa_channels=16)
 
@@ -57,7 +57,10 @@ def test_cli_runs_cases_in_subprocesses_and_writes_json(tmp_path, capsys):
         "time_fused_over_explicit",
     }
     system = report["system"]
-    assert system["command"].startswith("python -m ") and "--sizes 8x16" in system["command"]
+    assert (
+        system["command"].startswith("isa-explorer bench decoder ")
+        and "--sizes 8x16" in system["command"]
+    )
     assert system["threads"] >= 1 and len(system["loadavg"]) == 3 and system["torch"]
     assert "fused/explicit memory" in capsys.readouterr().out
 

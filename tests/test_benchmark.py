@@ -7,8 +7,8 @@ import torch
 from matplotlib.figure import Figure
 from torch.utils.flop_counter import FlopCounterMode
 
-from isa_explorer import benchmark
-from isa_explorer.benchmarking.cli import main
+from isa_explorer.bench import attention as benchmark
+from isa_explorer.bench.attention_cli import main
 
 SMALL = dict(channels=32, isa_channels=16)
 
@@ -101,7 +101,9 @@ def test_one_case_in_a_fresh_subprocess():
 
 def test_committed_results_load_and_plot():
     report = benchmark.load_results()
-    assert report["system"]["command"].startswith("python -m isa_explorer.benchmark")
+    # Recorded as run (the attention benchmark's module then), with its --out.
+    command = report["system"]["command"]
+    assert command.startswith(("isa-explorer bench attention", "python -m isa_explorer.benchmark"))
     rows = report["results"]
     assert {r["module"] for r in rows} == set(benchmark.MODULES)
     assert any(r["status"] == "skipped" for r in rows) and any(r["status"] == "ok" for r in rows)
@@ -114,7 +116,7 @@ def test_committed_results_load_and_plot():
 def test_bad_arguments_are_explained(tmp_path):
     with pytest.raises(ValueError, match="unknown module 'sparse'"):
         benchmark.AttentionModule("sparse")
-    with pytest.raises(FileNotFoundError, match="python -m isa_explorer.benchmark"):
+    with pytest.raises(FileNotFoundError, match="isa-explorer bench attention"):
         benchmark.load_results(tmp_path / "missing.json")
     (tmp_path / "x.json").write_text(json.dumps({"rows": []}))
     with pytest.raises(ValueError, match="not a benchmark report"):
@@ -127,7 +129,7 @@ def test_sdpa_kernels_are_counted_like_the_matmuls_they_replace():
     """The CPU flash kernel SDPA dispatches to counts as Q K^T and A V, forward and backward."""
     import torch.nn.functional as F
 
-    from isa_explorer.benchmarking import register_sdpa_formulas
+    from isa_explorer.bench import register_sdpa_formulas
 
     assert register_sdpa_formulas() == []  # registered once, at import; a second call is a no-op
     torch.manual_seed(0)

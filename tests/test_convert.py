@@ -220,7 +220,7 @@ def test_bad_checkpoints_give_clear_errors(small, tmp_path):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "isa_explorer.convert", *args],
+        [sys.executable, "-m", "isa_explorer", "convert", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from isa_explorer.data import SYNTHETIC_INFO, build_dataset, build_eval_transforms
-from isa_explorer.evaluate import ConfusionMatrix, aug_inference, evaluate, inference
+from isa_explorer.evaluation import ConfusionMatrix, aug_inference, evaluate, inference
 from isa_explorer.evaluation.inference import slide_inference
 
 ROOT = Path(__file__).resolve().parents[1]

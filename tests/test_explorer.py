@@ -89,12 +89,16 @@ def test_short_range_map_peaks_inside_the_query_block_and_long_range_on_its_grou
 
 def test_clicks_reuse_the_cached_features_without_a_forward(explorer, loaded):
     calls = []
-    hook = explorer.model.model.register_forward_hook(lambda *a: calls.append(1))
+    hooks = [
+        m.register_forward_hook(lambda *a: calls.append(1))
+        for m in (explorer.model.model, explorer.model.prepared)
+    ]
     try:
         for xy in [(5, 5), (200, 100), (128, 64)]:
             explorer.click("s", *xy, show_grid=True)
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     assert calls == []
 
 
@@ -227,16 +231,16 @@ def test_integrated_gradients_is_bounded_and_normalised(tmp_path):
 
 
 def test_efficiency_committed_results_missing_say_how_to_make_them(tmp_path):
-    pytest.importorskip("isa_explorer.benchmark")
+    pytest.importorskip("isa_explorer.bench.attention")
     from isa_explorer.explorer import efficiency
 
-    with pytest.raises(efficiency.EfficiencyUnavailable, match="python -m isa_explorer.benchmark"):
+    with pytest.raises(efficiency.EfficiencyUnavailable, match="isa-explorer bench attention"):
         efficiency.committed_report(tmp_path / "none.json")
 
 
 @pytest.mark.filterwarnings("ignore:No artists with labels")
 def test_efficiency_live_run_and_report_round_trip(tmp_path):
-    bench = pytest.importorskip("isa_explorer.benchmark")
+    bench = pytest.importorskip("isa_explorer.bench.attention")
     import json
 
     from isa_explorer.explorer import efficiency
@@ -257,7 +261,7 @@ def test_efficiency_live_run_and_report_round_trip(tmp_path):
 
 
 def test_only_one_live_benchmark_runs_at_a_time():
-    pytest.importorskip("isa_explorer.benchmark")
+    pytest.importorskip("isa_explorer.bench.attention")
     from isa_explorer.explorer import efficiency
 
     assert efficiency._live_lock.acquire(blocking=False)
@@ -268,24 +272,37 @@ def test_only_one_live_benchmark_runs_at_a_time():
         efficiency._live_lock.release()
 
 
-def test_concurrent_analyses_keep_their_own_features(explorer):
+def test_concurrent_analyses_keep_their_own_features(explorer, monkeypatch):
+    """Two threads analyse two images on one model at the same time, with no lock."""
     import threading
 
     images = [explorer.example_image(i).rgb for i in (7, 8)]
-    serial = [explorer.model.analyse(im).cache for im in images]
+    serial = [explorer.model.analyse(im) for im in images]
     out = [None, None]
+    both_inside = threading.Barrier(2)  # a lock around network passes would never let it pass
+    cls = type(explorer.model.prepared.decoder)
+    forward = cls.forward
+
+    def overlapping(self, *args, **kwargs):
+        both_inside.wait(timeout=60)
+        return forward(self, *args, **kwargs)
 
     def work(i: int) -> None:
-        out[i] = explorer.model.analyse(images[i]).cache
+        out[i] = explorer.model.analyse(images[i])
 
+    monkeypatch.setattr(cls, "forward", overlapping)
     threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=120)
+    monkeypatch.undo()
+    assert not both_inside.broken and None not in out
     for got, want in zip(out, serial, strict=True):
-        for k, v in want.qk.items():
-            torch.testing.assert_close(got.qk[k], v)
+        np.testing.assert_array_equal(got.labels, want.labels)
+        for k, v in want.cache.qk.items():
+            torch.testing.assert_close(got.cache.qk[k], v)
+    assert not np.array_equal(out[0].labels, out[1].labels)  # two different images
 
 
 def test_training_size_comes_from_the_model_directory(tmp_path):

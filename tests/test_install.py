@@ -116,6 +116,10 @@ def test_a_non_editable_install_loads_the_default_model(tmp_path):
     assert "isa_explorer/assets/default_model/model.safetensors" in names
     assert "Requires-Dist: torch>=2.11" in metadata
     assert 'Requires-Dist: gradio>=6.19; extra == "app"' in metadata
+    with zipfile.ZipFile(wheel) as zf:
+        entry_points = zf.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "isa-explorer = isa_explorer.cli:main" in entry_points
+    assert "isa_explorer/assets/results/benchmark_cpu.json" in names
 
     # A pure-Python wheel installs by unpacking it onto the path (what pip --target does).
     target = tmp_path / "site"
@@ -125,7 +129,9 @@ def test_a_non_editable_install_loads_the_default_model(tmp_path):
         "import isa_explorer, torch; m = isa_explorer.load_default_model(); "
         "print(isa_explorer.__file__); "
         "c = isa_explorer.capture_attention(m, torch.rand(1, 3, 64, 96) * 255); "
-        "print(sorted(isa_explorer.query_maps(c, 10, 20).maps))"
+        "print(sorted(isa_explorer.query_maps(c, 10, 20).maps)); "
+        "from isa_explorer.bench.attention import COMMITTED_RESULTS, load_results; "
+        "print(len(load_results()['results']), COMMITTED_RESULTS)"
     )
     run = subprocess.run(
         [sys.executable, "-c", code],
@@ -136,6 +142,9 @@ def test_a_non_editable_install_loads_the_default_model(tmp_path):
         timeout=300,
     )
     assert run.returncode == 0, run.stderr
-    file, maps = run.stdout.strip().splitlines()[-2:]
+    file, maps, results = run.stdout.strip().splitlines()[-3:]
     assert Path(file).is_relative_to(target)
     assert maps == "['combined', 'long', 'short']"
+    # The committed results the app's Efficiency tab shows come with the installed package.
+    count, path = results.split(" ", 1)
+    assert int(count) > 10 and Path(path).is_relative_to(target)

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from isa_explorer.evaluate import ConfusionMatrix, format_table
+from isa_explorer.evaluation import ConfusionMatrix, format_table
 
 # 2x4 labels and predictions with 4 classes. The ignore pixel carries prediction 3, which must
 # not count: class 3 is then absent from both labels and predictions.

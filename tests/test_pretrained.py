@@ -57,7 +57,7 @@ def test_missing_and_wrong_paths_say_what_was_expected(tmp_path):
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         load_model(tmp_path / "nope")
     (tmp_path / "ckpt.pth").write_bytes(b"x")
-    with pytest.raises(ModelNotFoundError, match="isa_explorer.convert"):
+    with pytest.raises(ModelNotFoundError, match="isa-explorer convert"):
         load_model(tmp_path / "ckpt.pth")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelNotFoundError, match="config.json and model.safetensors"):

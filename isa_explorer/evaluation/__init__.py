@@ -1,10 +1,13 @@
 """Segmentation evaluation: confusion-matrix metrics, mmseg's test-time inference, sharding.
 
-The public entry point is :mod:`isa_explorer.evaluate` (``evaluate``, ``inference``,
-``aug_inference``, ``ConfusionMatrix``, ``format_table``).
+``evaluate`` (a model on a dataset, :mod:`~isa_explorer.evaluation.evaluator`), ``inference``
+and ``aug_inference`` (whole / slide, multi-scale + flip), ``ConfusionMatrix`` and
+``format_table``. The commands ``isa-explorer evaluate`` and ``isa-explorer predict`` are in
+:mod:`~isa_explorer.evaluation.evaluate_cli` and :mod:`~isa_explorer.evaluation.predict_cli`.
 """
 
 from isa_explorer.evaluation.distributed import ShardSampler, init_from_env
+from isa_explorer.evaluation.evaluator import evaluate
 from isa_explorer.evaluation.inference import (
     MS_SCALES,
     aug_inference,
@@ -18,6 +21,7 @@ __all__ = [
     "ConfusionMatrix",
     "ShardSampler",
     "aug_inference",
+    "evaluate",
     "format_table",
     "inference",
     "init_from_env",

@@ -16,7 +16,7 @@ def load_any_model(path: str | Path | None = None, device: str = "cpu") -> nn.Mo
     knows the embedded default model, ``path=None``), else ``ISANet.from_pretrained``.
 
     Args:
-        path: A directory written by ``save_pretrained`` or ``python -m isa_explorer.convert``,
+        path: A directory written by ``save_pretrained`` or ``isa-explorer convert``,
             or ``None`` for the default model.
         device: Where to put the model.
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from isa_explorer.evaluate import MS_SCALES
+from isa_explorer.evaluation.inference import MS_SCALES
 
 
 def add_inference_arguments(p: argparse.ArgumentParser, scale_help: str) -> None:

@@ -10,7 +10,7 @@ the cue's share of the image).
 
 Usage::
 
-    python -m isa_explorer.experiments.context --runs-dir runs/context \\
+    isa-explorer experiment context --runs-dir runs/context \\
         --out results/context_experiment.json
 
 A head whose run directory already holds ``final/`` is not trained again (so the ISA run of
@@ -38,7 +38,7 @@ from isa_explorer.data.synthetic import (
     SyntheticContextDataset,
     generate,
 )
-from isa_explorer.evaluate import evaluate
+from isa_explorer.evaluation import evaluate
 from isa_explorer.models.isa.model import ISANet
 
 HEADS = ("fcn", "isa", "dense")
@@ -58,7 +58,7 @@ def held_out_metrics(
     """mIoU of ``model`` on held-out synthetic scenes, overall and on the context classes.
 
     Returns:
-        :func:`~isa_explorer.evaluate.evaluate`'s metrics plus ``"context_mIoU"`` (mean IoU of
+        :func:`~isa_explorer.evaluation.evaluate`'s metrics plus ``"context_mIoU"`` (mean IoU of
         :data:`SYNTHETIC_CONTEXT_CLASSES`) and the split's ``seed``/``size``.
     """
     data = SyntheticContextDataset(length=n_images, seed=seed, size=size)
@@ -149,7 +149,7 @@ def train_step_cost(cfg_overrides: Sequence[str], steps: int = 6, warmup: int = 
     Runs in the calling process (use :func:`measure_train_steps` for a fresh process per head,
     so the heads are measured under the same conditions, one after the other).
     """
-    from isa_explorer.benchmarking.measure import PeakMemory, median_ms, time_runs
+    from isa_explorer.bench.measure import PeakMemory, median_ms, time_runs
     from isa_explorer.configs import get_config
     from isa_explorer.training.model import build_model
     from isa_explorer.training.steps import segmentation_loss
@@ -178,14 +178,17 @@ def train_step_cost(cfg_overrides: Sequence[str], steps: int = 6, warmup: int = 
 
 def measure_train_steps(heads: Sequence[str] = HEADS, overrides: Sequence[str] = ()) -> dict:
     """:func:`train_step_cost` of each head, each in a fresh process, one after the other."""
-    from isa_explorer.benchmarking.measure import run_worker
+    from isa_explorer.bench.worker import run_worker
 
     return {
-        head: run_worker(
-            "isa_explorer.experiments.context", {"overrides": [*overrides, f"model.head={head}"]}
-        )
+        head: run_worker("train-step", {"overrides": [*overrides, f"model.head={head}"]})
         for head in heads
     }
+
+
+def train_step_worker(spec: dict) -> dict:
+    """:func:`train_step_cost` from a JSON spec, in a fresh process (:mod:`isa_explorer.bench.worker`)."""
+    return {"status": "ok", **train_step_cost(spec["overrides"])}
 
 
 def run_experiment(
@@ -281,13 +284,9 @@ def format_results(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "isa-explorer experiment context") -> int:
     """CLI: train/reuse the three heads, score them, write JSON and a Markdown table."""
-    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        spec = json.loads(sys.argv[2])
-        print(json.dumps({"status": "ok", **train_step_cost(spec["overrides"])}))
-        return 0
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs-dir", default="runs/context", help="parent of the head runs")
     parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=HEADS)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -296,9 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="results/context_experiment.json")
     args = parser.parse_args(argv)
     results = run_experiment(args.runs_dir, args.heads, args.set, args.eval_images)
-    results["command"] = "python -m isa_explorer.experiments.context " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
+    results["command"] = f"{prog} " + " ".join(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
@@ -313,7 +310,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table)
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -3,7 +3,7 @@
 Usage::
 
     python train/fit.py --config synthetic-context --run-dir runs/context/isa
-    python -m isa_explorer.experiments.default_model runs/context/isa
+    isa-explorer experiment default-model runs/context/isa
 
 Writes ``isa_explorer/assets/default_model/``: the weights in float16 safetensors (half the
 size; they load back as float32), smp's ``config.json``, ``training.json`` (the effective
@@ -36,8 +36,8 @@ tells apart.
 
 **Training.** `{command}` ({iters} iterations, batch {batch}, SGD lr {lr}, poly schedule;
 training seed {train_seed}, validation seed {val_seed}), then
-`python -m isa_explorer.experiments.context` for the scores and
-`python -m isa_explorer.experiments.default_model RUN_DIR` to export. Measured {spi} s per
+`isa-explorer experiment context` for the scores and
+`isa-explorer experiment default-model RUN_DIR` to export. Measured {spi} s per
 iteration on {device}.
 
 **Scores** on {n_eval} held-out scenes (seed {heldout}, used by no training or validation run):
@@ -133,9 +133,13 @@ def export_default_model(
     return info
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: ``python -m isa_explorer.experiments.default_model RUN_DIR [--out DIR]``."""
-    parser = argparse.ArgumentParser(description="export a synthetic-context run as the default")
+def main(
+    argv: Sequence[str] | None = None, prog: str = "isa-explorer experiment default-model"
+) -> int:
+    """CLI: ``isa-explorer experiment default-model RUN_DIR [--out DIR]``."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description="export a synthetic-context run as the default"
+    )
     parser.add_argument("run_dir", help="a train/fit.py --config synthetic-context run directory")
     parser.add_argument("--out", default=str(DEFAULT_MODEL_DIR))
     parser.add_argument("--eval-images", type=int, default=128)
@@ -144,7 +148,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps(info["held_out"], indent=2))
     print(f"cue attention by class {info['cue_attention']['by_class']}; wrote {args.out}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

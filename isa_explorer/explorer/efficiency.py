@@ -32,7 +32,7 @@ class EfficiencyUnavailable(RuntimeError):
 
 def _benchmark():
     try:
-        from isa_explorer import benchmark
+        from isa_explorer.bench import attention as benchmark
     except ImportError as err:
         raise EfficiencyUnavailable(
             f"the benchmark module could not be imported ({err}); reinstall the package"

@@ -128,7 +128,7 @@ def build_loaders(
     """Training loader (endless, resumable), its batch sampler, the val loader and its info.
 
     Every process evaluates its own slice of the val set (images ``rank, rank + world, ...``;
-    :func:`isa_explorer.evaluate.evaluate` sums the confusion matrices). Synthetic scenes are batched like training;
+    :func:`isa_explorer.evaluation.evaluate` sums the confusion matrices). Synthetic scenes are batched like training;
     real datasets are evaluated one image at a time (their sizes differ).
 
     Returns:

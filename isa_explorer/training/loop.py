@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from isa_explorer.configs import TrainConfig
-from isa_explorer.evaluate import evaluate
+from isa_explorer.evaluation import evaluate
 from isa_explorer.training import checkpoint as ckpt
 from isa_explorer.training.data import build_loaders
 from isa_explorer.training.distributed import (

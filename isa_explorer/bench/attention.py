@@ -14,11 +14,12 @@ on the meta device (the same operators and shapes, without computing); analytic 
 memory (:func:`analytic_costs`) stand beside them. Cases predicted to exceed the available
 memory, ``max_memory`` or ``max_seconds`` are reported as ``"skipped"`` with the prediction.
 
-``python -m isa_explorer.benchmark`` prints a table and writes JSON, PNG and SVG.
+``isa-explorer bench attention`` prints a table and writes JSON, PNG and SVG.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 from pathlib import Path
 from typing import Any
@@ -27,16 +28,16 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from isa_explorer.benchmarking.analytic import MODULES, PASSES, analytic_costs, auto_group
-from isa_explorer.benchmarking.measure import (
+from isa_explorer.bench.analytic import MODULES, PASSES, analytic_costs, auto_group
+from isa_explorer.bench.measure import (
     MiB,
     PeakMemory,
     available_memory,
     median_ms,
-    run_worker,
     time_runs,
 )
-from isa_explorer.benchmarking.plot import plot_results
+from isa_explorer.bench.plot import plot_results
+from isa_explorer.bench.worker import run_worker
 from isa_explorer.models.heads import DenseAttentionDecoder
 from isa_explorer.models.isa.decoder import ISADecoder
 
@@ -55,12 +56,14 @@ __all__ = [
     "run_benchmark",
 ]
 
-#: The committed CPU measurement (``results/benchmark_cpu.json``), for the app and notebooks.
-COMMITTED_RESULTS = Path(__file__).resolve().parent.parent / "results" / "benchmark_cpu.json"
+#: The committed CPU measurement, package data (``isa_explorer/assets/results/``), for the app
+#: and notebooks: it is there in a non-editable install too.
+COMMITTED_RESULTS = Path(
+    str(importlib.resources.files("isa_explorer") / "assets" / "results" / "benchmark_cpu.json")
+)
 #: Input resolutions ``(H, W)``: feature maps 32x64 .. 256x512 at output stride 8.
 RESOLUTIONS = ((256, 512), (512, 1024), (1024, 2048), (2048, 4096))
 OUTPUT_STRIDE = 8
-WORKER_MODULE = "isa_explorer.benchmark"
 #: Seconds per FLOP assumed for time predictions (20 GFLOP/s) until a module's case has run
 #: faster; predictions use the fastest rate measured so far for the module and pass.
 DEFAULT_RATE = 0.05e-9
@@ -253,7 +256,7 @@ def run_benchmark(
                     if max_seconds is not None:
                         limit = 120 + 3 * max_seconds * (n_runs + n_warm)
                     spec["threads"] = torch.get_num_threads()
-                    r.update(run_worker(WORKER_MODULE, spec, limit))
+                    r.update(run_worker("attention", spec, limit))
                 else:
                     r.update(measure_case(**spec))
                 r.update(runs=n_runs, warmup=n_warm)
@@ -294,7 +297,7 @@ def _plan(
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one case from a JSON spec (the ``--worker`` entry of the CLI)."""
+    """One case from a JSON spec, in a fresh process (:mod:`~isa_explorer.bench.worker`)."""
     spec = dict(spec)
     threads = spec.pop("threads", None)
     if threads:
@@ -308,17 +311,9 @@ def load_results(path: str | Path = COMMITTED_RESULTS) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"no benchmark results at {path}: run `python -m isa_explorer.benchmark --out {path}`"
+            f"no benchmark results at {path}: run `isa-explorer bench attention --out {path}`"
         )
     report = json.loads(path.read_text())
     if "results" not in report:
         raise ValueError(f"{path} is not a benchmark report (no 'results' list)")
     return report
-
-
-if __name__ == "__main__":
-    import sys
-
-    from isa_explorer.benchmarking.cli import main
-
-    sys.exit(main())

@@ -9,7 +9,7 @@ are torch's own SDPA counts (``sdpa_flop_count``, ``sdpa_backward_flop_count``: 
 memory-efficient and cuDNN kernels. An op that torch already counts is left alone, so a
 torch release that adds its own formula keeps it.
 
-Importing :mod:`isa_explorer.benchmarking` registers them (idempotent).
+Importing :mod:`isa_explorer.bench` registers them (idempotent).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Command line of ``python -m isa_explorer.benchmark``: table, JSON, PNG and SVG."""
+"""Command line of ``isa-explorer bench attention``: table, JSON, PNG and SVG."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from isa_explorer import benchmark
-from isa_explorer.benchmarking.analytic import MODULES, PASSES
-from isa_explorer.benchmarking.measure import system_info
-from isa_explorer.benchmarking.plot import plot_results
+from isa_explorer.bench import attention as benchmark
+from isa_explorer.bench.analytic import MODULES, PASSES
+from isa_explorer.bench.measure import parse_size, system_info
+from isa_explorer.bench.plot import plot_results
 
+#: How the command is named in reports and help.
+PROG = "isa-explorer bench attention"
 HEADER = (
     f"{'input':>9} {'feature':>8} {'module':<15} {'pass':<8} {'ms':>10} {'MiB':>9} "
     f"{'model MiB':>10} {'GFLOP':>9} {'analytic':>9}  status"
@@ -71,31 +73,21 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"resolution {text!r}: write HxW, e.g. 512x1024") from e
-    if h < 8 or w < 8:
-        raise argparse.ArgumentTypeError(f"resolution {text!r}: at least 8x8 (output stride 8)")
-    return h, w
-
-
 def _group(text: str) -> int | str:
     if text == "auto" or (text.isdigit() and int(text) > 0):
         return text if text == "auto" else int(text)
     raise argparse.ArgumentTypeError(f"--group {text!r}: a positive integer (4, 8, 16) or auto")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m isa_explorer.benchmark",
+        prog=prog,
         description="Memory, time and FLOPs of ISA vs dense self-attention by resolution.",
     )
     res = ["x".join(map(str, r)) for r in benchmark.RESOLUTIONS]
     p.add_argument(
         "--resolutions",
-        type=_size,
+        type=parse_size,
         nargs="+",
         default=benchmark.RESOLUTIONS,
         help=f"input sizes HxW, features at 1/8 (default {' '.join(res)})",
@@ -112,19 +104,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--isa-channels", type=int, default=256)
     p.add_argument("--no-subprocess", action="store_true", help="measure in this process")
     p.add_argument("--out", type=Path, default=Path("results/benchmark_cpu.json"))
-    p.add_argument("--worker", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """Run the benchmark; write ``--out`` (JSON) and the figure beside it (PNG and SVG)."""
-    args = parse_args(argv)
-    if args.worker:
-        print(json.dumps(benchmark.worker(json.loads(args.worker))))
-        return 0
-    command = " ".join(
-        ["python -m isa_explorer.benchmark", *(sys.argv[1:] if argv is None else argv)]
-    )
+    args = parse_args(argv, prog)
+    command = " ".join([prog, *(sys.argv[1:] if argv is None else argv)])
     system = system_info(args.device, command)
     print(HEADER)
     results = benchmark.run_benchmark(
@@ -143,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         log=lambda r: print(format_row(r), flush=True),
     )
     system["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    config = {k: v for k, v in vars(args).items() if k not in ("out", "worker")}
+    config = {k: v for k, v in vars(args).items() if k != "out"}
     config["resolutions"] = [list(r) for r in args.resolutions]
     report = {"system": system, "config": config, "results": results}
     report["summary"] = summarize(results)

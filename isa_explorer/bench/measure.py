@@ -12,12 +12,11 @@ allocated at the baseline.
 
 from __future__ import annotations
 
-import json
+import argparse
 import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -177,20 +176,16 @@ def _module_name() -> str:
     return spec.name if spec is not None else os.path.basename(sys.argv[0])
 
 
-def run_worker(module: str, spec: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-    """Run ``python -m module --worker JSON`` in a fresh process and return its JSON result.
+def parse_size(text: str) -> tuple[int, int]:
+    """``"128x256"`` -> ``(128, 256)``: the ``HxW`` sizes of every benchmark's command line.
 
-    The worker runs with :data:`WORKER_ENV` and prints its result as the last line of stdout. A crash (e.g. killed for memory)
-    or a timeout comes back as ``{"status": "failed" | "timeout", "error": ...}``.
+    Raises:
+        argparse.ArgumentTypeError: ``text`` is not two positive integers joined by ``x``.
     """
-    cmd = [sys.executable, "-m", module, "--worker", json.dumps(spec)]
     try:
-        env = {**os.environ, **WORKER_ENV}
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"status": "timeout", "error": f"no result within {timeout:.0f} s"}
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"status": "failed", "error": f"exit code {proc.returncode}: " + " | ".join(tail)}
-    return json.loads(lines[-1])
+        h, w = (int(v) for v in text.lower().split("x"))
+        if h < 1 or w < 1:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r}: write HxW, e.g. 128x256") from None
+    return h, w

@@ -2,30 +2,27 @@
 
 Usage::
 
-    python benchmarks/synthetic_speed.py --images 500 --out benchmarks/results/synthetic_speed.json
+    isa-explorer bench synthetic --images 500 --out results/synthetic_speed.json
 
 Prints images/s of :func:`generate` (numpy ``(H, W, 3)``) and of dataset items (tensors) per
-size, and writes them as JSON.
+size, with one torch thread (the generator itself is single-threaded numpy), and writes them
+as JSON.
 """
 
 from __future__ import annotations
 
-import os
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
 
-# One core: set before numpy/torch load their thread pools.
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"
+import numpy as np
+import torch
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from isa_explorer.data.synthetic import SyntheticContextDataset, generate  # noqa: E402
+from isa_explorer.bench.measure import parse_size
+from isa_explorer.data.synthetic import SyntheticContextDataset, generate
 
 
 def images_per_second(fn, n: int, repeats: int = 3) -> float:
@@ -40,17 +37,18 @@ def images_per_second(fn, n: int, repeats: int = 3) -> float:
     return n / best
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "isa-explorer bench synthetic") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=500, help="images per timing")
-    parser.add_argument("--sizes", default="256x512,128x256", help="comma-separated HxW sizes")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/synthetic_speed.json"))
-    args = parser.parse_args()
+    parser.add_argument(
+        "--sizes", type=parse_size, nargs="+", default=[(256, 512), (128, 256)], help="HxW sizes"
+    )
+    parser.add_argument("--out", type=Path, default=Path("results/synthetic_speed.json"))
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
     results = []
-    for text in args.sizes.split(","):
-        size = tuple(int(v) for v in text.lower().split("x"))
+    for size in args.sizes:
         dataset = SyntheticContextDataset(length=args.images, seed=0, size=size)
         row = {
             "size": list(size),
@@ -66,6 +64,7 @@ def main() -> None:
         )
     report = {
         "benchmark": "synthetic-context generation speed",
+        "command": " ".join([prog, *(sys.argv[1:] if argv is None else argv)]),
         "threads": 1,
         "images_per_timing": args.images,
         "cpu": platform.processor() or platform.machine(),
@@ -77,7 +76,4 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,12 +1,12 @@
 """Server-side latency of one click in the explorer app, on the CPU.
 
-``python benchmarks/click_latency.py`` analyses one 1024x2048 image with the default model
+``isa-explorer bench click`` analyses one 1024x2048 image with the default model
 (the one-off forward pass that fills the attention cache), then times clicks at random pixels:
 
 * ``query``: the three attention maps from the cache (:func:`isa_explorer.attention.query_maps`);
 * ``render``: drawing them (and the prediction with the query marked) at display size;
 * ``handler``: the whole click handler (``query`` + ``render`` + the top-regions table);
-* ``encode``: Gradio's post-processing of the four output images (``app.DISPLAY_FORMAT``);
+* ``encode``: Gradio's post-processing of the four output images (the app's ``DISPLAY_FORMAT``);
 * ``server``: ``handler`` + ``encode``, what a click costs the server before the network.
 
 Prints a table and writes JSON (default ``results/click_latency_cpu.json``).
@@ -27,11 +27,7 @@ import numpy as np
 import torch
 
 from isa_explorer.explorer import Explorer, ExplorerModel
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # app.py: the image encoding the app uses
-
-import app  # noqa: E402
+from isa_explorer.explorer.app import DISPLAY_FORMAT
 
 
 def _stats(ms: list[float]) -> dict[str, float]:
@@ -57,7 +53,7 @@ def measure(
     start = time.perf_counter()
     state = ex.load_image("bench", image)
     analyse_s = time.perf_counter() - start
-    component = gr.Image(format=app.DISPLAY_FORMAT, interactive=False)
+    component = gr.Image(format=DISPLAY_FORMAT, interactive=False)
     xs, ys = rng.integers(0, size[1], clicks + 2), rng.integers(0, size[0], clicks + 2)
     times: dict[str, list[float]] = {k: [] for k in ("query", "render", "handler", "encode")}
     for i in range(clicks + 2):
@@ -92,19 +88,19 @@ def measure(
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str = "isa-explorer bench click") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs=2, default=(1024, 2048), metavar=("H", "W"))
     parser.add_argument("--clicks", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "click_latency_cpu.json")
+    parser.add_argument("--out", type=Path, default=Path("results/click_latency_cpu.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     load = os.getloadavg()
     runs = [measure(tuple(args.size), args.clicks, grid) for grid in (False, True)]
     report = {
         "benchmark": "click latency of the explorer app (server side, CPU)",
-        "command": "python benchmarks/click_latency.py " + " ".join(argv or sys.argv[1:]),
+        "command": " ".join([prog, *(sys.argv[1:] if argv is None else argv)]),
         "system": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -130,7 +126,3 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

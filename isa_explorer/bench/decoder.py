@@ -1,6 +1,6 @@
 """Forward time and peak memory of the whole ISA decoder, fused vs explicit vs dense.
 
-``python -m isa_explorer.bench_head`` runs the published head (2048 input channels, 512
+``isa-explorer bench decoder`` runs the published head (2048 input channels, 512
 channels, 256 query/key channels, 8x8 groups, batch 1) on feature maps of 32x64, 64x128 and
 128x256, each size and path in a fresh subprocess, and prints a table and writes JSON. Paths:
 
@@ -29,14 +29,15 @@ import torch
 from torch import nn
 
 from isa_explorer.attention import AttentionCache, capture_attention, query_maps
-from isa_explorer.benchmarking.measure import (
+from isa_explorer.bench.measure import (
     MiB,
     PeakMemory,
     median_ms,
-    run_worker,
+    parse_size,
     system_info,
     time_runs,
 )
+from isa_explorer.bench.worker import run_worker
 from isa_explorer.models.heads import DenseAttentionDecoder
 from isa_explorer.models.isa.decoder import ISADecoder
 from isa_explorer.models.prepare import prepare_for_inference
@@ -47,7 +48,6 @@ DEFAULT_SIZES = ((32, 64), (64, 128), (128, 256))
 #: The published head: ResNet stage-4 input, channels, query/key channels, group size.
 HEAD = dict(in_channels=2048, classes=19, channels=512, isa_channels=256)
 DOWN_FACTOR = (8, 8)
-WORKER_MODULE = "isa_explorer.bench_head"
 STRIDE = 8  # feature cell of an output-stride-8 encoder, for the probe's image size
 
 
@@ -128,7 +128,8 @@ def measure_probe(
     }
 
 
-def _worker(spec: dict[str, Any]) -> dict[str, Any]:
+def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """One case from a JSON spec, in a fresh process (:mod:`~isa_explorer.bench.worker`)."""
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     if spec["kind"] == "probe":
@@ -168,7 +169,7 @@ def run(
             for path in paths:
                 spec = dict(kind="decoder", path=path, size=list(size), runs=runs, warmup=warmup)
                 spec.update(device=device, threads=threads)
-                rounds_of[path].append(run_worker(WORKER_MODULE, spec, timeout))
+                rounds_of[path].append(run_worker("decoder", spec, timeout))
         for path in paths:
             res = merge_rounds(rounds_of[path])
             res.setdefault("path", path)
@@ -178,7 +179,7 @@ def run(
     report["ratios"] = ratios(report["results"])
     if probe_size is not None:
         spec = dict(kind="probe", size=list(probe_size), queries=30, device=device)
-        report["probe"] = run_worker(WORKER_MODULE, {**spec, "threads": threads}, timeout)
+        report["probe"] = run_worker("decoder", {**spec, "threads": threads}, timeout)
     report["system"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     return report
 
@@ -240,30 +241,18 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"size {text!r}: write HxW, e.g. 128x256") from e
-    return h, w
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m isa_explorer.bench_head", description=__doc__)
-    p.add_argument("--sizes", type=_size, nargs="+", default=list(DEFAULT_SIZES))
+def main(argv: list[str] | None = None, prog: str = "isa-explorer bench decoder") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__)
+    p.add_argument("--sizes", type=parse_size, nargs="+", default=list(DEFAULT_SIZES))
     p.add_argument("--paths", nargs="+", choices=PATHS, default=list(DEFAULT_PATHS))
     p.add_argument("--runs", type=int, default=3, help="timed runs per case (median)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--rounds", type=int, default=1, help="alternate the paths this many times")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--probe-size", type=_size, default=(128, 256))
+    p.add_argument("--probe-size", type=parse_size, default=(128, 256))
     p.add_argument("--no-probe", action="store_true")
     p.add_argument("--out", type=Path, default=Path("results/bench_head_cpu.json"))
-    p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.worker:
-        print(json.dumps(_worker(json.loads(args.worker))))
-        return 0
     report = run(
         args.sizes,
         args.paths,
@@ -272,14 +261,10 @@ def main(argv: list[str] | None = None) -> int:
         args.device,
         None if args.no_probe else args.probe_size,
         rounds=args.rounds,
-        command=" ".join(["python -m", WORKER_MODULE, *(sys.argv[1:] if argv is None else argv)]),
+        command=" ".join([prog, *(sys.argv[1:] if argv is None else argv)]),
     )
     print(format_table(report))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

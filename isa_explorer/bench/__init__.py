@@ -1,0 +1,30 @@
+"""Every benchmark of ISA Explorer, run as ``isa-explorer bench KIND`` (:mod:`~isa_explorer.bench.cli`).
+
+* :mod:`~isa_explorer.bench.attention` -- the attention modules, ISA vs dense, by resolution;
+* :mod:`~isa_explorer.bench.decoder` -- the whole decoder, fused vs explicit vs dense, and the
+  attention probe;
+* :mod:`~isa_explorer.bench.click` -- the app's server-side click latency;
+* :mod:`~isa_explorer.bench.synthetic` -- the synthetic data generator's speed.
+
+They share :mod:`~isa_explorer.bench.measure` (timing, peak memory, system info, sizes) and
+one worker protocol for fresh processes (:mod:`~isa_explorer.bench.worker`).
+"""
+
+from isa_explorer.bench.flops import register_sdpa_formulas
+from isa_explorer.bench.measure import (
+    PeakMemory,
+    available_memory,
+    system_info,
+    time_runs,
+)
+
+__all__ = [
+    "PeakMemory",
+    "available_memory",
+    "register_sdpa_formulas",
+    "system_info",
+    "time_runs",
+]
+
+# FlopCounterMode counts the CPU flash-attention kernel too (see bench/flops.py).
+register_sdpa_formulas()

@@ -1,0 +1,192 @@
+"""Evaluate an ISANet on a dataset split: per-class IoU/Acc table, mIoU, mAcc, aAcc, JSON.
+
+Examples:
+    python train/evaluate.py --checkpoint converted/isanet_r50-d8_512x1024_40k_cityscapes \\
+        --dataset cityscapes --data-root data/cityscapes --device cuda
+    python train/evaluate.py --checkpoint converted/isanet_r50-d8_769x769_40k_cityscapes \\
+        --dataset cityscapes --data-root data/cityscapes --mode slide --ms --flip
+    python train/evaluate.py --dataset synthetic-context --json metrics.json  # default model
+    torchrun --nproc_per_node 4 train/evaluate.py --checkpoint DIR --dataset ade20k \\
+        --data-root data/ade/ADEChallengeData2016 --device cuda
+
+Under ``torchrun`` each process evaluates every ``world_size``-th image and the confusion
+matrices are summed (Gloo on CPU, NCCL on GPUs); the first process prints and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Subset, default_collate
+
+from isa_explorer.data import DATASETS, RECIPES, build_dataset, build_eval_transforms
+from isa_explorer.data.info import ALIASES
+from isa_explorer.evaluation.checkpoint import load_any_model
+from isa_explorer.evaluation.cli import add_inference_arguments
+from isa_explorer.evaluation.distributed import ShardSampler, close, init_from_env
+from isa_explorer.evaluation.evaluator import evaluate
+from isa_explorer.evaluation.inference import MS_SCALES
+from isa_explorer.evaluation.metrics import format_table
+
+
+def parse_args(
+    argv: list[str] | None = None, prog: str = "isa-explorer evaluate"
+) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
+    p.add_argument("--data-root", type=Path, default=None, help="dataset folder")
+    p.add_argument("--split", default="val")
+    add_inference_arguments(
+        p, "keep-ratio test resize bound (default: the dataset's mmseg recipe, e.g. 2048 512)"
+    )
+    p.add_argument("--no-resize", action="store_true", help="evaluate images at their size")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="images per batch (>1 only when all images have one size)",
+    )
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--json", type=Path, default=None, help="write the metrics here")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
+    p.add_argument(
+        "--synthetic-length",
+        type=int,
+        default=64,
+        help="synthetic-context: number of scenes (the training recipe's val set)",
+    )
+    p.add_argument("--synthetic-seed", type=int, default=10_000)
+    p.add_argument("--synthetic-size", type=int, nargs=2, default=(128, 256), metavar=("H", "W"))
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)  # fmt: skip
+
+
+def test_scale(args: argparse.Namespace) -> tuple[int, int] | None:
+    """The eval resize bound: ``--scale``, else the dataset's mmseg recipe (none if synthetic)."""
+    if args.no_resize:
+        return None
+    if args.scale is not None:
+        return tuple(args.scale)
+    recipe = RECIPES.get(ALIASES.get(args.dataset.lower(), args.dataset.lower()))
+    return recipe["scale"] if recipe else None
+
+
+def collate_same_size(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    """``default_collate``, with a clear error for images of different sizes in one batch."""
+    sizes = {tuple(image.shape[-2:]) for image, _ in batch}
+    if len(sizes) > 1:
+        raise ValueError(
+            f"a batch holds images of sizes {sorted(sizes)}; datasets whose images differ in "
+            "size must be evaluated with --batch-size 1"
+        )
+    return default_collate(batch)
+
+
+def build_loader(args: argparse.Namespace) -> tuple[Any, DataLoader]:
+    """The dataset (for its ``info``) and this process's loader over it."""
+    transforms = build_eval_transforms(test_scale(args))
+    kwargs = {}
+    if args.dataset.lower() == "synthetic-context":
+        kwargs = dict(
+            length=args.synthetic_length,
+            seed=args.synthetic_seed,
+            size=tuple(args.synthetic_size),
+        )
+    dataset = build_dataset(args.dataset, args.data_root, args.split, transforms, **kwargs)
+    info = dataset.info
+    if args.limit is not None:
+        dataset = Subset(dataset, range(min(args.limit, len(dataset))))
+    loader = DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        sampler=ShardSampler(len(dataset)),
+        num_workers=args.workers,
+        collate_fn=collate_same_size,
+        pin_memory=args.device.startswith("cuda"),
+    )
+    return info, loader
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN (absent classes) -> ``null``, so the file is strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def main(argv: list[str] | None = None, prog: str = "isa-explorer evaluate") -> int:
+    args = parse_args(argv, prog)
+    try:
+        return run(args)
+    except (FileNotFoundError, ValueError) as err:  # missing data/model, bad options
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate as ``args`` say; print the table on the first process, write JSON."""
+    rank, world_size, device = init_from_env(args.device)
+    args.device = device
+    try:
+        info, loader = build_loader(args)
+        model = load_any_model(args.checkpoint, device=device)
+        if model.classes != info.num_classes:
+            raise ValueError(
+                f"the model predicts {model.classes} classes but {info.name} has "
+                f"{info.num_classes}; evaluate it on the dataset it was trained for"
+            )
+        scales = MS_SCALES if args.ms else (1.0,)
+        start = time.perf_counter()
+        metrics = evaluate(
+            model,
+            loader,
+            info.num_classes,
+            mode=args.mode,
+            crop_size=tuple(args.crop),
+            stride=tuple(args.stride),
+            scales=scales,
+            flip=args.flip,
+            device=device,
+            progress=not args.no_progress,
+            ignore_index=info.ignore_index,
+            class_names=info.class_names,
+        )
+        seconds = time.perf_counter() - start
+    finally:
+        close()
+    if rank != 0:
+        return 0
+    print(format_table(metrics, info.class_names))
+    print(f"{metrics['num_images']} image(s) in {seconds:.1f} s on {world_size} process(es)")
+    if args.json is not None:
+        record = {
+            **metrics,
+            "checkpoint": str(args.checkpoint) if args.checkpoint else "default",
+            "dataset": info.name,
+            "split": args.split,
+            "mode": args.mode,
+            "crop_size": list(args.crop) if args.mode == "slide" else None,
+            "stride": list(args.stride) if args.mode == "slide" else None,
+            "scales": list(scales),
+            "flip": args.flip,
+            "test_scale": test_scale(args),
+            "world_size": world_size,
+            "seconds": round(seconds, 3),
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(_json_safe(record), indent=2) + "\n")
+        print(f"metrics written to {args.json}")
+    return 0

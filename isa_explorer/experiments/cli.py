@@ -1,0 +1,22 @@
+"""``isa-explorer experiment NAME [ARGS]``: the experiments behind the committed results."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from isa_explorer.cli import dispatch
+
+EXPERIMENTS = {
+    "context": (
+        "isa_explorer.experiments.context",
+        "FCN vs ISA vs dense heads on labels only a far cue decides",
+    ),
+    "default-model": (
+        "isa_explorer.experiments.default_model",
+        "export a synthetic-context run as the embedded default model",
+    ),
+}
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "isa-explorer experiment") -> int:
+    return dispatch(EXPERIMENTS, argv or [], prog, "experiment")

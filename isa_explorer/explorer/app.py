@@ -1,0 +1,333 @@
+"""ISA Explorer: click a pixel, see where Interlaced Sparse Self-Attention looks.
+
+Run ``isa-explorer app`` or ``python app.py`` (the embedded default model), or add
+``--checkpoint DIR`` (a ``train/fit.py`` run or a converted mmseg model); open
+http://127.0.0.1:7860. ``--host``, ``--port`` and ``--share`` (off by default) choose where it is
+served. The logic lives in the rest of :mod:`isa_explorer.explorer`; this module only lays out
+the Gradio UI.
+
+Limits: uploads up to ``MAX_FILE_SIZE``; images need sides of at least 32 px and are resized
+down to a longest side of 2048 px; the analysed images of at most ``--max-sessions`` sessions
+(``--max-cache-mb`` MiB in all) are kept, least recently used first out. API: ``predict``
+``(image) -> (overlay, json)`` and ``attention`` ``(image, x, y) -> json`` (gradio_client).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import gradio as gr
+
+from isa_explorer.explorer import (
+    Explorer,
+    ExplorerError,
+    ExplorerModel,
+    SessionStore,
+    attribution,
+    efficiency,
+)
+from isa_explorer.explorer import api as api_fns
+from isa_explorer.explorer.handlers import CONTEXTS, MAP_TITLES, NUM_EXAMPLES
+from isa_explorer.explorer.images import MAX_SIDE, MIN_SIDE
+from isa_explorer.explorer.ui import api_guard, guard, session_key
+from isa_explorer.pretrained import model_card
+
+#: Largest upload accepted by the server.
+MAX_FILE_SIZE = "20mb"
+#: Encoding of the images drawn for the browser: JPEG costs ~3 ms per 512x1024 image, PNG 30-100.
+DISPLAY_FORMAT = "jpeg"
+_MAP_SLOTS = ("long", "short", "combined")
+_INTRO = """# ISA Explorer
+Interlaced Sparse Self-Attention splits attention over an image into two sparse steps: a
+**long-range** step among positions that lie 8 feature cells apart (one per 8x8 block), then a
+**short-range** step inside each 8x8 block. Click a pixel of the prediction to see both maps of
+that query and their product, the **combined** map: every position reaches every other one."""
+
+
+def build_app(
+    checkpoint: str | None = None,
+    explorer: Explorer | None = None,
+    max_sessions: int = 16,
+    max_cache_mb: int = 1024,
+) -> gr.Blocks:
+    """Build the Gradio app.
+
+    Args:
+        checkpoint: Model or run directory; ``None`` for the embedded default model. The model
+            is loaded on the first request.
+        explorer: Use this explorer instead of building one (tests share one model).
+        max_sessions: Browser sessions whose analysed image is kept (least recently used out).
+        max_cache_mb: Memory bound of those kept images, in MiB.
+
+    Returns:
+        The ``gr.Blocks`` app (call ``.launch(...)``; see :func:`launch_kwargs`).
+    """
+    if explorer is None:
+        store = SessionStore(max_sessions, max_cache_mb << 20)
+        explorer = Explorer(ExplorerModel(checkpoint), store)
+    em = explorer.model
+    ex = explorer
+
+    def loaded_outputs(state):
+        view = ex.prediction_view(state, 0.5, False)
+        h, w = state.size
+        status = f"Loaded {state.source}: {w}x{h} pixels. Click the prediction to see attention."
+        return (view, ex.legend(state), status, None, None, None, "", "")
+
+    with gr.Blocks(title="ISA Explorer", analytics_enabled=False) as demo:
+        gr.Markdown(_INTRO)
+        gr.Markdown(
+            f"Model: `{em.model_dir.name}` ({em.config.get('encoder_name', '?')}, "
+            f"{em.head} head, {em.num_classes} classes)."
+        )
+        card = model_card(em.model_dir)
+        if card:
+            with gr.Accordion("Model card", open=False):
+                gr.Markdown(card)
+        with gr.Tab("Explore"):
+            with gr.Row():
+                with gr.Column(scale=1, min_width=280):
+                    with gr.Group(visible=em.is_synthetic):
+                        ex_index = gr.Slider(0, NUM_EXAMPLES - 1, 0, step=1, label="Example scene")
+                        ex_context = gr.Radio(list(CONTEXTS), value="as drawn", label="Cue colour")
+                        ex_button = gr.Button(
+                            "Load example", variant="primary", elem_id="load-example"
+                        )
+                    upload = gr.File(
+                        label=(
+                            f"...or upload an image (PNG/JPEG/WebP, at most {MAX_FILE_SIZE}; "
+                            f"sides >= {MIN_SIDE} px; longest side resized to {MAX_SIDE})"
+                        ),
+                        file_types=["image"],
+                        type="filepath",
+                        elem_id="upload",
+                    )
+                    opacity = gr.Slider(0.0, 1.0, 0.6, step=0.05, label="Overlay opacity")
+                    show_grid = gr.Checkbox(
+                        False, label="Show feature cells and 8x8 blocks (interlacing)"
+                    )
+                    status = gr.Markdown("Pick an example or upload an image.", elem_id="status")
+                with gr.Column(scale=2):
+                    pred = gr.Image(
+                        label="Prediction (click a pixel)",
+                        interactive=False,
+                        format=DISPLAY_FORMAT,
+                        elem_id="prediction",
+                    )
+                    legend = gr.HTML(elem_id="legend")
+            query_md = gr.Markdown(elem_id="query")
+            with gr.Row():
+                slots = [
+                    gr.Image(
+                        label=MAP_TITLES[n],
+                        interactive=False,
+                        format=DISPLAY_FORMAT,
+                        elem_id=f"map-{n}",
+                    )
+                    for n in _MAP_SLOTS
+                ]
+            regions = gr.Markdown(elem_id="regions")
+
+        with gr.Tab("Attribution"):
+            gr.Markdown(
+                "Which pixels made the model predict a class? Captum's **LayerGradCam** on the "
+                "decoder's last feature layer (one forward and backward pass, image resized to "
+                f"at most {attribution.GRADCAM_MAX_SIDE} px), or **IntegratedGradients** on the "
+                f"pixels from a black image ({attribution.IG_BATCH} images per pass, at most "
+                f"{attribution.IG_MAX_STEPS} steps, image resized to at most "
+                f"{attribution.IG_MAX_SIDE} px). Both are bounded to stay within seconds on a "
+                "CPU; Integrated Gradients costs about one Grad-CAM per step."
+            )
+            with gr.Row():
+                method = gr.Radio(list(attribution.METHODS), value="LayerGradCam", label="Method")
+                target = gr.Dropdown(
+                    [attribution.CLICKED_PIXEL, *em.class_names],
+                    value=attribution.CLICKED_PIXEL,
+                    label="Explain",
+                )
+                n_steps = gr.Slider(
+                    2, attribution.IG_MAX_STEPS, 8, step=1, label="Integrated Gradients steps"
+                )
+            explain_button = gr.Button("Compute attribution", elem_id="explain")
+            attr_image = gr.Image(
+                label="Attribution", interactive=False, format=DISPLAY_FORMAT, elem_id="attribution"
+            )
+            attr_text = gr.Markdown(elem_id="attribution-text")
+
+        with gr.Tab("Efficiency") as eff_tab:
+            gr.Markdown(
+                "Peak memory and time of ISA against dense self-attention as the input grows "
+                "(the published head: 512 channels, 256 query/key channels, 8x8 groups, "
+                "features at 1/8 of the input)."
+            )
+            committed_plot = gr.Plot(label="Committed CPU results", format="png")
+            committed_text = gr.Markdown("Open this tab to load the committed results.")
+            live_button = gr.Button(
+                f"Run a small live benchmark (forward pass, inputs up to "
+                f"{efficiency.LIVE_RESOLUTIONS[-1][0]}x{efficiency.LIVE_RESOLUTIONS[-1][1]}, "
+                f"about {efficiency.LIVE_BUDGET_SECONDS:.0f} s at most)",
+                elem_id="live-benchmark",
+            )
+            live_plot = gr.Plot(label="Live run", format="png")
+            live_text = gr.Markdown(elem_id="live-text")
+
+        # -- callbacks ------------------------------------------------------------------------
+        load_outputs = [pred, legend, status, *slots, query_md, regions]
+
+        @guard(len(load_outputs), status_index=2)
+        def on_example(index, context, request: gr.Request):
+            return loaded_outputs(ex.load_example(session_key(request), int(index), context))
+
+        @guard(len(load_outputs), status_index=2)
+        def on_upload(path, request: gr.Request):
+            if path is None:  # the file was cleared
+                return tuple([gr.skip()] * len(load_outputs))
+            return loaded_outputs(ex.load_file(session_key(request), path))
+
+        click_outputs = [pred, *slots, query_md, regions, status]
+
+        def click_values(result, state, op, grid, with_status=True):
+            x, y = result.query
+            fx, fy = result.cell
+            panels = [result.panels.get(n) for n in _MAP_SLOTS]
+            if "dense" in result.panels:
+                panels = [None, None, gr.Image(result.panels["dense"], label=MAP_TITLES["dense"])]
+            query = (
+                f"**Query** pixel (x={x}, y={y}), feature cell ({fx}, {fy}): predicted "
+                f"**{result.class_name}** (p = {result.confidence:.2f})."
+            )
+            status = f"{state.source}: attention of pixel ({x}, {y}). Click elsewhere to compare."
+            status = status if with_status else gr.skip()  # view changes keep the status line
+            return (ex.prediction_view(state, op, grid), *panels, query, result.regions, status)
+
+        @guard(len(click_outputs), status_index=len(click_outputs) - 1)
+        def on_select(op, grid, evt: gr.SelectData, request: gr.Request):
+            if evt is None or evt.index is None or len(evt.index) != 2:
+                raise ExplorerError("click on a pixel of the prediction image")
+            result = ex.click_display(session_key(request), evt.index[0], evt.index[1], op, grid)
+            return click_values(result, ex.state(session_key(request)), op, grid)
+
+        @guard(len(click_outputs), status_index=len(click_outputs) - 1)
+        def on_view(op, grid, request: gr.Request):
+            state = ex.store.get(session_key(request))
+            if state is None:
+                return tuple([gr.skip()] * len(click_outputs))
+            if state.query is None or state.cache is None:
+                return (
+                    ex.prediction_view(state, op, grid),
+                    *[gr.skip()] * (len(click_outputs) - 1),
+                )
+            result = ex.click(session_key(request), *state.query, op, grid)
+            return click_values(result, state, op, grid, with_status=False)
+
+        @guard(2, status_index=1)
+        def on_explain(tgt, meth, steps, op, request: gr.Request):
+            return attribution.explain(ex, session_key(request), tgt, meth, int(steps), op)
+
+        def efficiency_outputs(fn):
+            try:
+                return fn()
+            except efficiency.EfficiencyUnavailable as err:
+                return None, f"**Not available:** {err}"
+
+        @guard(2, status_index=1)
+        def on_efficiency_tab():
+            return efficiency_outputs(efficiency.committed_report)
+
+        @guard(2, status_index=1)
+        def on_live_run():
+            return efficiency_outputs(efficiency.live_run)
+
+        vis = dict(api_visibility="private")
+        eff_tab.select(on_efficiency_tab, None, [committed_plot, committed_text], **vis)
+        live_button.click(on_live_run, None, [live_plot, live_text], concurrency_limit=1, **vis)
+        explain_button.click(
+            on_explain, [target, method, n_steps, opacity], [attr_image, attr_text], **vis
+        )
+        ex_button.click(on_example, [ex_index, ex_context], load_outputs, **vis).then(
+            on_view, [opacity, show_grid], click_outputs, **vis
+        )
+        upload.upload(on_upload, [upload], load_outputs, **vis).then(
+            on_view, [opacity, show_grid], click_outputs, **vis
+        )
+        pred.select(on_select, [opacity, show_grid], click_outputs, **vis)
+        opacity.release(on_view, [opacity, show_grid], click_outputs, **vis)
+        show_grid.change(on_view, [opacity, show_grid], click_outputs, **vis)
+
+        _api_endpoints(ex)
+
+        def forget_session(request: gr.Request) -> None:
+            """A closed tab frees its analysed image at once (not only when evicted)."""
+            ex.store.discard(session_key(request))
+
+        demo.unload(forget_session)
+    return demo
+
+
+def _api_endpoints(ex: Explorer) -> None:
+    """Hidden components behind the ``predict`` and ``attention`` API endpoints."""
+    with gr.Row(visible=False):
+        # A file, not gr.Image: Gradio would decode a gr.Image upload before the project sees
+        # it, so a corrupt file would give clients a bare exception instead of our message.
+        image = gr.File(type="filepath", label="image")
+        x = gr.Number(label="x", precision=0)
+        y = gr.Number(label="y", precision=0)
+        overlay = gr.Image(label="prediction overlay", format="png")
+        info = gr.JSON(label="prediction")
+        maps = gr.JSON(label="attention maps")
+        predict_button, attention_button = gr.Button("predict"), gr.Button("attention")
+
+    @api_guard
+    def predict(path):
+        """Prediction overlay and per-class pixel shares of an image file."""
+        state = api_fns.analyse_cached(ex, path)
+        return ex.prediction_view(state, 0.5), api_fns.predict_summary(ex, state)
+
+    @api_guard
+    def attention(path, qx, qy):
+        """Long-range, short-range and combined attention maps (feature grid) of pixel (x, y)."""
+        state = api_fns.analyse_cached(ex, path)
+        return api_fns.attention_summary(ex, state, qx, qy)
+
+    predict_button.click(predict, [image], [overlay, info], api_name="predict")
+    attention_button.click(attention, [image, x, y], [maps], api_name="attention")
+
+
+def launch_kwargs(host: str = "127.0.0.1", port: int | None = None, share: bool = False) -> dict:
+    """Arguments of ``demo.launch`` (theme, upload limit, bind address)."""
+    return dict(
+        server_name=host,
+        server_port=port,
+        share=share,
+        max_file_size=MAX_FILE_SIZE,
+        theme=gr.themes.Soft(),
+        footer_links=["api"],
+    )
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Serve the app (blocks until interrupted)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--checkpoint",
+        metavar="DIR",
+        help="model directory or train/fit.py run directory (default: the embedded model)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (Gradio picks 7860+)")
+    parser.add_argument("--share", action="store_true", help="create a public share link")
+    parser.add_argument("--max-sessions", type=int, default=16, help="sessions kept in memory")
+    parser.add_argument("--max-cache-mb", type=int, default=1024, help="memory for those sessions")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    try:
+        demo = build_app(
+            args.checkpoint, max_sessions=args.max_sessions, max_cache_mb=args.max_cache_mb
+        )
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
+    demo.queue(default_concurrency_limit=2).launch(
+        **launch_kwargs(args.host, args.port, args.share)
+    )
+    return 0
