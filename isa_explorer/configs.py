@@ -11,11 +11,38 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
+import inspect
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from isa_explorer.data.synthetic import SyntheticConfig
+from isa_explorer.evaluation.inference import SLIDE_CROP, SLIDE_STRIDE
+from isa_explorer.models.isa.model import ISANet
+
+#: Keyword arguments of ISANet a config's ``model`` may set (its ``__init__`` parameters).
+MODEL_KEYS = tuple(
+    name
+    for name, p in inspect.signature(ISANet.__init__).parameters.items()
+    if name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD
+)
+
+
+def check_model_kwargs(model: dict[str, Any]) -> None:
+    """Refuse ``model`` keys that are not ISANet arguments, naming the valid ones.
+
+    Raises:
+        ValueError: A misspelt or unknown key (with the closest valid name, if any).
+    """
+    for key in model:
+        if key not in MODEL_KEYS:
+            close = difflib.get_close_matches(key, MODEL_KEYS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown model key {key!r}{hint}; valid: {', '.join(MODEL_KEYS)}")
+
 
 #: Fields holding ``(H, W)`` pairs: stored as tuples, written to JSON as lists.
 _PAIRS = ("scale", "crop_size", "eval_crop", "eval_stride")
@@ -34,7 +61,8 @@ class TrainConfig:
         scale: ``(H, W)`` base scale of the random rescale and of the eval resize (the order does
             not matter: the image is fitted keeping its ratio); ``None``: no resize.
         crop_size: ``(H, W)`` training crop; ``None``: whole images (synthetic only).
-        model: Keyword arguments of :class:`isa_explorer.ISANet`.
+        model: Keyword arguments of :class:`isa_explorer.ISANet` (names checked, see
+            :func:`check_model_kwargs`).
         iters: Training iterations.
         batch_size: Images per process (GPU) and iteration.
         lr: Base learning rate of SGD.
@@ -55,8 +83,7 @@ class TrainConfig:
         clip_grad: Max gradient norm, or ``None`` for no clipping.
         seed: Seed of the model init, the data order and the augmentations.
         workers: DataLoader worker processes per process.
-        synthetic: ``train_length``, ``val_length``, ``train_seed``, ``val_seed``, ``size`` of the
-            synthetic dataset.
+        synthetic: The synthetic dataset (:class:`~isa_explorer.data.synthetic.SyntheticConfig`).
     """
 
     name: str = "custom"
@@ -79,25 +106,25 @@ class TrainConfig:
     ckpt_interval: int = 250
     log_interval: int = 10
     eval_mode: str = "whole"
-    eval_crop: tuple[int, int] = (769, 769)
-    eval_stride: tuple[int, int] = (513, 513)
+    eval_crop: tuple[int, int] = SLIDE_CROP
+    eval_stride: tuple[int, int] = SLIDE_STRIDE
     amp: bool = False
     channels_last: bool = False
     compile: bool = False
     clip_grad: float | None = None
     seed: int = 0
     workers: int = 0
-    synthetic: dict[str, Any] = field(default_factory=dict)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
+        self.synthetic = SyntheticConfig.from_dict(self.synthetic)
+        check_model_kwargs(self.model)
         for key in _PAIRS:
             value = getattr(self, key)
             if value is not None:
                 if not isinstance(value, (list, tuple)) or len(value) != 2:
                     raise ValueError(f"{key} must be an (H, W) pair, got {value!r}")
                 setattr(self, key, (int(value[0]), int(value[1])))
-        if "size" in self.synthetic:
-            self.synthetic["size"] = tuple(int(v) for v in self.synthetic["size"])
         if self.eval_mode not in ("whole", "slide"):
             raise ValueError(f"eval_mode must be 'whole' or 'slide', got {self.eval_mode!r}")
         for key in ("iters", "batch_size", "eval_interval", "ckpt_interval", "log_interval"):
@@ -156,7 +183,7 @@ _ENCODERS = {"r50": "tu-resnet50c", "r101": "tu-resnet101c"}
 
 def _published(dataset: str, depth: str, crop: tuple[int, int], iters: int) -> TrainConfig:
     classes, batch, scale = _DATASETS[dataset]
-    slide = crop == (769, 769)
+    slide = crop == SLIDE_CROP  # mmseg tests its 769x769 models with that window
     name = (
         f"isanet_{depth}-d8_4xb{batch}-{iters // 1000}k_"
         f"{_MMSEG_DATASET_NAME[dataset]}-{crop[0]}x{crop[1]}"
@@ -194,8 +221,6 @@ def _published(dataset: str, depth: str, crop: tuple[int, int], iters: int) -> T
         ckpt_interval=2000,
         log_interval=50,
         eval_mode="slide" if slide else "whole",
-        eval_crop=(769, 769),
-        eval_stride=(513, 513),
         amp=True,
         channels_last=True,
         compile=False,
@@ -238,9 +263,7 @@ def _build_configs() -> dict[str, TrainConfig]:
         log_interval=10,
         amp=False,
         workers=0,
-        synthetic=dict(
-            train_length=4000, val_length=64, train_seed=0, val_seed=10_000, size=(128, 256)
-        ),
+        synthetic=SyntheticConfig(),
     )
     return configs
 
@@ -306,4 +329,11 @@ def get_config(name: str, overrides: Sequence[str] = ()) -> TrainConfig:
     return apply_overrides(cfg, overrides)
 
 
-__all__ = ["CONFIGS", "TrainConfig", "apply_overrides", "get_config"]
+__all__ = [
+    "CONFIGS",
+    "MODEL_KEYS",
+    "TrainConfig",
+    "apply_overrides",
+    "check_model_kwargs",
+    "get_config",
+]

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from isa_explorer import predict
+from isa_explorer import palette
 from isa_explorer.data import (
     RECIPES,
     DatasetNotFoundError,
@@ -112,9 +112,9 @@ def show_tree(root: Path, limit: int = 14) -> None:
         print(f"   ... {len(files) - limit} more")
 
 
-def colourise(mask: torch.Tensor, palette) -> np.ndarray:
+def colourise(mask: torch.Tensor, colours) -> np.ndarray:
     """Class-id mask ``(H, W)`` -> ``(H, W, 3)`` picture; ignored pixels (255) are black."""
-    return predict.colourise(mask, palette).permute(1, 2, 0).numpy()
+    return palette.colourise(mask, colours).permute(1, 2, 0).numpy()
 
 
 def show_items(dataset, n: int = 2, title: str = "") -> None:

@@ -14,7 +14,6 @@ from isa_explorer.explorer import (
     ExplorerModel,
     ImageInputError,
     app,
-    images,
     load_image_file,
     prepare_image,
 )
@@ -73,7 +72,7 @@ def test_huge_images_are_resized_to_the_documented_limit(explorer):
 def test_decompression_bombs_are_refused_before_decoding(tmp_path, monkeypatch):
     path = tmp_path / "bomb.png"
     Image.new("1", (400, 300)).save(path)
-    monkeypatch.setattr(images, "MAX_PIXELS", 100_000)
+    monkeypatch.setattr("isa_explorer.images.MAX_PIXELS", 100_000)  # the one reader's bound
     with pytest.raises(ImageInputError, match="downscale it first"):
         load_image_file(path)
 

@@ -170,3 +170,26 @@ def test_json_round_trip(tmp_path: Path) -> None:
         TrainConfig.load(path)
     with pytest.raises(FileNotFoundError, match="no config file"):
         TrainConfig.load(tmp_path / "absent.json")
+
+
+def test_misspelt_sub_config_keys_fail_with_the_valid_names():
+    with pytest.raises(ValueError, match=r"unknown model key 'decoder_chanels' \(did you mean "
+                       r"'decoder_channels'\?\); valid: encoder_name, "):  # fmt: skip
+        get_config("synthetic-context", ["model.decoder_chanels=64"])
+    with pytest.raises(ValueError, match=r"unknown synthetic keys \['sise'\]; valid: train_length"):
+        get_config("synthetic-context", ["synthetic.sise=[96,192]"])
+    cfg = get_config("synthetic-context", ["synthetic.size=[96,192]", "model.decoder_channels=64"])
+    assert cfg.synthetic.size == (96, 192) and cfg.model["decoder_channels"] == 64
+
+
+def test_a_config_saved_with_a_plain_synthetic_dict_still_loads(tmp_path):
+    old = get_config("synthetic-context").to_dict()
+    assert old["synthetic"] == {
+        "train_length": 4000, "val_length": 64, "train_seed": 0, "val_seed": 10_000,
+        "size": [128, 256],
+    }  # fmt: skip
+    old["synthetic"] = {"train_length": 10, "size": [96, 192]}  # partial, as older runs wrote
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(old))
+    cfg = get_config(str(path))
+    assert cfg.synthetic.train_length == 10 and cfg.synthetic.val_seed == 10_000

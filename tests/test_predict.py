@@ -13,14 +13,9 @@ from PIL import Image
 from torch import nn
 
 from isa_explorer.data import CorruptFileError
-from isa_explorer.predict import (
-    colourise,
-    default_palette,
-    overlay,
-    palette_of,
-    predict_image,
-    read_image,
-)
+from isa_explorer.evaluation.predict import predict_image
+from isa_explorer.images import read_image
+from isa_explorer.palette import colourise, default_palette, overlay, palette_of
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = ROOT / "train" / "predict.py"

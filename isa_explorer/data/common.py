@@ -11,9 +11,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
-from torchvision.transforms.v2.functional import pil_to_tensor
 
 from isa_explorer.data.info import DatasetInfo
+from isa_explorer.images import CorruptFileError, read_rgb
 
 Transforms = Callable[[tv_tensors.Image, tv_tensors.Mask], Any]
 
@@ -28,10 +28,6 @@ class OrphanImageError(FileNotFoundError):
 
 class EmptySplitError(ValueError):
     """A split holds no images, or the split name is unknown."""
-
-
-class CorruptFileError(ValueError):
-    """An image or label file cannot be decoded, or the pair does not match."""
 
 
 def require_dir(path: Path, what: str, how_to_get: str) -> Path:
@@ -64,16 +60,19 @@ def make_lut(mapping: dict[int, int], default: int = 255) -> np.ndarray:
 def read_image(path: Path) -> tv_tensors.Image:
     """Decode an image file to a ``uint8`` RGB ``tv_tensors.Image`` of shape ``(3, H, W)``.
 
+    Read by the project's one reader (:func:`isa_explorer.images.read_rgb`: EXIF orientation,
+    grey, palette, alpha and 16-bit conversions).
+
     Raises:
         CorruptFileError: If the file cannot be decoded (the message names the file).
     """
     try:
-        with Image.open(path) as im:
-            return tv_tensors.Image(pil_to_tensor(im.convert("RGB")))
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        rgb = read_rgb(path)
+    except (CorruptFileError, FileNotFoundError) as err:
         raise CorruptFileError(
             f"cannot read image {path}: {err}. Re-download or remove it."
         ) from err
+    return tv_tensors.Image(torch.from_numpy(rgb).permute(2, 0, 1).contiguous())
 
 
 def read_label(path: Path, lut: np.ndarray | None = None) -> tv_tensors.Mask:

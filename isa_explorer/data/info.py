@@ -117,6 +117,29 @@ VOC_INFO = DatasetInfo(
 # fmt: on
 
 #: Other names accepted for the datasets (``"voc-aug"`` is VOC trained on the SBD-augmented split).
+#: The synthetic long-range-context scenes (:mod:`isa_explorer.data.synthetic`).
+SYNTHETIC_INFO = DatasetInfo(
+    name="synthetic-context",
+    class_names=(
+        "background",
+        "cue-red",
+        "cue-blue",
+        "object-red-context",
+        "object-blue-context",
+        "green-disc",
+        "yellow-bar",
+    ),
+    palette=(
+        (0, 0, 0),
+        (220, 40, 40),
+        (40, 80, 220),
+        (255, 150, 150),
+        (150, 185, 255),
+        (40, 180, 60),
+        (230, 210, 40),
+    ),
+)
+
 ALIASES = {"voc-aug": "voc", "voc2012": "voc", "ade": "ade20k", "ade20k-150": "ade20k"}
 
 
@@ -132,8 +155,6 @@ def get_info(name: str) -> DatasetInfo:
     """
     key = ALIASES.get(name.lower(), name.lower())
     if key == "synthetic-context":
-        from isa_explorer.data.synthetic import SYNTHETIC_INFO
-
         return SYNTHETIC_INFO
     infos = {i.name: i for i in (CITYSCAPES_INFO, ADE20K_INFO, VOC_INFO)}
     if key not in infos:

@@ -16,35 +16,58 @@ read from disk. One 256x512 scene takes a few milliseconds on one core.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
 from torchvision import tv_tensors
 
-from isa_explorer.data.info import DatasetInfo
+from isa_explorer.data.info import SYNTHETIC_INFO, DatasetInfo
 
-SYNTHETIC_INFO = DatasetInfo(
-    name="synthetic-context",
-    class_names=(
-        "background",
-        "cue-red",
-        "cue-blue",
-        "object-red-context",
-        "object-blue-context",
-        "green-disc",
-        "yellow-bar",
-    ),
-    palette=(
-        (0, 0, 0),
-        (220, 40, 40),
-        (40, 80, 220),
-        (255, 150, 150),
-        (150, 185, 255),
-        (40, 180, 60),
-        (230, 210, 40),
-    ),
-)
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """The synthetic-context data of a training recipe: the one home of its defaults.
+
+    Read like a mapping too (``cfg.synthetic["size"]``). Unknown keys are refused with the
+    valid names (:meth:`from_dict`).
+
+    Attributes:
+        train_length: Training scenes (generated on the fly from ``train_seed``).
+        val_length: Validation scenes.
+        train_seed: Seed of the training scenes.
+        val_seed: Seed of the validation scenes (disjoint from training).
+        size: ``(H, W)`` of every scene.
+    """
+
+    train_length: int = 4000
+    val_length: int = 64
+    train_seed: int = 0
+    val_seed: int = 10_000
+    size: tuple[int, int] = (128, 256)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", check_size(tuple(int(v) for v in self.size)))
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | SyntheticConfig) -> SyntheticConfig:
+        """From a (partial) dict; unknown keys raise ``ValueError`` naming the valid ones."""
+        if isinstance(d, cls):
+            return d
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown synthetic keys {unknown}; valid: {', '.join(valid)}")
+        return cls(**d)
+
 
 #: Ids of the classes that only the far cue decides (grey objects in context A / B).
 SYNTHETIC_CONTEXT_CLASSES: tuple[int, ...] = (3, 4)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from isa_explorer.evaluation.inference import MS_SCALES
+from isa_explorer.evaluation.inference import MS_SCALES, SLIDE_CROP, SLIDE_STRIDE
 
 
 def add_inference_arguments(p: argparse.ArgumentParser, scale_help: str) -> None:
@@ -30,17 +30,17 @@ def add_inference_arguments(p: argparse.ArgumentParser, scale_help: str) -> None
         "--crop",
         type=int,
         nargs=2,
-        default=(769, 769),
+        default=SLIDE_CROP,
         metavar=("H", "W"),
-        help="slide window (default 769 769)",
+        help=f"slide window (default {SLIDE_CROP[0]} {SLIDE_CROP[1]})",
     )
     p.add_argument(
         "--stride",
         type=int,
         nargs=2,
-        default=(513, 513),
+        default=SLIDE_STRIDE,
         metavar=("H", "W"),
-        help="slide step (default 513 513)",
+        help=f"slide step (default {SLIDE_STRIDE[0]} {SLIDE_STRIDE[1]})",
     )
     p.add_argument("--ms", action="store_true", help=f"multi-scale test, ratios {MS_SCALES}")
     p.add_argument("--flip", action="store_true", help="add horizontally flipped images")

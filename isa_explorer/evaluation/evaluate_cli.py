@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Subset, default_collate
 
 from isa_explorer.data import DATASETS, RECIPES, build_dataset, build_eval_transforms
 from isa_explorer.data.info import ALIASES
+from isa_explorer.data.synthetic import SyntheticConfig
 from isa_explorer.evaluation.checkpoint import load_any_model
 from isa_explorer.evaluation.cli import add_inference_arguments
 from isa_explorer.evaluation.distributed import ShardSampler, close, init_from_env
@@ -61,11 +62,13 @@ def parse_args(
     p.add_argument(
         "--synthetic-length",
         type=int,
-        default=64,
+        default=SyntheticConfig.val_length,
         help="synthetic-context: number of scenes (the training recipe's val set)",
     )
-    p.add_argument("--synthetic-seed", type=int, default=10_000)
-    p.add_argument("--synthetic-size", type=int, nargs=2, default=(128, 256), metavar=("H", "W"))
+    p.add_argument("--synthetic-seed", type=int, default=SyntheticConfig.val_seed)
+    p.add_argument(
+        "--synthetic-size", type=int, nargs=2, default=SyntheticConfig.size, metavar=("H", "W")
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)  # fmt: skip
 

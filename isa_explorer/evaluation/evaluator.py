@@ -22,7 +22,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from isa_explorer.evaluation.distributed import world
-from isa_explorer.evaluation.inference import MS_SCALES, Mode, aug_inference, inference
+from isa_explorer.evaluation.inference import (
+    MS_SCALES,
+    SLIDE_CROP,
+    SLIDE_STRIDE,
+    Mode,
+    aug_inference,
+    inference,
+)
 from isa_explorer.evaluation.metrics import ConfusionMatrix, format_table
 
 
@@ -37,8 +44,8 @@ def evaluate(
     num_classes: int,
     *,
     mode: Mode = "whole",
-    crop_size: tuple[int, int] = (769, 769),
-    stride: tuple[int, int] = (513, 513),
+    crop_size: tuple[int, int] = SLIDE_CROP,
+    stride: tuple[int, int] = SLIDE_STRIDE,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     device: str | torch.device = "cpu",

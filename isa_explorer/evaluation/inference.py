@@ -15,6 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 Mode = Literal["whole", "slide"]
+#: mmseg's sliding window for Cityscapes 769x769 models: window and step (the one default).
+SLIDE_CROP: tuple[int, int] = (769, 769)
+SLIDE_STRIDE: tuple[int, int] = (513, 513)
 
 
 def _align_corners(model: nn.Module) -> bool:
@@ -32,8 +35,8 @@ def _check_classes(logits: torch.Tensor, num_classes: int | None) -> None:
 def slide_inference(
     model: nn.Module,
     image: torch.Tensor,
-    crop_size: tuple[int, int] = (769, 769),
-    stride: tuple[int, int] = (513, 513),
+    crop_size: tuple[int, int] = SLIDE_CROP,
+    stride: tuple[int, int] = SLIDE_STRIDE,
     num_classes: int | None = None,
 ) -> torch.Tensor:
     """Sliding-window logits, averaged where windows overlap (mmseg's ``slide_inference``).
@@ -80,8 +83,8 @@ def inference(
     model: nn.Module,
     image: torch.Tensor,
     mode: Mode = "whole",
-    crop_size: tuple[int, int] = (769, 769),
-    stride: tuple[int, int] = (513, 513),
+    crop_size: tuple[int, int] = SLIDE_CROP,
+    stride: tuple[int, int] = SLIDE_STRIDE,
     num_classes: int | None = None,
 ) -> torch.Tensor:
     """Logits of a batch of normalised images, on the whole image or by sliding windows.
@@ -124,8 +127,8 @@ def aug_inference(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     mode: Mode = "whole",
-    crop_size: tuple[int, int] = (769, 769),
-    stride: tuple[int, int] = (513, 513),
+    crop_size: tuple[int, int] = SLIDE_CROP,
+    stride: tuple[int, int] = SLIDE_STRIDE,
     num_classes: int | None = None,
     out_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:

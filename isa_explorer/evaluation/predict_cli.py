@@ -21,20 +21,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from isa_explorer.data.common import CorruptFileError
 from isa_explorer.evaluation.checkpoint import load_any_model
 from isa_explorer.evaluation.cli import add_inference_arguments
 from isa_explorer.evaluation.inference import MS_SCALES
-from isa_explorer.predict import (
-    IMAGE_EXTENSIONS,
-    colourise,
-    overlay,
-    palette_of,
-    predict_image,
-    read_image,
-    save_labels,
-    save_png,
-)
+from isa_explorer.evaluation.predict import predict_image, save_labels, save_png
+from isa_explorer.images import IMAGE_EXTENSIONS, CorruptFileError, read_image
+from isa_explorer.palette import colourise, overlay, palette_of
 
 
 def parse_args(

@@ -35,6 +35,7 @@ from isa_explorer.attention import capture_attention, query_maps
 from isa_explorer.data.synthetic import (
     SYNTHETIC_CONTEXT_CLASSES,
     SYNTHETIC_INFO,
+    SyntheticConfig,
     SyntheticContextDataset,
     generate,
 )
@@ -49,7 +50,7 @@ CUE_CLASSES = (1, 2)
 
 def held_out_metrics(
     model: ISANet,
-    size: tuple[int, int] = (128, 256),
+    size: tuple[int, int] = SyntheticConfig.size,
     n_images: int = 128,
     seed: int = HELD_OUT_SEED,
     batch_size: int = 8,
@@ -81,7 +82,7 @@ def _erode(mask: torch.Tensor, radius: int) -> torch.Tensor:
 
 def cue_attention_ratio(
     model: ISANet,
-    size: tuple[int, int] = (128, 256),
+    size: tuple[int, int] = SyntheticConfig.size,
     n_scenes: int = 16,
     seed: int = HELD_OUT_SEED,
     map_name: str = "combined",
@@ -158,7 +159,7 @@ def train_step_cost(cfg_overrides: Sequence[str], steps: int = 6, warmup: int = 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, SYNTHETIC_INFO).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=cfg.momentum)
-    data = SyntheticContextDataset(length=cfg.batch_size, seed=0, size=cfg.synthetic["size"])
+    data = SyntheticContextDataset(length=cfg.batch_size, seed=0, size=cfg.synthetic.size)
     images = torch.stack([data[i][0] for i in range(cfg.batch_size)]).float()
     masks = torch.stack([data[i][1] for i in range(cfg.batch_size)]).long()
 
@@ -172,7 +173,7 @@ def train_step_cost(cfg_overrides: Sequence[str], steps: int = 6, warmup: int = 
     peak = PeakMemory().start()
     times = time_runs(step, runs=steps, warmup=warmup)
     return {"ms_per_step": median_ms(times), "peak_memory_bytes": peak.growth(),
-            "batch": cfg.batch_size, "size": list(cfg.synthetic["size"]),
+            "batch": cfg.batch_size, "size": list(cfg.synthetic.size),
             "threads": torch.get_num_threads()}  # fmt: skip
 
 
@@ -225,7 +226,7 @@ def run_experiment(
                   progress=progress)  # fmt: skip
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
         model = load_model(run_dir / "final")
-        size = tuple(cfg.synthetic.get("size", (128, 256)))
+        size = cfg.synthetic.size
         metrics = held_out_metrics(model, size=size, n_images=n_eval, progress=progress)
         row = {
             "mIoU": metrics["mIoU"],

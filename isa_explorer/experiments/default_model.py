@@ -18,7 +18,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from isa_explorer.data.synthetic import SYNTHETIC_CONTEXT_CLASSES, SYNTHETIC_INFO
+from isa_explorer.data.synthetic import SYNTHETIC_CONTEXT_CLASSES, SYNTHETIC_INFO, SyntheticConfig
 from isa_explorer.experiments.context import HELD_OUT_SEED, cue_attention_ratio, held_out_metrics
 from isa_explorer.pretrained import DEFAULT_MODEL_DIR, load_model, resolve_model_dir
 
@@ -69,7 +69,7 @@ def export_default_model(
     config = json.loads((run_dir / "config.json").read_text())
     summary_path = run_dir / "metrics.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    size = tuple(config.get("synthetic", {}).get("size", (128, 256)))
+    size = SyntheticConfig.from_dict(config.get("synthetic", {})).size
     model = load_model(model_dir)
     metrics = held_out_metrics(model, size=size, n_images=n_eval, progress=True)
     cue = cue_attention_ratio(model, size=size)

@@ -1,7 +1,8 @@
 """Reading and validating the images a user gives the explorer.
 
 Every image becomes an ``(H, W, 3)`` uint8 RGB array: EXIF rotation applied, grey / palette /
-CMYK converted, alpha composited on white, 16-bit and float images rescaled to 8 bits. Images
+CMYK converted, alpha composited on white, 16-bit and float images rescaled to 8 bits, by the
+project's one reader (:mod:`isa_explorer.images`). Images
 with a side under :data:`MIN_SIDE` are refused; images whose longest side exceeds
 :data:`MAX_SIDE` are resized down (aspect kept). Problems raise :class:`ImageInputError` with a
 message meant for the user.
@@ -9,20 +10,35 @@ message meant for the user.
 
 from __future__ import annotations
 
-import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+
+from isa_explorer.images import (
+    MAX_PIXELS,
+    CorruptFileError,
+    ImageArrayError,
+    check_pixels,
+    read_rgb,
+    to_rgb8,
+)
 
 #: Smallest accepted side in pixels (the model's features need a few cells per side).
 MIN_SIDE = 32
 #: Longest side kept; larger images are resized down to it (CPU time and memory per image).
 MAX_SIDE = 2048
-#: Images with more pixels than this are refused before decoding (decompression bombs).
-MAX_PIXELS = 80_000_000
+
+__all__ = [
+    "MAX_PIXELS",
+    "MAX_SIDE",
+    "MIN_SIDE",
+    "ImageInputError",
+    "PreparedImage",
+    "load_image_file",
+    "prepare_image",
+]
 
 
 class ImageInputError(ValueError):
@@ -43,7 +59,7 @@ class PreparedImage:
 
 
 def load_image_file(path: str | Path) -> PreparedImage:
-    """Open and prepare an uploaded image file.
+    """Open and prepare an uploaded image file (read by :func:`isa_explorer.images.read_rgb`).
 
     Args:
         path: Path of the file (a temporary upload file).
@@ -57,33 +73,12 @@ def load_image_file(path: str | Path) -> PreparedImage:
     path = Path(path)
     if not path.is_file():
         raise ImageInputError("no image file was received; upload a PNG, JPEG or WebP image")
+    notes: list[str] = []
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
-            _check_pixels(im.size)
-            im.load()
-    except ImageInputError:
-        raise
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
-        # PIL refuses the header's size before the file is decoded; its message has the count.
-        found = re.search(r"\((\d+) pixels\)", str(err))
-        size = f"{int(found.group(1)) / 1e6:.0f} MP" if found else "more pixels than PIL allows"
-        raise ImageInputError(
-            f"{path.name!r} is {size}, more than the {MAX_PIXELS / 1e6:.0f} MP this app "
-            "decodes; downscale it first"
-        ) from None
-    except UnidentifiedImageError:
-        raise ImageInputError(
-            f"{path.name!r} is not an image PIL can read; upload a PNG, JPEG, WebP, BMP or TIFF "
-            "image"
-        ) from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageInputError(
-            f"{path.name!r} looks like an image but could not be decoded ({err}); the file is "
-            "probably truncated or corrupt: save it again and re-upload"
-        ) from None
-    return prepare_image(im)
+        rgb = read_rgb(path, notes)
+    except CorruptFileError as err:
+        raise ImageInputError(str(err)) from None
+    return _checked(rgb, notes)
 
 
 def prepare_image(image: Image.Image | np.ndarray | None) -> PreparedImage:
@@ -101,14 +96,20 @@ def prepare_image(image: Image.Image | np.ndarray | None) -> PreparedImage:
     """
     if image is None:
         raise ImageInputError("no image given; pick an example or upload an image first")
-    notes: list[str] = []
-    if isinstance(image, np.ndarray):
-        rgb = _array_to_rgb(image, notes)
-    elif isinstance(image, Image.Image):
-        _check_pixels(image.size)
-        rgb = _pil_to_rgb(image, notes)
-    else:
+    if not isinstance(image, np.ndarray | Image.Image):
         raise ImageInputError(f"expected an image, got {type(image).__name__}")
+    notes: list[str] = []
+    try:
+        if isinstance(image, Image.Image):
+            check_pixels(image.size)
+        rgb = to_rgb8(image, notes)
+    except (CorruptFileError, ImageArrayError) as err:
+        raise ImageInputError(str(err)) from None
+    return _checked(rgb, notes)
+
+
+def _checked(rgb: np.ndarray, notes: list[str]) -> PreparedImage:
+    """Refuse sides under :data:`MIN_SIDE`; resize a longest side over :data:`MAX_SIDE`."""
     h, w = rgb.shape[:2]
     if min(h, w) < MIN_SIDE:
         raise ImageInputError(
@@ -121,84 +122,3 @@ def prepare_image(image: Image.Image | np.ndarray | None) -> PreparedImage:
         rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
         notes.append(f"resized from {w}x{h} to {size[0]}x{size[1]} (longest side {MAX_SIDE})")
     return PreparedImage(np.ascontiguousarray(rgb), notes)
-
-
-def _check_pixels(size: tuple[int, int]) -> None:
-    w, h = size
-    if w * h > MAX_PIXELS:
-        raise ImageInputError(
-            f"the image is {w}x{h} pixels ({w * h / 1e6:.0f} MP), more than the "
-            f"{MAX_PIXELS / 1e6:.0f} MP this app decodes; downscale it first"
-        )
-
-
-def _pil_to_rgb(im: Image.Image, notes: list[str]) -> np.ndarray:
-    """Any PIL mode -> ``(H, W, 3)`` uint8, EXIF orientation applied."""
-    orientation = im.getexif().get(0x0112, 1)  # EXIF Orientation tag
-    if orientation not in (1, None):
-        im = ImageOps.exif_transpose(im)
-        notes.append(f"rotated upright from its EXIF orientation ({orientation})")
-    if im.mode.startswith("I;16"):
-        return _array_to_rgb(np.asarray(im).astype(np.uint16), notes)
-    if im.mode in ("I", "F"):
-        a = np.asarray(im)
-        if im.mode == "I" and a.min() >= 0 and a.max() <= 65535:
-            a = a.astype(np.uint16)  # 16-bit PNGs often open as mode "I"
-        return _array_to_rgb(a, notes)
-    if im.mode == "P":
-        im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        notes.append("transparent pixels composited on white")
-        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(background, im.convert("RGBA")).convert("RGB"))
-    if im.mode != "RGB":
-        notes.append(f"converted from {im.mode} to RGB")
-        im = im.convert("RGB")
-    return np.asarray(im)
-
-
-def _array_to_rgb(a: np.ndarray, notes: list[str]) -> np.ndarray:
-    """``(H, W)`` / ``(H, W, C)`` array of any numeric dtype -> ``(H, W, 3)`` uint8."""
-    if a.ndim == 3 and a.shape[-1] == 1:
-        a = a[..., 0]
-    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)):
-        raise ImageInputError(
-            f"expected an image array (H, W), (H, W, 3) or (H, W, 4), got shape {a.shape}"
-        )
-    if a.dtype == np.bool_:
-        a = a.astype(np.uint8) * 255
-    if a.dtype != np.uint8:
-        a = _to_uint8(a, notes)
-    if a.ndim == 2:
-        notes.append("grey image repeated to RGB")
-        a = np.repeat(a[..., None], 3, axis=-1)
-    if a.shape[-1] == 4:
-        notes.append("transparent pixels composited on white")
-        alpha = a[..., 3:].astype(np.float32) / 255.0
-        a = (a[..., :3] * alpha + 255.0 * (1 - alpha)).round().astype(np.uint8)
-    return a
-
-
-def _to_uint8(a: np.ndarray, notes: list[str]) -> np.ndarray:
-    if not np.issubdtype(a.dtype, np.number):
-        raise ImageInputError(f"unsupported image array type {a.dtype}")
-    dtype, floating = a.dtype, np.issubdtype(a.dtype, np.floating)
-    a = a.astype(np.float64)
-    if not np.isfinite(a).all():
-        raise ImageInputError("the image holds NaN or infinite values")
-    lo, hi = float(a.min()), float(a.max())
-    if dtype == np.uint16:
-        scale = 255.0 / 65535.0
-        notes.append("16-bit image scaled to 8 bits")
-    elif floating and lo >= 0 and hi <= 1.0:
-        scale = 255.0
-    elif lo >= 0 and hi <= 255:
-        scale = 1.0
-    elif lo >= 0 and hi <= 65535:
-        scale = 255.0 / 65535.0
-        notes.append("16-bit image scaled to 8 bits")
-    else:
-        span = max(hi - lo, 1e-12)
-        a, scale = a - lo, 255.0 / span
-        notes.append(f"values in [{lo:g}, {hi:g}] stretched to 0-255")
-    return np.clip(a * scale, 0, 255).round().astype(np.uint8)

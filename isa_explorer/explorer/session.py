@@ -19,20 +19,16 @@ import numpy as np
 import torch
 
 from isa_explorer.attention import AttentionCache, capture_attention
-from isa_explorer.data.synthetic import SYNTHETIC_INFO
+from isa_explorer.data.synthetic import SYNTHETIC_INFO, SyntheticConfig
 from isa_explorer.models.isa.model import ISANet
 from isa_explorer.models.prepare import prepare_for_inference
+from isa_explorer.palette import palette_or_default
 from isa_explorer.pretrained import DEFAULT_MODEL_DIR, load_model, resolve_model_dir
 
 #: Training size of models whose directory does not record one (the default model's).
-DEFAULT_TRAIN_SIZE = (128, 256)
+DEFAULT_TRAIN_SIZE = SyntheticConfig.size
 _SIZE_KEYS = ("train_size", "crop_size", "image_size")
 _SIDE_FILES = ("config.json", "train_config.json", "training.json")
-
-
-def _default_palette(k: int) -> list[list[int]]:
-    rng = np.random.default_rng(0)
-    return rng.integers(0, 256, (k, 3)).tolist()
 
 
 def read_train_size(model_dir: Path) -> tuple[int, int]:
@@ -105,8 +101,8 @@ class ExplorerModel:
 
     @property
     def palette(self) -> np.ndarray:
-        """``(K, 3)`` uint8 class colours (the config's, else a fixed random one)."""
-        palette = self.config.get("palette") or _default_palette(self.num_classes)
+        """``(K, 3)`` uint8 class colours (the config's, else :func:`default_palette`)."""
+        palette = palette_or_default(self.config.get("palette"), self.num_classes)
         return np.asarray(palette, dtype=np.uint8)
 
     @property

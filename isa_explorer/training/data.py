@@ -96,23 +96,14 @@ def _datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, Callable, Callable]:
     """``(train, val, train_transforms, eval_transforms)`` for a config."""
     if cfg.dataset == "synthetic-context":
         syn = cfg.synthetic
-        size = tuple(syn.get("size", (128, 256)))
         train = build_dataset(
-            "synthetic-context",
-            None,
-            "train",
-            length=syn.get("train_length", 4000),
-            seed=syn.get("train_seed", 0),
-            size=size,
-        )
+            "synthetic-context", None, "train", length=syn.train_length, seed=syn.train_seed,
+            size=syn.size,
+        )  # fmt: skip
         val = build_dataset(
-            "synthetic-context",
-            None,
-            "val",
-            length=syn.get("val_length", 64),
-            seed=syn.get("val_seed", 10_000),
-            size=size,
-        )
+            "synthetic-context", None, "val", length=syn.val_length, seed=syn.val_seed,
+            size=syn.size,
+        )  # fmt: skip
         # Whole scenes; a horizontal flip mirrors cue and objects together, keeping the task.
         return train, val, v2.RandomHorizontalFlip(p=0.5), v2.Identity()
     if cfg.crop_size is None or cfg.scale is None:

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
+from isa_explorer.palette import colourise
+
 LOGGER_NAME = "isa_explorer.training"
 
 
@@ -48,14 +50,6 @@ def close_logger(logger: logging.Logger) -> None:
         handler.close()
 
 
-def colorize(labels: torch.Tensor, palette: Sequence[Sequence[int]], ignore_index: int = 255):
-    """Class ids ``(H, W)`` -> uint8 RGB ``(3, H, W)``; ignored pixels white."""
-    lut = torch.zeros(256, 3, dtype=torch.uint8)
-    lut[: len(palette)] = torch.tensor(palette, dtype=torch.uint8)
-    lut[ignore_index] = 255
-    return lut[labels.long().clamp(0, 255).cpu()].permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
-
-
 @torch.inference_mode()
 def prediction_grid(
     model: torch.nn.Module,
@@ -86,7 +80,7 @@ def prediction_grid(
     pred = model.predict(x).argmax(1).cpu()  # (B, K, H, W) -> (B, H, W)
     tiles = []
     for img, gt, pr in zip(images, masks, pred, strict=True):
-        tiles += [img.cpu(), colorize(gt, palette), colorize(pr, palette)]
+        tiles += [img.cpu(), colourise(gt, palette), colourise(pr, palette)]
     grid = torch.stack(tiles)  # (3B, 3, H, W)
     if grid.shape[-2] > display_height:
         width = round(grid.shape[-1] * display_height / grid.shape[-2])
