@@ -6,7 +6,6 @@ and ``aug_inference`` (whole / slide, multi-scale + flip), ``ConfusionMatrix`` a
 :mod:`~isa_explorer.evaluation.evaluate_cli` and :mod:`~isa_explorer.evaluation.predict_cli`.
 """
 
-from isa_explorer.evaluation.distributed import ShardSampler, init_from_env
 from isa_explorer.evaluation.evaluator import evaluate
 from isa_explorer.evaluation.inference import (
     MS_SCALES,
@@ -19,11 +18,9 @@ from isa_explorer.evaluation.metrics import ConfusionMatrix, format_table
 __all__ = [
     "MS_SCALES",
     "ConfusionMatrix",
-    "ShardSampler",
     "aug_inference",
     "evaluate",
     "format_table",
     "inference",
-    "init_from_env",
     "slide_inference",
 ]

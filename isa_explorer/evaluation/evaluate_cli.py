@@ -29,9 +29,9 @@ from torch.utils.data import DataLoader, Subset, default_collate
 from isa_explorer.data import DATASETS, RECIPES, build_dataset, build_eval_transforms
 from isa_explorer.data.info import ALIASES
 from isa_explorer.data.synthetic import SyntheticConfig
+from isa_explorer.distributed import ShardSampler, cleanup_distributed, setup_distributed
 from isa_explorer.evaluation.checkpoint import load_any_model
 from isa_explorer.evaluation.cli import add_inference_arguments
-from isa_explorer.evaluation.distributed import ShardSampler, close, init_from_env
 from isa_explorer.evaluation.evaluator import evaluate
 from isa_explorer.evaluation.inference import MS_SCALES
 from isa_explorer.evaluation.metrics import format_table
@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None, prog: str = "isa-explorer evaluate") -> 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate as ``args`` say; print the table on the first process, write JSON."""
-    rank, world_size, device = init_from_env(args.device)
+    dist_info = setup_distributed(args.device)
+    rank, world_size, device = dist_info.rank, dist_info.world_size, str(dist_info.device)
     args.device = device
     try:
         info, loader = build_loader(args)
@@ -169,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         )
         seconds = time.perf_counter() - start
     finally:
-        close()
+        cleanup_distributed()
     if rank != 0:
         return 0
     print(format_table(metrics, info.class_names))

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from isa_explorer.evaluation.distributed import world
+from isa_explorer.distributed import world
 from isa_explorer.evaluation.inference import (
     MS_SCALES,
     SLIDE_CROP,

@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision.transforms import v2
 
 from isa_explorer.configs import TrainConfig
 from isa_explorer.data import build_dataset, build_eval_transforms, build_train_transforms
-from isa_explorer.training.distributed import DistInfo
+from isa_explorer.distributed import DistInfo, ShardSampler
 
 
 class SeededTransforms(Dataset):
@@ -141,12 +141,10 @@ def build_loaders(
         generator=torch.Generator().manual_seed(cfg.seed),
     )
     val_batch = cfg.batch_size if cfg.dataset == "synthetic-context" else 1
-    if info.distributed:
-        val = Subset(val, range(info.rank, len(val), info.world_size))
     val_loader = DataLoader(
         val,
         batch_size=val_batch,
-        shuffle=False,
+        sampler=ShardSampler(len(val), info.rank, info.world_size),  # as isa-explorer evaluate
         num_workers=min(cfg.workers, 2),
         pin_memory=pin,
         generator=torch.Generator().manual_seed(cfg.seed),

@@ -18,10 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from isa_explorer.configs import TrainConfig
-from isa_explorer.evaluation import evaluate
-from isa_explorer.training import checkpoint as ckpt
-from isa_explorer.training.data import build_loaders
-from isa_explorer.training.distributed import (
+from isa_explorer.distributed import (
     DistInfo,
     all_reduce_mean,
     average_buffers,
@@ -30,6 +27,9 @@ from isa_explorer.training.distributed import (
     gather_objects,
     setup_distributed,
 )
+from isa_explorer.evaluation import evaluate
+from isa_explorer.training import checkpoint as ckpt
+from isa_explorer.training.data import build_loaders
 from isa_explorer.training.logs import close_logger, open_logger, prediction_grid
 from isa_explorer.training.model import build_model
 from isa_explorer.training.steps import (

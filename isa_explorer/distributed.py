@@ -1,14 +1,24 @@
-"""Process-group set-up for single-process and ``torchrun`` (DDP) training."""
+"""Several processes (``torchrun``): the one process-group set-up, for training and evaluation.
+
+:func:`setup_distributed` joins the group ``torchrun`` describes (NCCL on CUDA, Gloo on CPU)
+and picks this process's device. Evaluation splits a dataset with :class:`ShardSampler`:
+``torch.utils.data.DistributedSampler`` pads it with repeated images so that every process gets
+as many, and counting those twice would bias the metrics; a shard takes images ``r, r + n,
+r + 2n, ...`` without repeats and the confusion matrices are summed across processes. Training
+draws its samples from a shuffled ``DistributedSampler`` (repeats do no harm there).
+"""
 
 from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import Sampler
 
 
 @dataclass(frozen=True)
@@ -31,37 +41,76 @@ class DistInfo:
         return self.world_size > 1
 
 
-def setup_distributed() -> DistInfo:
+def setup_distributed(device: str | None = None) -> DistInfo:
     """Join the ``torchrun`` process group if there is one, and pick this process's device.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the group is initialised with
-    NCCL on CUDA and gloo on CPU; each process uses ``cuda:LOCAL_RANK``. A plain ``python``
-    launch is a world of one on ``cuda:0`` or the CPU.
+    NCCL on CUDA and Gloo on CPU; each CUDA process uses ``cuda:LOCAL_RANK``. A plain
+    ``python`` launch is a world of one.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"`` (``"cuda:N"``) or ``None``: CUDA when available.
 
     Returns:
         The :class:`DistInfo` of this process.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available()
-    if cuda:
+    cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    if cuda and world_size > 1:
         if local_rank >= torch.cuda.device_count():
             raise RuntimeError(
                 f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices; "
                 "launch at most that many processes per node (torchrun --nproc_per_node)"
             )
         torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+        dev = torch.device("cuda", local_rank)
+    elif cuda:
+        dev = torch.device(device if device not in (None, "cuda") else "cuda:0")
+        torch.cuda.set_device(dev)
     else:
-        device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
+        dev = torch.device("cpu")
+    if world_size > 1 and dist.is_available() and not dist.is_initialized():
         dist.init_process_group(
             backend="nccl" if cuda else "gloo",
             timeout=datetime.timedelta(minutes=60),  # rank 0 evaluates while the others wait
-            **({"device_id": device} if cuda else {}),
+            **({"device_id": dev} if cuda else {}),
         )
-    return DistInfo(rank, world, local_rank, device)
+    if world_size > 1 and dist.is_initialized():
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    return DistInfo(rank, world_size, local_rank, dev)
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process (``(0, 1)`` without a process group)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world_size, ...`` of a dataset: every image on exactly one process.
+
+    Args:
+        length: Number of items in the dataset.
+        rank: This process (default: from ``torch.distributed``).
+        world_size: Number of processes (default: from ``torch.distributed``).
+    """
+
+    def __init__(self, length: int, rank: int | None = None, world_size: int | None = None):
+        r, n = world()
+        self.length = length
+        self.rank = r if rank is None else rank
+        self.world_size = n if world_size is None else world_size
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} outside 0..{self.world_size - 1}")
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.length, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.world_size))
 
 
 def cleanup_distributed() -> None:
@@ -92,15 +141,6 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     out: list[Any] = [None] * info.world_size
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(obj: Any, info: DistInfo) -> Any:
-    """Rank 0's ``obj`` on every process."""
-    if not info.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def average_buffers(module: torch.nn.Module, info: DistInfo) -> None:
