@@ -215,8 +215,8 @@ def _dense_map(cache: AttentionCache, fx: int, fy: int) -> torch.Tensor:
 
 def _isa_maps(cache: AttentionCache, fx: int, fy: int) -> dict[str, torch.Tensor]:
     g = cache.grid
-    py, px = fy + g.pad_top, fx + g.pad_left  # padded coordinates of the query
-    li, lj, bi, bj = py % g.lh, px % g.lw, py // g.lh, px // g.lw
+    bi, bj, li, lj = g.locate(fx, fy)  # the query's block and its offset in it
+    py, px = bi * g.lh + li, bj * g.lw + lj  # padded coordinates of the query
     first, second = cache.order.split("-")
     q1 = cache.qk[f"{first}_q"]  # (Ck, hp, wp); the first step's keys come grouped
     q2, k2 = cache.qk[f"{second}_q"], cache.qk[f"{second}_k"]
@@ -269,21 +269,11 @@ def affinity_matrices(cache: AttentionCache) -> dict[str, torch.Tensor]:
     g = cache.grid
     if g is None:
         raise ValueError("affinity_matrices is for ISA heads")
-    hp, wp = g.padded
-    idx = torch.arange(hp * wp).view(hp, wp)
     out = {}
     for step in ("long", "short"):
         q, k = cache.qk[f"{step}_q"].flatten(1).double(), cache.qk[f"{step}_k"].flatten(1).double()
         logits = (q.T @ k) * cache.scale  # (Np, Np)
-        same = _group_ids(idx, g, step)
+        same = g.group_ids(step)  # (Np,)
         logits = logits.masked_fill(same[:, None] != same[None, :], float("-inf"))
         out[step] = logits.softmax(-1)
     return out
-
-
-def _group_ids(idx: torch.Tensor, g: GroupGrid, step: str) -> torch.Tensor:
-    rows = torch.div(idx, idx.shape[1], rounding_mode="floor")
-    cols = idx % idx.shape[1]
-    if step == "long":  # same offset inside the block
-        return ((rows % g.lh) * g.lw + cols % g.lw).flatten()
-    return ((rows // g.lh) * g.gw + cols // g.lw).flatten()  # same block

@@ -113,14 +113,14 @@ print(format_results(live))
 # ## 3. The committed full-budget results
 #
 # `results/context_experiment.json` is written by
-# `python -m isa_explorer.experiments.context --runs-dir runs/context` (same code, the full
+# `isa-explorer experiment context --runs-dir runs/context` (same code, the full
 # recipe, 128 held-out scenes). If this checkout has it, it is shown here next to the tiny run.
 
 # %%
 committed = json.loads(COMMITTED.read_text()) if COMMITTED.is_file() else None
 if committed is None:
     print(f"{COMMITTED} is not in this checkout: only the tiny run is shown.")
-    print("Produce it with: python -m isa_explorer.experiments.context --runs-dir runs/context")
+    print("Produce it with: isa-explorer experiment context --runs-dir runs/context")
 else:
     print(format_results(committed))
     print("command:", committed.get("command", "?"))

@@ -19,7 +19,7 @@
 # **What this notebook teaches.** The steps after the data (notebook 5 shows the dataset
 # layouts):
 #
-# - converting a released mmsegmentation ISANet checkpoint (`python -m isa_explorer.convert`),
+# - converting a released mmsegmentation ISANet checkpoint (`isa-explorer convert`),
 #   shown on a small ISANet that mmsegmentation itself produced, with its logits as the check;
 # - the command lines that train on one or several GPUs (`train/fit.py`, `torchrun`), run here
 #   for three iterations on the CPU;
@@ -56,7 +56,7 @@ ROOT = Path(workdir.name)
 # renames the keys onto the smp/timm model and saves a model folder:
 #
 # ```bash
-# python -m isa_explorer.convert \
+# isa-explorer convert \
 #     isanet_r50-d8_512x1024_80k_cityscapes_20210901_074202-89384497.pth \
 #     converted/isanet_r50_cityscapes --strict
 # ```
@@ -69,8 +69,8 @@ ROOT = Path(workdir.name)
 # %%
 fixture = Path("..") / "tests" / "fixtures" / "isanet_r50_small.pt"
 out_dir = ROOT / "converted" / "isanet_r50_small"
-cli = [sys.executable, "-m", "isa_explorer.convert", str(fixture), str(out_dir), "--strict"]
-print("$", " ".join(["python", *cli[1:]]))
+cli = [sys.executable, "-m", "isa_explorer", "convert", str(fixture), str(out_dir), "--strict"]
+print("$", " ".join(["isa-explorer", *cli[3:]]))  # the same as python -m isa_explorer ...
 done = subprocess.run(cli, capture_output=True, text=True, check=True)
 print(done.stdout)
 print(sorted(p.name for p in out_dir.iterdir()))

@@ -209,3 +209,23 @@ def test_forward_hooks_fire_on_every_leaf_module(cls, mode):
         decoder(torch.randn(2, 8, 10, 14))
     assert fired == set(leaves), f"never fired: {sorted(set(leaves) - fired)}"
     assert len(leaves) > 20  # the relation blocks' projections, BatchNorms and ReLUs included
+
+
+def test_group_grid_geometry_names_each_cells_block_and_long_range_group():
+    """The geometry probes and rendering use: blocks, offsets, group members, block edges."""
+    g = GroupGrid.of(9, 31, (4, 8))  # padded to 12 x 32: top 1, left 0
+    assert (g.gh, g.gw, g.pad_top, g.pad_left) == (3, 4, 1, 0)
+    for fy in range(9):
+        for fx in range(31):
+            bi, bj, li, lj = g.locate(fx, fy)
+            r0, c0, r1, c1 = g.block_bounds(bi, bj)
+            assert r0 <= fy < r1 and c0 <= fx < c1  # the cell lies in its block
+            rows, cols = g.group_cells(li, lj)
+            assert fy in rows and fx in cols  # ... and in its long-range group
+            assert all((r + g.pad_top) % g.lh == li for r in rows)
+    assert g.block_bounds(0, 0) == (0, 0, 3, 8)  # the first block row is cut by the padding
+    assert g.block_edges() == ([3, 7], [8, 16, 24])
+    ids = g.group_ids("long").view(12, 32)
+    assert ids.unique().numel() == 4 * 8 and ids[0, 0] == ids[4, 8] != ids[1, 0]
+    ids = g.group_ids("short").view(12, 32)
+    assert ids.unique().numel() == 3 * 4 and ids[0, 0] == ids[3, 7] != ids[4, 0]

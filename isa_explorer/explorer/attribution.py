@@ -90,17 +90,20 @@ def attribute(
     pixel: tuple[int, int] | None = None,
     method: str = "LayerGradCam",
     n_steps: int = 8,
+    region: np.ndarray | None = None,
 ) -> Attribution:
-    """Attribute class ``target`` of an image with captum.
+    """Attribute class ``target`` of an image with captum (the app's and notebook 3's one core).
 
     Args:
-        model: The model (eval mode).
+        model: The model (eval mode, not prepared for inference: captum needs gradients).
         rgb: ``(H, W, 3)`` uint8 image.
         labels: ``(H, W)`` predicted classes of the image (they pick the scored pixels).
         target: Class id to explain.
         pixel: Explain the logit of this pixel ``(x, y)`` instead of the class over its region.
         method: ``"LayerGradCam"`` or ``"IntegratedGradients"``.
         n_steps: Integrated Gradients steps (clamped to ``1..IG_MAX_STEPS``).
+        region: ``(H, W)`` bool: score the class over these pixels instead of those predicted
+            as it (e.g. one object).
 
     Returns:
         The attribution map at the (bounded) resolution it was computed at.
@@ -123,9 +126,11 @@ def attribute(
         def score(inp: torch.Tensor) -> torch.Tensor:  # (B, 3, h, w) -> (B, K)
             return model(inp)[:, :, py, px]
     else:
-        lab = Image.fromarray(labels.astype(np.uint8 if labels.max() < 256 else np.int32))
-        mask = torch.from_numpy(np.asarray(lab.resize((w, h), Image.Resampling.NEAREST)) == target)
-        note = f"mean logit of class {target} over the pixels predicted as it"
+        chosen = labels == target if region is None else np.asarray(region, dtype=bool)
+        lab = Image.fromarray(chosen.astype(np.uint8))
+        mask = torch.from_numpy(np.asarray(lab.resize((w, h), Image.Resampling.NEAREST)) > 0)
+        where = "the pixels predicted as it" if region is None else "the given region"
+        note = f"mean logit of class {target} over {where}"
         if not mask.any():
             mask = torch.ones(h, w, dtype=torch.bool)
             note = f"mean logit of class {target} over the whole image (no pixel predicted as it)"

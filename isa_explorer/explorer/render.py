@@ -152,31 +152,27 @@ def draw_grid(
             draw.line([(0, px(r)), (dw, px(r))], fill=_CELL_RGB, width=1)
         for c in range(1, grid.w):
             draw.line([(px(c), 0), (px(c), dh)], fill=_CELL_RGB, width=1)
-    for r in range(grid.h + 1):
-        if (r + grid.pad_top) % grid.lh == 0 and 0 < r < grid.h:
-            draw.line([(0, px(r)), (dw, px(r))], fill=_BLOCK_RGB, width=2)
-    for c in range(grid.w + 1):
-        if (c + grid.pad_left) % grid.lw == 0 and 0 < c < grid.w:
-            draw.line([(px(c), 0), (px(c), dh)], fill=_BLOCK_RGB, width=2)
+    block_rows, block_cols = grid.block_edges()
+    for r in block_rows:
+        draw.line([(0, px(r)), (dw, px(r))], fill=_BLOCK_RGB, width=2)
+    for c in block_cols:
+        draw.line([(px(c), 0), (px(c), dh)], fill=_BLOCK_RGB, width=2)
     if query_cell is not None and highlight is not None:
-        fx, fy = query_cell
-        py, pxx = fy + grid.pad_top, fx + grid.pad_left
+        bi, bj, li, lj = grid.locate(*query_cell)
         if highlight == "short":
-            r0 = (py // grid.lh) * grid.lh - grid.pad_top
-            c0 = (pxx // grid.lw) * grid.lw - grid.pad_left
-            box = [px(max(c0, 0)), px(max(r0, 0))]
-            box += [px(min(c0 + grid.lw, grid.w)) - 1, px(min(r0 + grid.lh, grid.h)) - 1]
-            draw.rectangle(box, outline=(255, 255, 255), width=3)
+            r0, c0, r1, c1 = grid.block_bounds(bi, bj)
+            draw.rectangle(
+                [px(c0), px(r0), px(c1) - 1, px(r1) - 1], outline=(255, 255, 255), width=3
+            )
         elif highlight == "long" and grid.gh * grid.gw <= _MAX_OUTLINED_CELLS:
-            li, lj = py % grid.lh, pxx % grid.lw
-            for r in range(li - grid.pad_top, grid.h, grid.lh):
-                for c in range(lj - grid.pad_left, grid.w, grid.lw):
-                    if r >= 0 and c >= 0:
-                        draw.rectangle(
-                            [px(c), px(r), max(px(c + 1) - 1, px(c)), max(px(r + 1) - 1, px(r))],
-                            outline=(255, 255, 255),
-                            width=1,
-                        )
+            rows, cols = grid.group_cells(li, lj)
+            for r in rows:
+                for c in cols:
+                    draw.rectangle(
+                        [px(c), px(r), max(px(c + 1) - 1, px(c)), max(px(r + 1) - 1, px(r))],
+                        outline=(255, 255, 255),
+                        width=1,
+                    )
     return im
 
 

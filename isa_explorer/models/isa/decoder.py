@@ -65,6 +65,44 @@ class GroupGrid:
     def padded(self) -> tuple[int, int]:
         return self.gh * self.lh, self.gw * self.lw
 
+    def locate(self, fx: int, fy: int) -> tuple[int, int, int, int]:
+        """Unpadded cell ``(fx, fy)`` -> ``(bi, bj, li, lj)``: its block and its offset in it.
+
+        The block ``(bi, bj)`` is the cell's short-range group; the offset ``(li, lj)`` names
+        its long-range group (the cells at the same offset in every block).
+        """
+        py, px = fy + self.pad_top, fx + self.pad_left  # padded coordinates
+        return py // self.lh, px // self.lw, py % self.lh, px % self.lw
+
+    def block_bounds(self, bi: int, bj: int) -> tuple[int, int, int, int]:
+        """Unpadded cells ``(r0, c0, r1, c1)`` (end exclusive) of block ``(bi, bj)``, clipped."""
+        r0, c0 = bi * self.lh - self.pad_top, bj * self.lw - self.pad_left
+        return max(r0, 0), max(c0, 0), min(r0 + self.lh, self.h), min(c0 + self.lw, self.w)
+
+    def group_cells(self, li: int, lj: int) -> tuple[range, range]:
+        """Unpadded rows and columns of the long-range group at offset ``(li, lj)``."""
+        first_r, first_c = (li - self.pad_top) % self.lh, (lj - self.pad_left) % self.lw
+        return range(first_r, self.h, self.lh), range(first_c, self.w, self.lw)
+
+    def block_edges(self) -> tuple[list[int], list[int]]:
+        """Inner rows and columns (unpadded cell indices) where a new block starts."""
+        rows = [r for r in range(1, self.h) if (r + self.pad_top) % self.lh == 0]
+        cols = [c for c in range(1, self.w) if (c + self.pad_left) % self.lw == 0]
+        return rows, cols
+
+    def group_ids(self, step: str) -> torch.Tensor:
+        """``(hp * wp,)``: the id of each padded position's group in ``step`` (row-major).
+
+        ``long``: positions at the same offset in their blocks share an id; ``short``:
+        positions of one block do.
+        """
+        hp, wp = self.padded
+        rows = torch.arange(hp).view(hp, 1).expand(hp, wp)
+        cols = torch.arange(wp).view(1, wp).expand(hp, wp)
+        if step == "long":
+            return ((rows % self.lh) * self.lw + cols % self.lw).flatten()
+        return ((rows // self.lh) * self.gw + cols // self.lw).flatten()
+
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """Zero-pad ``(B, C, h, w)`` to the padded size, symmetrically as mmseg does."""
         hp, wp = self.padded
