@@ -23,14 +23,13 @@ from tqdm.auto import tqdm
 
 from isa_explorer.distributed import world
 from isa_explorer.evaluation.inference import (
-    MS_SCALES,
     SLIDE_CROP,
     SLIDE_STRIDE,
     Mode,
     aug_inference,
     inference,
 )
-from isa_explorer.evaluation.metrics import ConfusionMatrix, format_table
+from isa_explorer.evaluation.metrics import ConfusionMatrix
 
 
 def _plain(x: torch.Tensor) -> torch.Tensor:
@@ -128,11 +127,4 @@ def evaluate(
     return metrics
 
 
-__all__ = [
-    "MS_SCALES",
-    "ConfusionMatrix",
-    "aug_inference",
-    "evaluate",
-    "format_table",
-    "inference",
-]
+__all__ = ["evaluate"]
