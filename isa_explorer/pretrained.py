@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from isa_explorer.models.isa.model import ISANet
+from isa_explorer.models.prepare import prepare_for_inference
 
 #: The model shipped with the package: ISANet (timm ResNet-10-T, output stride 8) trained with
 #: ``train/fit.py --config synthetic-context`` (see its MODEL_CARD.md).
@@ -60,13 +61,20 @@ def resolve_model_dir(path: str | Path) -> Path:
     )
 
 
-def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> ISANet:
+def load_model(
+    path: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    for_inference: bool = False,
+) -> ISANet:
     """Load a saved ISANet in eval mode, in float32.
 
     Args:
         path: A model or run directory (see :func:`resolve_model_dir`); ``None`` loads the
             embedded default model.
         device: Where to put the model.
+        for_inference: Return it prepared for fast inference
+            (:func:`~isa_explorer.models.prepare.prepare_for_inference`: BatchNorm folded,
+            streamed ISA); such a model cannot be trained or saved.
 
     Returns:
         The model, in eval mode, with ``class_names`` and ``palette`` from its config.
@@ -83,13 +91,13 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
             f"{model_dir} holds a {arch} model; ISA Explorer loads ISANet models only "
             "(train one with train/fit.py or convert an mmseg ISANet checkpoint)"
         )
-    model = ISANet.from_pretrained(str(model_dir))
-    return model.float().eval().to(device)
+    model = ISANet.from_pretrained(str(model_dir)).float().eval().to(device)
+    return prepare_for_inference(model, inplace=True) if for_inference else model
 
 
-def load_default_model(device: str | torch.device = "cpu") -> ISANet:
+def load_default_model(device: str | torch.device = "cpu", for_inference: bool = False) -> ISANet:
     """The embedded default model (trained on the synthetic long-range-context scenes)."""
-    return load_model(None, device=device)
+    return load_model(None, device=device, for_inference=for_inference)
 
 
 def model_card(path: str | Path | None = None) -> str:

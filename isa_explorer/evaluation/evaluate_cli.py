@@ -30,11 +30,11 @@ from isa_explorer.data import DATASETS, RECIPES, build_dataset, build_eval_trans
 from isa_explorer.data.info import ALIASES
 from isa_explorer.data.synthetic import SyntheticConfig
 from isa_explorer.distributed import ShardSampler, cleanup_distributed, setup_distributed
-from isa_explorer.evaluation.checkpoint import load_any_model
 from isa_explorer.evaluation.cli import add_inference_arguments
 from isa_explorer.evaluation.evaluator import evaluate
 from isa_explorer.evaluation.inference import MS_SCALES
 from isa_explorer.evaluation.metrics import format_table
+from isa_explorer.pretrained import load_model
 
 
 def parse_args(
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     args.device = device
     try:
         info, loader = build_loader(args)
-        model = load_any_model(args.checkpoint, device=device)
+        model = load_model(args.checkpoint, device=device, for_inference=True)
         if model.classes != info.num_classes:
             raise ValueError(
                 f"the model predicts {model.classes} classes but {info.name} has "

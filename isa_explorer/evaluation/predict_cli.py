@@ -21,12 +21,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from isa_explorer.evaluation.checkpoint import load_any_model
 from isa_explorer.evaluation.cli import add_inference_arguments
 from isa_explorer.evaluation.inference import MS_SCALES
 from isa_explorer.evaluation.predict import predict_image, save_labels, save_png
 from isa_explorer.images import IMAGE_EXTENSIONS, CorruptFileError, read_image
 from isa_explorer.palette import colourise, overlay, palette_of
+from isa_explorer.pretrained import load_model
 
 
 def parse_args(
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None, prog: str = "isa-explorer predict") -> i
     args = parse_args(argv, prog)
     try:
         files = collect_inputs(args.inputs, args.recursive)
-        model = load_any_model(args.checkpoint, device=args.device)
+        model = load_model(args.checkpoint, device=args.device, for_inference=True)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
