@@ -1,4 +1,4 @@
-"""Command-line options shared by the inference tools (``train/evaluate.py``, ``train/predict.py``)."""
+"""Command-line options shared by ``isa-explorer evaluate`` and ``isa-explorer predict``."""
 
 from __future__ import annotations
 
@@ -26,22 +26,18 @@ def add_inference_arguments(p: argparse.ArgumentParser, scale_help: str) -> None
         "checkpoint); default: the embedded default model",
     )
     p.add_argument("--mode", choices=("whole", "slide"), default="whole")
-    p.add_argument(
-        "--crop",
-        type=int,
-        nargs=2,
-        default=SLIDE_CROP,
-        metavar=("H", "W"),
-        help=f"slide window (default {SLIDE_CROP[0]} {SLIDE_CROP[1]})",
-    )
-    p.add_argument(
-        "--stride",
-        type=int,
-        nargs=2,
-        default=SLIDE_STRIDE,
-        metavar=("H", "W"),
-        help=f"slide step (default {SLIDE_STRIDE[0]} {SLIDE_STRIDE[1]})",
-    )
+    for flag, default, what in (
+        ("--crop", SLIDE_CROP, "window"),
+        ("--stride", SLIDE_STRIDE, "step"),
+    ):
+        p.add_argument(
+            flag,
+            type=int,
+            nargs=2,
+            default=default,
+            metavar=("H", "W"),
+            help=f"slide {what} (default {default[0]} {default[1]})",
+        )
     p.add_argument("--ms", action="store_true", help=f"multi-scale test, ratios {MS_SCALES}")
     p.add_argument("--flip", action="store_true", help="add horizontally flipped images")
     p.add_argument(
