@@ -45,7 +45,47 @@ def check_model_kwargs(model: dict[str, Any]) -> None:
 
 
 #: Fields holding ``(H, W)`` pairs: stored as tuples, written to JSON as lists.
-_PAIRS = ("scale", "crop_size", "eval_crop", "eval_stride")
+_PAIRS = ("scale", "crop_size")
+#: Flat names of the evaluation settings, as configs before the ``evaluation`` section wrote
+#: them; still accepted in saved configs and ``--set``.
+_FLAT_EVAL = {"eval_mode": "mode", "eval_crop": "crop", "eval_stride": "stride"}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a run's validation set is evaluated (``--set evaluation.mode=slide``).
+
+    Attributes:
+        mode: ``"whole"`` or ``"slide"`` inference.
+        crop: ``(H, W)`` window of slide inference.
+        stride: ``(H, W)`` step of slide inference.
+    """
+
+    mode: str = "whole"
+    crop: tuple[int, int] = SLIDE_CROP
+    stride: tuple[int, int] = SLIDE_STRIDE
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("whole", "slide"):
+            raise ValueError(
+                f"eval_mode must be 'whole' or 'slide', got {self.mode!r} (evaluation.mode)"
+            )
+        for key in ("crop", "stride"):
+            value = getattr(self, key)
+            if not isinstance(value, (list, tuple)) or len(value) != 2:
+                raise ValueError(f"evaluation.{key} must be an (H, W) pair, got {value!r}")
+            object.__setattr__(self, key, (int(value[0]), int(value[1])))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | EvalConfig) -> EvalConfig:
+        """From a (partial) dict; unknown keys raise ``ValueError`` naming the valid ones."""
+        if isinstance(d, cls):
+            return d
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown evaluation keys {unknown}; valid: {', '.join(valid)}")
+        return cls(**d)
 
 
 @dataclass
@@ -74,9 +114,8 @@ class TrainConfig:
         eval_interval: Evaluate every this many iterations (and at the end).
         ckpt_interval: Write ``checkpoints/last.pt`` every this many iterations (and at the end).
         log_interval: Log loss and learning rate every this many iterations.
-        eval_mode: ``"whole"`` or ``"slide"`` inference.
-        eval_crop: ``(H, W)`` window of slide inference.
-        eval_stride: ``(H, W)`` stride of slide inference.
+        evaluation: How the validation set is evaluated (:class:`EvalConfig`; also read as
+            ``eval_mode``, ``eval_crop``, ``eval_stride``).
         amp: bf16 autocast on CUDA (fp16 + loss scaling where bf16 is unsupported); off on CPU.
         channels_last: Model and inputs in channels-last memory format.
         compile: ``torch.compile`` the training step's model.
@@ -105,9 +144,7 @@ class TrainConfig:
     eval_interval: int = 250
     ckpt_interval: int = 250
     log_interval: int = 10
-    eval_mode: str = "whole"
-    eval_crop: tuple[int, int] = SLIDE_CROP
-    eval_stride: tuple[int, int] = SLIDE_STRIDE
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
     amp: bool = False
     channels_last: bool = False
     compile: bool = False
@@ -118,6 +155,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.synthetic = SyntheticConfig.from_dict(self.synthetic)
+        self.evaluation = EvalConfig.from_dict(self.evaluation)
         check_model_kwargs(self.model)
         for key in _PAIRS:
             value = getattr(self, key)
@@ -125,11 +163,21 @@ class TrainConfig:
                 if not isinstance(value, (list, tuple)) or len(value) != 2:
                     raise ValueError(f"{key} must be an (H, W) pair, got {value!r}")
                 setattr(self, key, (int(value[0]), int(value[1])))
-        if self.eval_mode not in ("whole", "slide"):
-            raise ValueError(f"eval_mode must be 'whole' or 'slide', got {self.eval_mode!r}")
         for key in ("iters", "batch_size", "eval_interval", "ckpt_interval", "log_interval"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"{key} must be at least 1, got {getattr(self, key)!r}")
+
+    @property
+    def eval_mode(self) -> str:
+        return self.evaluation.mode
+
+    @property
+    def eval_crop(self) -> tuple[int, int]:
+        return self.evaluation.crop
+
+    @property
+    def eval_stride(self) -> tuple[int, int]:
+        return self.evaluation.stride
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (pairs as lists)."""
@@ -138,7 +186,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Config from a dict; unknown keys raise ``ValueError`` naming them."""
+        """Config from a dict; unknown keys raise ``ValueError`` naming them.
+
+        The flat ``eval_mode`` / ``eval_crop`` / ``eval_stride`` of older configs move into
+        ``evaluation``.
+        """
+        d = dict(d)
+        flat = {_FLAT_EVAL[k]: d.pop(k) for k in list(d) if k in _FLAT_EVAL}
+        if flat:
+            d["evaluation"] = {**dict(d.get("evaluation") or {}), **flat}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -215,7 +271,7 @@ def _published(dataset: str, depth: str, crop: tuple[int, int], iters: int) -> T
         eval_interval=iters // 10,  # mmseg: 2k, 4k, 8k, 16k
         ckpt_interval=2000,
         log_interval=50,
-        eval_mode="slide" if slide else "whole",
+        evaluation=EvalConfig(mode="slide" if slide else "whole"),
         amp=True,
         channels_last=True,
         compile=False,
@@ -288,6 +344,8 @@ def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
         if not sep or not key:
             raise ValueError(f"override {item!r} must look like key=value (e.g. iters=2000)")
         value = _parse_value(text.strip())
+        if key in _FLAT_EVAL:  # the flat names of older configs
+            key = f"evaluation.{_FLAT_EVAL[key]}"
         head, dot, sub = key.partition(".")
         if head not in data:
             raise ValueError(f"unknown config key {head!r} in {item!r}; known: {', '.join(data)}")
@@ -323,6 +381,7 @@ def get_config(name: str, overrides: Sequence[str] = ()) -> TrainConfig:
 __all__ = [
     "CONFIGS",
     "MODEL_KEYS",
+    "EvalConfig",
     "TrainConfig",
     "apply_overrides",
     "check_model_kwargs",

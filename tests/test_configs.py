@@ -178,8 +178,12 @@ def test_misspelt_sub_config_keys_fail_with_the_valid_names():
         get_config("synthetic-context", ["model.decoder_chanels=64"])
     with pytest.raises(ValueError, match=r"unknown synthetic keys \['sise'\]; valid: train_length"):
         get_config("synthetic-context", ["synthetic.sise=[96,192]"])
+    with pytest.raises(ValueError, match=r"unknown evaluation keys \['mdoe'\]; valid: mode, crop"):
+        get_config("synthetic-context", ["evaluation.mdoe=slide"])
     cfg = get_config("synthetic-context", ["synthetic.size=[96,192]", "model.decoder_channels=64"])
     assert cfg.synthetic.size == (96, 192) and cfg.model["decoder_channels"] == 64
+    cfg = get_config("synthetic-context", ["evaluation.mode=slide", "eval_crop=[64,64]"])
+    assert cfg.evaluation.mode == cfg.eval_mode == "slide" and cfg.eval_crop == (64, 64)
 
 
 def test_a_config_saved_with_a_plain_synthetic_dict_still_loads(tmp_path):
@@ -189,7 +193,11 @@ def test_a_config_saved_with_a_plain_synthetic_dict_still_loads(tmp_path):
         "size": [128, 256],
     }  # fmt: skip
     old["synthetic"] = {"train_length": 10, "size": [96, 192]}  # partial, as older runs wrote
+    evaluation = old.pop("evaluation")  # older runs wrote the evaluation settings flat
+    old.update(eval_mode="slide", eval_crop=evaluation["crop"], eval_stride=[400, 400])
     path = tmp_path / "config.json"
     path.write_text(json.dumps(old))
     cfg = get_config(str(path))
     assert cfg.synthetic.train_length == 10 and cfg.synthetic.val_seed == 10_000
+    assert cfg.evaluation.mode == "slide" and cfg.evaluation.stride == (400, 400)
+    assert "eval_mode" not in cfg.to_dict() and cfg.to_dict()["evaluation"]["mode"] == "slide"
