@@ -43,7 +43,17 @@ def dispatch(
             f"{prog}: unknown {what} {name!r}; choose from {', '.join(commands)}", file=sys.stderr
         )
         return 2
-    module = importlib.import_module(commands[name][0])
+    try:
+        module = importlib.import_module(commands[name][0])
+    except ModuleNotFoundError as err:
+        if err.name is None or err.name.split(".")[0] == "isa_explorer":
+            raise
+        print(
+            f"{prog} {name} needs {err.name!r}, which is not installed: "
+            "pip install 'isa-explorer[all]' (or the requirements.lock of the repository)",
+            file=sys.stderr,
+        )
+        return 1
     return int(module.main(argv[1:], prog=f"{prog} {name}") or 0)
 
 

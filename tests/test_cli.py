@@ -43,3 +43,17 @@ def test_python_dash_m_and_the_version():
         [sys.executable, "-m", "isa_explorer", "--version"], capture_output=True, text=True
     )
     assert done.returncode == 0 and done.stdout.startswith("isa-explorer 0.")
+
+
+def test_a_command_whose_extra_is_missing_says_how_to_install_it(monkeypatch, capsys):
+    real = cli.importlib.import_module
+
+    def without_gradio(name: str):
+        if name == "isa_explorer.explorer.app":
+            raise ModuleNotFoundError("No module named 'gradio'", name="gradio")
+        return real(name)
+
+    monkeypatch.setattr(cli.importlib, "import_module", without_gradio)
+    assert cli.main(["app", "--help"]) == 1
+    err = capsys.readouterr().err
+    assert "isa-explorer app needs 'gradio'" in err and "isa-explorer[all]" in err
