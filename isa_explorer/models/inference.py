@@ -172,12 +172,14 @@ class PreparedRelation(nn.Module):
         For a whole map: the projections run one after the other (slices of ``qkv``), so
         only one first-stage projection is alive at a time.
         """
+        return self._attend(list(self._whole_map_qkv(t)), impl, return_qk)
+
+    def _whole_map_qkv(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ck = self.isa_channels
         w, b = self.qkv.weight, self.qkv.bias
         q = self.query2(F.linear(t, w[:ck], b[:ck]).relu_()).relu_()  # (B, L, Ck)
         k = self.key2(F.linear(t, w[ck : 2 * ck], b[ck : 2 * ck]).relu_()).relu_()
-        v = F.linear(t, w[2 * ck :], b[2 * ck :])  # (B, L, C)
-        return self._attend(q, k, v, impl, return_qk)
+        return q, k, F.linear(t, w[2 * ck :], b[2 * ck :])  # v: (B, L, C)
 
     def chunk(
         self, t: torch.Tensor, return_qk: bool = False
@@ -188,16 +190,28 @@ class PreparedRelation(nn.Module):
         y[..., : 2 * ck].relu_()
         q = self.query2(y[..., :ck]).relu_()  # (B, L, Ck)
         k = self.key2(y[..., ck : 2 * ck]).relu_()
-        return self._attend(q, k, y[..., 2 * ck :], "fused", return_qk)
+        qkv = [q, k, y[..., 2 * ck :]]
+        del q, k, y
+        return self._attend(qkv, "fused", return_qk)
 
-    def _attend(self, q, k, v, impl: AttnImpl, return_qk: bool):
+    def _attend(self, qkv: list[torch.Tensor], impl: AttnImpl, return_qk: bool):
+        """Attention and output projection of ``[q, k, v]``.
+
+        The list is emptied so that q, k and v are freed before the output projection (an
+        argument tuple would keep them alive until the call returns: +2 C per position).
+        """
+        q, k, v = qkv
+        qkv.clear()
+        qk = (q, k) if return_qk else None
         if impl == "fused":  # the output projection reads the value heads where they are
             heads = fused_attention_heads(q, k, v, self.scale)  # (B, h, L, C / h)
-            del v
+            del q, k, v
             out = linear_over_heads(heads, self.output.weight, self.output.bias).relu_()
         else:
-            out = self.output(attention(q, k, v, self.scale, impl)).relu_()
-        return (out, q, k) if return_qk else out
+            context = attention(q, k, v, self.scale, impl)
+            del q, k, v
+            out = self.output(context).relu_()
+        return out if qk is None else (out, *qk)
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
