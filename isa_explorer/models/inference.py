@@ -194,7 +194,9 @@ class PreparedRelation(nn.Module):
         del q, k, y
         return self._attend(qkv, "fused", return_qk)
 
-    def _attend(self, qkv: list[torch.Tensor], impl: AttnImpl, return_qk: bool):
+    def _attend(
+        self, qkv: list[torch.Tensor], impl: AttnImpl, return_qk: bool
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Attention and output projection of ``[q, k, v]``.
 
         The list is emptied so that q, k and v are freed before the output projection (an

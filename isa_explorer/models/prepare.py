@@ -21,6 +21,7 @@ explicit path's, mostly from streaming and banding).
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 from typing import TypeVar
 
 import torch
@@ -64,8 +65,11 @@ class PreparedHead(nn.Module):
         return super().train(False)
 
 
-class _PreparedContextHead(PreparedHead):
-    """``in_conv`` -> context -> ``out_conv(context, residual)`` -> ``conv_seg``, prepared."""
+class _PreparedContextHead(PreparedHead, ABC):
+    """``in_conv`` -> context -> ``out_conv(context, residual)`` -> ``conv_seg``, prepared.
+
+    Subclasses implement :meth:`context` (as :class:`ContextHead` does for the plain heads).
+    """
 
     def __init__(self, head: ContextHead):
         super().__init__()
@@ -74,10 +78,11 @@ class _PreparedContextHead(PreparedHead):
         self.out_conv = ConcatConvReLU(fold(head.out_conv))
         self.conv_seg = copy.deepcopy(head.conv_seg)
 
+    @abstractmethod
     def context(
         self, residual: torch.Tensor, return_attention: bool
     ) -> tuple[torch.Tensor, Attention | None]:
-        raise NotImplementedError
+        """``in_conv``'s output ``(B, C, H, W)`` -> ``(context, attention or None)``."""
 
     def forward(
         self, x: torch.Tensor, return_attention: bool = False
