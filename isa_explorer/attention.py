@@ -11,18 +11,50 @@ sparse affinities, ``C[p, k] = sum_j S[p, j] L[j, k]``. ``p``'s block holds exac
 position of every long-range group, so for each ``k`` exactly one ``j`` contributes:
 ``C[p, k] = S[p, j(k)] * L[j(k), k] > 0`` -- every position reaches every other one, and
 ``C[p]`` sums to one over the padded grid.
+
+Pixels and feature cells: the network runs at the image's own size, so an ``H``-pixel side
+has ``h = ceil(H / stride)`` cells (timm and smp CNN encoders) and the logits are the cells
+upsampled bilinearly. Pixel ``y`` belongs to the cell nearest to its source coordinate in that
+upsampling (:func:`pixel_cells`); when ``H`` is a multiple of the stride that is simply
+``y // stride``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from isa_explorer.models.isa.decoder import GroupGrid
 from isa_explorer.models.isa.model import ISANet
+
+
+def pixel_cells(pixels: int, cells: int, align_corners: bool = False) -> np.ndarray:
+    """The feature cell of every pixel along one side of the image.
+
+    The logits are the feature map upsampled bilinearly to the image (as in
+    :class:`~isa_explorer.models.isa.model.ISANet`); pixel ``x`` reads source coordinate
+    ``u = (x + 0.5) * cells / pixels - 0.5`` (``x * (cells - 1) / (pixels - 1)`` with
+    ``align_corners``), and belongs to the nearest cell, ``round(u)``.
+
+    Args:
+        pixels: Image side length.
+        cells: Feature map side length.
+        align_corners: The model's ``align_corners``.
+
+    Returns:
+        ``(pixels,)`` int64 cell indices, non-decreasing, from 0 to ``cells - 1``.
+    """
+    x = np.arange(pixels, dtype=np.float64)
+    if align_corners:
+        u = x * ((cells - 1) / (pixels - 1)) if pixels > 1 else np.zeros_like(x)
+    else:
+        u = (x + 0.5) * (cells / pixels) - 0.5
+    return np.clip(np.floor(u + 0.5), 0, cells - 1).astype(np.int64)
 
 
 @dataclass
@@ -37,12 +69,16 @@ class AttentionCache:
         scale: Affinity scale ``isa_channels ** -0.5``.
         feature_size: ``(h, w)`` of the feature map.
         image_size: ``(H, W)`` of the image.
-        stride: Pixels per feature cell (the encoder's output stride).
+        stride: The encoder's output stride (nominal pixels per feature cell; see
+            :meth:`cell_edges` for the exact pixels of each cell).
         logits: ``(K, H, W)`` logits of the image.
         first_keys: ISA only: the first step's keys grouped the way one query's block (or
             group) meets them, contiguous, so a query costs one batched matmul instead of a
             strided copy of all keys: long-short ``(lh, lw, Ck, gh*gw)``, short-long
             ``(gh, gw, Ck, lh*lw)``.
+        align_corners: The model's ``align_corners`` (maps pixels to cells).
+        upsampled_size: ``(H', W')`` the logits were upsampled to before cropping to the image,
+            when the model pads its input (``ISANet(pad_input=True)``); ``None``: the image's.
     """
 
     head: str
@@ -55,14 +91,40 @@ class AttentionCache:
     stride: int
     logits: torch.Tensor
     first_keys: torch.Tensor | None = field(default=None, repr=False)
+    align_corners: bool = False
+    upsampled_size: tuple[int, int] | None = None
+
+    @cached_property
+    def pixel_cells(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, cols)``: the feature row of every image row, the column of every column."""
+        (H, W), (h, w) = self.image_size, self.feature_size
+        Hu, Wu = self.upsampled_size or self.image_size
+        rows = pixel_cells(Hu, h, self.align_corners)[:H]
+        return rows, pixel_cells(Wu, w, self.align_corners)[:W]
+
+    def cell_edges(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, cols)`` pixel edges of the cells: cell ``(fx, fy)`` covers image rows
+        ``rows[fy]:rows[fy + 1]`` and columns ``cols[fx]:cols[fx + 1]`` (``(h + 1,)``,
+        ``(w + 1,)``)."""
+        (h, w), (rc, cc) = self.feature_size, self.pixel_cells
+        return np.searchsorted(rc, np.arange(h + 1)), np.searchsorted(cc, np.arange(w + 1))
 
     def to_feature(self, x: int, y: int) -> tuple[int, int]:
         """Image pixel ``(x, y)`` -> feature cell ``(fx, fy)``; raises ``ValueError`` outside."""
         H, W = self.image_size
         if not (0 <= x < W and 0 <= y < H):
             raise ValueError(f"pixel (x={x}, y={y}) is outside the {W}x{H} image")
-        h, w = self.feature_size
-        return min(x // self.stride, w - 1), min(y // self.stride, h - 1)
+        rows, cols = self.pixel_cells
+        return int(cols[x]), int(rows[y])
+
+    def cell_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """Mean of an image-sized ``(H, W)`` map over the pixels of each cell -> ``(h, w)``."""
+        (h, w), (rows, cols) = self.feature_size, self.pixel_cells
+        ids = torch.from_numpy(rows[:, None] * w + cols[None, :]).flatten()  # (H*W,) cell ids
+        v = values.flatten().double()
+        sums = torch.bincount(ids, weights=v, minlength=h * w)
+        counts = torch.bincount(ids, minlength=h * w).clamp_min(1)
+        return (sums / counts).view(h, w).float()
 
     @property
     def nbytes(self) -> int:
@@ -86,6 +148,7 @@ class AttentionMaps:
     maps: dict[str, torch.Tensor]
     image_size: tuple[int, int]
     stride: int
+    pixel_cells: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     _image_maps: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
@@ -101,11 +164,16 @@ class AttentionMaps:
         return self.maps["combined"]
 
     def on_image(self, name: str) -> torch.Tensor:
-        """Map ``name`` upsampled to the image ``(H, W)``: each cell fills its stride block."""
+        """Map ``name`` at image size ``(H, W)``: each pixel takes its cell's value."""
         if name not in self._image_maps:
-            m = self.maps[name]
-            up = m.repeat_interleave(self.stride, 0).repeat_interleave(self.stride, 1)
-            self._image_maps[name] = up[: self.image_size[0], : self.image_size[1]]
+            m = self.maps[name]  # (h, w)
+            if self.pixel_cells is None:  # cells of exactly stride x stride pixels
+                H, W = self.image_size
+                rows = np.minimum(np.arange(H) // self.stride, m.shape[0] - 1)
+                cols = np.minimum(np.arange(W) // self.stride, m.shape[1] - 1)
+            else:
+                rows, cols = self.pixel_cells
+            self._image_maps[name] = m[torch.from_numpy(rows)][:, torch.from_numpy(cols)]
         return self._image_maps[name]
 
 
@@ -146,8 +214,7 @@ def capture_attention(
             raise ValueError(f"expected one RGB image (3, H, W), got shape {tuple(image.shape)}")
         device = next(model.parameters()).device
         x = model.normalize(image.to(device))
-        # predict pads to the stride, so cells align with pixel blocks.
-        logits, attn = model.predict(x, return_attention=True)
+        logits, attn = model.predict(x, return_attention=True)  # at the image's own size
         stride, image_size = model.output_stride, tuple(image.shape[-2:])
     else:
         if image.dim() != 4 or image.shape[0] != 1:
@@ -169,8 +236,23 @@ def capture_attention(
         head, order, first_keys = "dense", "dense", None
         feature_size = tuple(qk["dense_q"].shape[-2:])
         scale = decoder.relation.scale
+    align_corners = bool(getattr(model, "align_corners", False)) if is_net else False
+    upsampled = None
+    if is_net and model.pad_input:
+        upsampled = tuple(n + -n % stride for n in image_size)
     return AttentionCache(
-        head, order, qk, grid, scale, feature_size, image_size, stride, logits[0], first_keys
+        head,
+        order,
+        qk,
+        grid,
+        scale,
+        feature_size,
+        image_size,
+        stride,
+        logits[0],
+        first_keys,
+        align_corners,
+        upsampled,
     )
 
 
@@ -197,7 +279,7 @@ def query_maps(cache: AttentionCache, x: int, y: int) -> AttentionMaps:
             maps = {"dense": _dense_map(cache, fx, fy)}
         else:
             maps = _isa_maps(cache, fx, fy)
-    return AttentionMaps((x, y), (fx, fy), maps, cache.image_size, cache.stride)
+    return AttentionMaps((x, y), (fx, fy), maps, cache.image_size, cache.stride, cache.pixel_cells)
 
 
 def _softmax(logits: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:

@@ -114,11 +114,8 @@ def cue_attention_ratio(
         pick = int(rng.integers(len(ys)))
         cache = capture_attention(model, torch.from_numpy(image).permute(2, 0, 1))
         m = query_maps(cache, int(xs[pick]), int(ys[pick])).maps[map_name]  # (h, w) feature grid
-        s = cache.stride
-        cue = torch.isin(labels, torch.tensor(CUE_CLASSES)).float()
-        cue = F.pad(cue, (0, -cue.shape[1] % s, 0, -cue.shape[0] % s))  # (h*s, w*s)
-        cue_cells = F.avg_pool2d(cue[None, None], s)[0, 0] > 0.5  # (h, w)
-        cue_cells = cue_cells[: m.shape[0], : m.shape[1]]
+        cue = torch.isin(labels, torch.tensor(CUE_CLASSES)).float()  # (H, W)
+        cue_cells = cache.cell_mean(cue) > 0.5  # (h, w): cells mostly of cue pixels
         share = float(cue_cells.float().mean())
         if share == 0:
             continue

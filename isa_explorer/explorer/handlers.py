@@ -162,7 +162,7 @@ class Explorer:
         d = self.display(state)
         out = render.blend(self._view(state, "rgb"), self._view(state, "labels"), opacity)
         if show_grid and state.cache is not None:
-            out = render.draw_grid(out, state.cache.grid, state.cache.stride, d)
+            out = render.draw_grid(out, state.cache.grid, state.cache.cell_edges(), d)
         if state.query is not None:
             out = render.mark_query(out, *state.query, d)
         return np.asarray(out)
@@ -234,11 +234,12 @@ class Explorer:
         base = render.as_pil(self._view(state, "rgb"))
         highlight = {"long": "long", "short": "short"}
         panels = {}
+        edges = cache.cell_edges()
         for name, m in maps.maps.items():
-            panel = render.heat_panel(base, m.numpy(), cache.stride, d, opacity)
+            panel = render.heat_panel(base, m.numpy(), cache.pixel_cells, d, opacity)
             if show_grid:
                 panel = render.draw_grid(
-                    panel, cache.grid, cache.stride, d, maps.query_feature, highlight.get(name)
+                    panel, cache.grid, edges, d, maps.query_feature, highlight.get(name)
                 )
             panels[name] = np.asarray(render.mark_query(panel, *maps.query, d))
         x, y = maps.query
@@ -259,20 +260,20 @@ class Explorer:
         """Markdown: the ``top_k`` cells of map ``name`` and its mass per predicted class."""
         m = maps.maps[name].numpy().astype(np.float64)
         cells = self._view(state, "cell_labels")
-        s, (h, w) = state.cache.stride, state.size
+        s, (rows, cols) = state.cache.stride, state.cache.cell_edges()
         names = self.model.class_names
         order = np.argsort(m.ravel())[::-1][:top_k]
         lines = [
-            f"**Most attended cells** ({name} map, {s}x{s}-pixel feature cells; share of the "
-            "query's attention):",
+            f"**Most attended cells** ({name} map, feature cells of about {s}x{s} pixels; share "
+            "of the query's attention):",
             "",
             "| # | cell (fx, fy) | pixels x, y | predicted class | share |",
             "|---|---|---|---|---|",
         ]
         for rank, i in enumerate(order, 1):
             fy, fx = divmod(int(i), m.shape[1])
-            xs = f"{fx * s}-{min((fx + 1) * s, w) - 1}"
-            ys = f"{fy * s}-{min((fy + 1) * s, h) - 1}"
+            xs = f"{cols[fx]}-{cols[fx + 1] - 1}"
+            ys = f"{rows[fy]}-{rows[fy + 1] - 1}"
             cls = names[int(cells[fy, fx])]
             lines.append(f"| {rank} | ({fx}, {fy}) | {xs}, {ys} | {cls} | {m[fy, fx]:.1%} |")
         mass = np.bincount(cells.ravel(), weights=m.ravel(), minlength=len(names))
@@ -284,8 +285,7 @@ class Explorer:
 
 def _cell_labels(state: ImageState) -> np.ndarray:
     """``(h, w)`` predicted class at the centre pixel of every feature cell."""
-    h, w = state.cache.feature_size
-    s, (H, W) = state.cache.stride, state.size
-    rows = np.minimum(np.arange(h) * s + s // 2, H - 1)
-    cols = np.minimum(np.arange(w) * s + s // 2, W - 1)
+    row_edges, col_edges = state.cache.cell_edges()
+    rows = (row_edges[:-1] + np.maximum(row_edges[1:] - 1, row_edges[:-1])) // 2
+    cols = (col_edges[:-1] + np.maximum(col_edges[1:] - 1, col_edges[:-1])) // 2
     return state.labels[rows][:, cols]

@@ -102,22 +102,28 @@ def blend(base: ImageLike, top: ImageLike, opacity: float) -> Image.Image:
 
 
 def heat_panel(
-    base: ImageLike, m: np.ndarray, stride: int, display: Display, opacity: float
+    base: ImageLike,
+    m: np.ndarray,
+    pixel_cells: tuple[np.ndarray, np.ndarray],
+    display: Display,
+    opacity: float,
 ) -> Image.Image:
     """A feature-grid map ``(h, w)`` as a heat map over ``base`` ``(dh, dw, 3)``.
 
-    Colours are scaled to the map's maximum; each feature cell covers its ``stride x stride``
-    pixels (the grid covers the image padded to the stride, so the drawn grid is cropped).
+    Colours are scaled to the map's maximum; every image pixel shows its cell's value, the
+    cells of ``pixel_cells`` (``AttentionCache.pixel_cells``: the cell row of each image row,
+    the cell column of each image column).
     """
-    h, w = m.shape
     base = as_pil(base)
-    dw, dh = base.size
     peak = float(m.max())
     idx = np.zeros(m.shape, np.uint8) if peak <= 0 else (m / peak * 255).round().astype(np.uint8)
-    heat = Image.fromarray(idx, "L")
+    rows, cols = display.pixel_index()  # image pixel of every display pixel
+    cell_rows, cell_cols = pixel_cells
+    heat = Image.fromarray(np.ascontiguousarray(idx[cell_rows[rows]][:, cell_cols[cols]]), "L")
     heat.putpalette(heat_lut().ravel().tolist())  # mode "P": cell value -> colour
-    full = (max(dw, round(w * stride * display.scale)), max(dh, round(h * stride * display.scale)))
-    heat = heat.resize(full, Image.Resampling.NEAREST).crop((0, 0, dw, dh)).convert("RGB")
+    heat = heat.convert("RGB")
+    if heat.size != base.size:
+        heat = heat.resize(base.size, Image.Resampling.NEAREST)
     a = float(np.clip(opacity, 0.0, 1.0))
     return Image.blend(base, heat, a)
 
@@ -125,7 +131,7 @@ def heat_panel(
 def draw_grid(
     panel: ImageLike,
     grid: GroupGrid | None,
-    stride: int,
+    cell_edges: tuple[np.ndarray, np.ndarray],
     display: Display,
     query_cell: tuple[int, int] | None = None,
     highlight: str | None = None,
@@ -135,26 +141,31 @@ def draw_grid(
     Lines: block boundaries (every ``lh x lw`` feature cells, short-range groups) and, when
     cells are at least 8 display pixels, the feature cells. ``highlight`` ``"long"`` outlines
     the cells of the query's long-range group (positions ``lh``/``lw`` cells apart), ``"short"``
-    the query's block.
+    the query's block. ``cell_edges`` are the image pixel edges of the cells
+    (``AttentionCache.cell_edges()``: ``(h + 1,)`` rows, ``(w + 1,)`` columns).
     """
     im = as_pil(panel).copy()
     if grid is None:
         return im
     draw = ImageDraw.Draw(im)
     dw, dh = im.size
-    cell = stride * display.scale
+    row_edges, col_edges = cell_edges
+    cell = min(np.diff(row_edges).min(), np.diff(col_edges).min()) * display.scale
 
-    def px(v: int) -> int:  # feature index -> display pixel of its top/left edge
-        return round(v * cell)
+    def py(v: int) -> int:  # feature row -> display pixel of its top edge
+        return round(row_edges[min(v, len(row_edges) - 1)] * display.scale)
+
+    def px(v: int) -> int:  # feature column -> display pixel of its left edge
+        return round(col_edges[min(v, len(col_edges) - 1)] * display.scale)
 
     if cell >= 8:
         for r in range(1, grid.h):
-            draw.line([(0, px(r)), (dw, px(r))], fill=_CELL_RGB, width=1)
+            draw.line([(0, py(r)), (dw, py(r))], fill=_CELL_RGB, width=1)
         for c in range(1, grid.w):
             draw.line([(px(c), 0), (px(c), dh)], fill=_CELL_RGB, width=1)
     block_rows, block_cols = grid.block_edges()
     for r in block_rows:
-        draw.line([(0, px(r)), (dw, px(r))], fill=_BLOCK_RGB, width=2)
+        draw.line([(0, py(r)), (dw, py(r))], fill=_BLOCK_RGB, width=2)
     for c in block_cols:
         draw.line([(px(c), 0), (px(c), dh)], fill=_BLOCK_RGB, width=2)
     if query_cell is not None and highlight is not None:
@@ -162,14 +173,14 @@ def draw_grid(
         if highlight == "short":
             r0, c0, r1, c1 = grid.block_bounds(bi, bj)
             draw.rectangle(
-                [px(c0), px(r0), px(c1) - 1, px(r1) - 1], outline=(255, 255, 255), width=3
+                [px(c0), py(r0), px(c1) - 1, py(r1) - 1], outline=(255, 255, 255), width=3
             )
         elif highlight == "long" and grid.gh * grid.gw <= _MAX_OUTLINED_CELLS:
             rows, cols = grid.group_cells(li, lj)
             for r in rows:
                 for c in cols:
                     draw.rectangle(
-                        [px(c), px(r), max(px(c + 1) - 1, px(c)), max(px(r + 1) - 1, px(r))],
+                        [px(c), py(r), max(px(c + 1) - 1, px(c)), max(py(r + 1) - 1, py(r))],
                         outline=(255, 255, 255),
                         width=1,
                     )

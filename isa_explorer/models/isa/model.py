@@ -51,6 +51,12 @@ class ISANet(SegmentationModel):
         std: Per-channel std of the input normalisation.
         align_corners: ``align_corners`` of the final bilinear upsampling of the logits (mmseg's
             Cityscapes 769x769 models were trained with ``True``).
+        pad_input: Zero-pad the input at the bottom/right to a multiple of the output stride
+            (and crop the logits back). Only for encoders that cannot run at other sizes, such
+            as windowed vision transformers. Convolutional encoders (ResNets, EfficientNets,
+            MobileNets, RegNets, ConvNeXts, ...) run at any size, so ``False`` (the default)
+            runs them at the image's own size, as mmsegmentation does: padding changes the
+            numbers wherever ``H`` or ``W`` is not a multiple of the stride.
         kwargs: Passed to the encoder (timm ``tu-`` encoders only).
 
     Shapes:
@@ -82,6 +88,7 @@ class ISANet(SegmentationModel):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         align_corners: bool = False,
+        pad_input: bool = False,
         **kwargs: Any,
     ):
         super().__init__()
@@ -136,6 +143,7 @@ class ISANet(SegmentationModel):
         )
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), False)
         self.align_corners = align_corners
+        self.pad_input = bool(pad_input)
         self.name = f"isanet-{head}-{encoder_name}"
 
     def initialize(self) -> None:
@@ -151,10 +159,11 @@ class ISANet(SegmentationModel):
 
     def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits for training: ``{"out": (B, K, H, W), "aux": (B, K, H, W)}`` (aux if any)."""
-        features = self.encoder(x)
-        out = {"out": self._resize(self.decoder(features[-1]), x)}
+        h, w = x.shape[-2:]
+        features = self.encoder(self._pad(x))
+        out = {"out": self._resize(self.decoder(features[-1]), x)[..., :h, :w]}
         if self.aux_head is not None:
-            out["aux"] = self._resize(self.aux_head(features[-2]), x)
+            out["aux"] = self._resize(self.aux_head(features[-2]), x)[..., :h, :w]
         return out
 
     def forward(
@@ -162,35 +171,27 @@ class ISANet(SegmentationModel):
     ) -> torch.Tensor | tuple[torch.Tensor, dict]:
         """``(B, C, H, W)`` normalised images -> ``(B, classes, H, W)`` logits.
 
+        The network runs at the input's own size (padded only with ``pad_input=True``).
         With ``return_attention=True`` (ISA and dense heads): ``(logits, attention)``, the
         decoder's queries and keys at feature resolution (see :class:`ISADecoder`).
         """
-        features = self.encoder(x)[-1]
+        h, w = x.shape[-2:]
+        features = self.encoder(self._pad(x))[-1]
         if not return_attention:
-            return self._resize(self.decoder(features), x)
+            return self._resize(self.decoder(features), x)[..., :h, :w]
         if self.head == "fcn":
             raise ValueError("the 'fcn' head has no attention to return")
         logits, attn = self.decoder(features, return_attention=True)
-        return self._resize(logits, x), attn
+        return self._resize(logits, x)[..., :h, :w], attn
 
     @torch.inference_mode()
     def predict(
         self, x: torch.Tensor, return_attention: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, dict]:
-        """Eval-mode logits for any input size (and the attention dict when asked).
-
-        The input is zero-padded at the bottom/right to a multiple of the output stride, so
-        feature cells align with ``stride x stride`` pixel blocks, and the logits are cropped.
-        """
+        """:meth:`forward` in eval mode without autograd: the same logits, for any input size."""
         if self.training:
             self.eval()
-        h, w = x.shape[-2:]
-        s = self.output_stride
-        x = F.pad(x, (0, -w % s, 0, -h % s))
-        if return_attention:
-            logits, attn = self(x, return_attention=True)
-            return logits[..., :h, :w], attn
-        return self(x)[..., :h, :w]
+        return self(x, return_attention=return_attention)
 
     def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
         """smp's ``save_pretrained``; refused for a model prepared for inference."""
@@ -201,7 +202,17 @@ class ISANet(SegmentationModel):
             )
         return super().save_pretrained(save_directory, *args, **kwargs)
 
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` padded at the bottom/right to the output stride when ``pad_input`` is set."""
+        if not self.pad_input:
+            return x
+        s = self.output_stride
+        return F.pad(x, (0, -x.shape[-1] % s, 0, -x.shape[-2] % s))
+
     def _resize(self, logits: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(
-            logits, size=like.shape[-2:], mode="bilinear", align_corners=self.align_corners
-        )
+        """Logits upsampled to the (padded, with ``pad_input``) input size."""
+        h, w = like.shape[-2:]
+        if self.pad_input:
+            s = self.output_stride
+            h, w = h + -h % s, w + -w % s
+        return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=self.align_corners)
