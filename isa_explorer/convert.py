@@ -17,8 +17,6 @@ Depth, widths and class count are read from the weights' shapes
 from __future__ import annotations
 
 import argparse
-import pickle
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from isa_explorer.mmseg_spec import (
     rename_key,
 )
 from isa_explorer.models.isa.model import ISANet
+from isa_explorer.safe_load import CheckpointFileError, read_torch_file
 
 __all__ = [
     "DATASETS",
@@ -100,30 +99,27 @@ def load_mmseg_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], di
         ``(state_dict, meta)``; ``meta`` is ``{}`` when the file has none.
 
     Raises:
-        ConversionError: Missing file, or a file holding objects safe loading refuses.
+        ConversionError: Missing file, or one that is not a weights-only PyTorch checkpoint
+            (empty, truncated, text, random bytes, a directory, or holding Python objects that
+            safe loading refuses); the message is one sentence saying which.
     """
-    path = Path(path)
-    if not path.is_file():
+    path = Path(path).expanduser()
+    if not path.exists():
         raise ConversionError(
             f"checkpoint {path} not found: download a released ISANet .pth first "
-            "(URLs in docs/mmseg_checkpoints.md)"
+            "(`isa-explorer zoo list` names them; `load_model(NAME)` downloads and converts)"
         )
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        what = f" (it needs {found.group(1)})" if found else ""
-        raise ConversionError(
-            f"{path} holds Python objects besides tensors{what}, which safe loading "
-            "(torch.load(weights_only=True)) refuses, and this converter never unpickles "
-            "arbitrary objects. If you trust the file, keep only its weights once: python -c "
-            f"\"import torch; c = torch.load('{path}', weights_only=False); "
-            f"torch.save(c.get('state_dict', c), '{path.with_suffix('.weights.pth')}')\" "
-            "and convert that file."
-        ) from e
+        ckpt = read_torch_file(path, "checkpoint")
+    except CheckpointFileError as e:
+        raise ConversionError(str(e)) from None
     if not isinstance(ckpt, Mapping):
         raise ConversionError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
     state = ckpt.get("state_dict", ckpt)
+    if not isinstance(state, Mapping):
+        raise ConversionError(
+            f"{path} holds a {type(state).__name__} under 'state_dict', not the model's tensors"
+        )
     meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), Mapping) else {}
     state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
@@ -258,7 +254,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "isa-explorer convert") 
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    model.save_pretrained(args.out_dir, dataset=report.dataset)
+    try:
+        model.save_pretrained(args.out_dir, dataset=report.dataset)
+    except OSError as e:
+        print(
+            f"error: cannot write the model to {args.out_dir}: {e.strerror or e}", file=sys.stderr
+        )
+        return 1
     print(report)
     print(f"saved to {args.out_dir} (ISANet.from_pretrained({str(args.out_dir)!r}))")
     return 0

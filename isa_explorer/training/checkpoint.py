@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from isa_explorer.safe_load import read_torch_file
+
 CHECKPOINT_VERSION = 1
 
 
@@ -70,12 +72,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: No checkpoint at ``path``.
-        ValueError: The file is not a checkpoint of this trainer.
+        ValueError: The file is not a checkpoint of this trainer, or is damaged
+            (:class:`~isa_explorer.safe_load.CheckpointFileError`).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_torch_file(path, "train/fit.py checkpoint")
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
         raise ValueError(
             f"{path} is not a train/fit.py checkpoint (version {CHECKPOINT_VERSION}); "

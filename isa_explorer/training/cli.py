@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from isa_explorer.configs import CONFIGS, TrainConfig, get_config
+from isa_explorer.safe_load import CheckpointFileError
 from isa_explorer.training import NonFiniteLossError, train
 
 
@@ -99,6 +100,9 @@ def main(argv: list[str] | None = None, prog: str = "isa-explorer fit") -> int:
         )
     except (NonFiniteLossError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except CheckpointFileError as e:
+        print(f"error: cannot resume: {e}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
         print(

@@ -10,6 +10,7 @@ from torch import nn
 
 from isa_explorer.data.info import DatasetInfo
 from isa_explorer.models.isa.model import ISANet
+from isa_explorer.safe_load import read_torch_file
 
 _WEIGHT_FILES = (".safetensors", ".pt", ".pth", ".bin")
 _CLASSIFIER_PREFIXES = ("fc.", "head.", "classifier.", "last_linear.")
@@ -72,7 +73,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_torch_file(path, "encoder weights")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
