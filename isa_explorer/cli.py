@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("isa_explorer.evaluation.evaluate_cli", "mIoU on a dataset split, as mmseg"),
     "predict": ("isa_explorer.evaluation.predict_cli", "segment image files: masks, overlays"),
     "convert": ("isa_explorer.convert", "an mmseg ISANet checkpoint -> a model directory"),
+    "zoo": ("isa_explorer.zoo.cli", "the released ISANet models by name: list, download"),
     "bench": ("isa_explorer.bench.cli", "benchmarks: attention, decoder, click, synthetic"),
     "experiment": ("isa_explorer.experiments.cli", "experiments: context, default-model"),
 }

@@ -1,4 +1,5 @@
-"""Loading models: the embedded default model, a `train/fit.py` run, or a converted checkpoint.
+"""Loading models: the embedded default model, a `train/fit.py` run, a converted checkpoint,
+or a released mmseg model by name (:mod:`isa_explorer.zoo`).
 
 Every model directory holds what ``ISANet.save_pretrained`` writes: ``config.json`` (the
 constructor arguments, class names and palette included) and ``model.safetensors``. Weights are
@@ -11,6 +12,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from isa_explorer.models.isa.model import ISANet
 from isa_explorer.models.prepare import prepare_for_inference
@@ -27,24 +29,44 @@ class ModelNotFoundError(FileNotFoundError):
     """A model directory is missing or does not hold a saved model."""
 
 
-def resolve_model_dir(path: str | Path) -> Path:
+class DamagedModelError(ValueError):
+    """A model directory's ``config.json`` or ``model.safetensors`` cannot be read."""
+
+
+def resolve_model_dir(path: str | Path, progress: bool = True) -> Path:
     """The directory holding ``config.json`` + ``model.safetensors`` for ``path``.
 
     Args:
         path: A model directory (``save_pretrained`` output, e.g. a converted mmseg checkpoint),
-            or a ``train/fit.py`` run directory (its ``best/`` model, else ``final/``).
+            a ``train/fit.py`` run directory (its ``best/`` model, else ``final/``), or the name
+            of a zoo model (``cityscapes-r50``, ``isanet_r50-d8_4xb2-80k_cityscapes-512x1024``;
+            ``isa-explorer zoo list``), downloaded and converted on first use. An existing
+            path wins over a zoo name.
+        progress: Show a progress bar when a zoo model is downloaded.
 
     Returns:
         The model directory.
 
     Raises:
         ModelNotFoundError: Nothing loadable there; the message says what was expected.
+        isa_explorer.zoo.ZooError: A zoo model could not be downloaded or converted.
     """
     root = Path(path).expanduser()
     if not root.exists():
+        from isa_explorer import zoo  # imported here: zoo imports the converter and configs
+
+        entry = zoo.find_entry(str(path))
+        if entry is not None:
+            return zoo.fetch(entry, progress=progress)
+        looks_like_path = any(c in str(path) for c in "/\\") or str(path).startswith((".", "~"))
+        what = (
+            f"model path {root} does not exist"
+            if looks_like_path
+            else f"model {str(path)!r} is neither an existing path nor a zoo model name"
+        )
         raise ModelNotFoundError(
-            f"model path {root} does not exist; pass a directory written by "
-            "`model.save_pretrained`, `train/fit.py` or `isa-explorer convert`"
+            f"{what}; pass a directory written by `model.save_pretrained`, `train/fit.py` or "
+            "`isa-explorer convert`, or a name from `isa-explorer zoo list` (e.g. cityscapes-r50)"
         )
     if root.is_file():
         raise ModelNotFoundError(
@@ -69,8 +91,8 @@ def load_model(
     """Load a saved ISANet in eval mode, in float32.
 
     Args:
-        path: A model or run directory (see :func:`resolve_model_dir`); ``None`` loads the
-            embedded default model.
+        path: A model or run directory, or a zoo model name (see :func:`resolve_model_dir`);
+            ``None`` loads the embedded default model.
         device: Where to put the model.
         for_inference: Return it prepared for fast inference
             (:func:`~isa_explorer.models.prepare.prepare_for_inference`: BatchNorm folded,
@@ -81,18 +103,45 @@ def load_model(
 
     Raises:
         ModelNotFoundError: No saved model at ``path``.
+        DamagedModelError: Its config or weights file cannot be read.
         ValueError: The directory holds a model that is not an ISANet.
+        isa_explorer.zoo.ZooError: A zoo model could not be downloaded or converted.
     """
     model_dir = resolve_model_dir(DEFAULT_MODEL_DIR if path is None else path)
-    config = json.loads((model_dir / "config.json").read_text())
+    config = read_config(model_dir)
     arch = config.get("_model_class", "ISANet")
     if arch != "ISANet":
         raise ValueError(
             f"{model_dir} holds a {arch} model; ISA Explorer loads ISANet models only "
             "(train one with train/fit.py or convert an mmseg ISANet checkpoint)"
         )
-    model = ISANet.from_pretrained(str(model_dir)).float().eval().to(device)
+    try:
+        model = ISANet.from_pretrained(str(model_dir))
+    except SafetensorError as e:
+        raise DamagedModelError(
+            f"{model_dir / _WEIGHTS} is damaged ({e}); copy or download the model again"
+            + _zoo_hint(model_dir)
+        ) from None
+    model = model.float().eval().to(device)
     return prepare_for_inference(model, inplace=True) if for_inference else model
+
+
+def read_config(model_dir: str | Path) -> dict:
+    """A model directory's ``config.json``; :class:`DamagedModelError` if it is not JSON."""
+    path = Path(model_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DamagedModelError(f"{path} cannot be read ({e})" + _zoo_hint(path.parent)) from None
+    if not isinstance(config, dict):
+        raise DamagedModelError(f"{path} holds a {type(config).__name__}, not a model config")
+    return config
+
+
+def _zoo_hint(model_dir: Path) -> str:
+    if (model_dir / "zoo.json").is_file():
+        return f"; `isa-explorer zoo remove {model_dir.name}` deletes it, the next use refetches"
+    return ""
 
 
 def load_default_model(device: str | torch.device = "cpu", for_inference: bool = False) -> ISANet:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
@@ -20,12 +19,18 @@ def add_inference_arguments(p: argparse.ArgumentParser, scale_help: str) -> None
     """
     p.add_argument(
         "--checkpoint",
-        type=Path,
         default=None,
+        metavar="MODEL",
         help="model directory (save_pretrained / train/fit.py run / converted mmseg "
-        "checkpoint); default: the embedded default model",
+        "checkpoint) or zoo name (cityscapes-r50, ...; `isa-explorer zoo list`); default: the "
+        "embedded default model",
     )
-    p.add_argument("--mode", choices=("whole", "slide"), default="whole")
+    p.add_argument(
+        "--mode",
+        choices=("whole", "slide"),
+        default=None,
+        help="default: the zoo model's published test mode, else whole",
+    )
     for flag, default, what in (
         ("--crop", SLIDE_CROP, "window"),
         ("--stride", SLIDE_STRIDE, "step"),
@@ -34,9 +39,9 @@ def add_inference_arguments(p: argparse.ArgumentParser, scale_help: str) -> None
             flag,
             type=int,
             nargs=2,
-            default=default,
+            default=None,
             metavar=("H", "W"),
-            help=f"slide {what} (default {default[0]} {default[1]})",
+            help=f"slide {what} (default: the zoo model's, else {default[0]} {default[1]})",
         )
     p.add_argument("--ms", action="store_true", help=f"multi-scale test, ratios {MS_SCALES}")
     p.add_argument("--flip", action="store_true", help="add horizontally flipped images")
@@ -44,3 +49,23 @@ def add_inference_arguments(p: argparse.ArgumentParser, scale_help: str) -> None
         "--scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"), help=scale_help
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_test_mode(args: argparse.Namespace) -> None:
+    """Fill ``args.mode``, ``args.crop`` and ``args.stride`` left unset on the command line.
+
+    A zoo model is tested as published (``whole``, or ``slide`` 769/513 for the 769x769
+    Cityscapes models); any other model whole-image, with the slide defaults if asked to slide.
+    """
+    entry = None
+    if args.mode is None or args.crop is None or args.stride is None:
+        from isa_explorer.pretrained import DEFAULT_MODEL_DIR, resolve_model_dir
+        from isa_explorer.zoo import read_entry
+
+        entry = read_entry(resolve_model_dir(args.checkpoint or DEFAULT_MODEL_DIR))
+    if args.mode is None:
+        args.mode = entry.test_mode if entry is not None else "whole"
+    if args.crop is None:
+        args.crop = (entry.test_crop if entry is not None else None) or SLIDE_CROP
+    if args.stride is None:
+        args.stride = (entry.test_stride if entry is not None else None) or SLIDE_STRIDE

@@ -30,7 +30,7 @@ from isa_explorer.data import DATASETS, RECIPES, build_dataset, build_eval_trans
 from isa_explorer.data.info import ALIASES
 from isa_explorer.data.synthetic import SyntheticConfig
 from isa_explorer.distributed import ShardSampler, cleanup_distributed, setup_distributed
-from isa_explorer.evaluation.cli import add_inference_arguments
+from isa_explorer.evaluation.cli import add_inference_arguments, resolve_test_mode
 from isa_explorer.evaluation.evaluator import evaluate
 from isa_explorer.evaluation.inference import MS_SCALES
 from isa_explorer.evaluation.metrics import format_table
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None, prog: str = "isa-explorer evaluate") -> 
     args = parse_args(argv, prog)
     try:
         return run(args)
-    except (FileNotFoundError, ValueError) as err:  # missing data/model, bad options
+    except (OSError, ValueError) as err:  # missing data/model, zoo download, bad options
         print(f"error: {err}", file=sys.stderr)
         return 2
 
@@ -147,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         info, loader = build_loader(args)
         model = load_model(args.checkpoint, device=device, for_inference=True)
+        resolve_test_mode(args)
         if model.classes != info.num_classes:
             raise ValueError(
                 f"the model predicts {model.classes} classes but {info.name} has "

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from isa_explorer.evaluation.cli import add_inference_arguments
+from isa_explorer.evaluation.cli import add_inference_arguments, resolve_test_mode
 from isa_explorer.evaluation.inference import MS_SCALES
 from isa_explorer.evaluation.predict import predict_image, save_labels, save_png
 from isa_explorer.images import IMAGE_EXTENSIONS, CorruptFileError, read_image
@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None, prog: str = "isa-explorer predict") -> i
     try:
         files = collect_inputs(args.inputs, args.recursive)
         model = load_model(args.checkpoint, device=args.device, for_inference=True)
-    except (FileNotFoundError, ValueError) as err:
+        resolve_test_mode(args)
+    except (OSError, ValueError) as err:  # no such input or model, zoo download, bad files
         print(f"error: {err}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)

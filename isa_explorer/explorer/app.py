@@ -1,7 +1,8 @@
 """ISA Explorer: click a pixel, see where Interlaced Sparse Self-Attention looks.
 
 Run ``isa-explorer app`` or ``python app.py`` (the embedded default model), or add
-``--checkpoint DIR`` (a ``train/fit.py`` run or a converted mmseg model); open
+``--checkpoint MODEL`` (a ``train/fit.py`` run, a converted mmseg model, or a zoo name such as
+``cityscapes-r50``, downloaded and converted on first use); open
 http://127.0.0.1:7860. ``--host``, ``--port`` and ``--share`` (off by default) choose where it is
 served. The logic lives in the rest of :mod:`isa_explorer.explorer`; this module only lays out
 the Gradio UI.
@@ -69,18 +70,17 @@ def build_app(
     em = explorer.model
     ex = explorer
 
-    def loaded_outputs(state):
+    def loaded_outputs(state, note: str = ""):
         view = ex.prediction_view(state, 0.5, False)
         h, w = state.size
         status = f"Loaded {state.source}: {w}x{h} pixels. Click the prediction to see attention."
+        if note:
+            status += f"\n\n**Note:** {note}"
         return (view, ex.legend(state), status, None, None, None, "", "")
 
     with gr.Blocks(title="ISA Explorer", analytics_enabled=False) as demo:
         gr.Markdown(_INTRO)
-        gr.Markdown(
-            f"Model: `{em.model_dir.name}` ({em.config.get('encoder_name', '?')}, "
-            f"{em.head} head, {em.num_classes} classes)."
-        )
+        gr.Markdown(em.summary, elem_id="model-summary")
         card = model_card(em.model_dir)
         if card:
             with gr.Accordion("Model card", open=False):
@@ -183,7 +183,7 @@ def build_app(
         def on_upload(path, request: gr.Request):
             if path is None:  # the file was cleared
                 return tuple([gr.skip()] * len(load_outputs))
-            return loaded_outputs(ex.load_file(session_key(request), path))
+            return loaded_outputs(ex.load_file(session_key(request), path), em.upload_note)
 
         click_outputs = [pred, *slots, query_md, regions, status]
 
@@ -311,8 +311,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument(
         "--checkpoint",
-        metavar="DIR",
-        help="model directory or train/fit.py run directory (default: the embedded model)",
+        metavar="MODEL",
+        help="model directory, train/fit.py run directory or zoo name (cityscapes-r50, ...; "
+        "`isa-explorer zoo list`); default: the embedded model",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (Gradio picks 7860+)")
@@ -325,7 +326,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         demo = build_app(
             args.checkpoint, max_sessions=args.max_sessions, max_cache_mb=args.max_cache_mb
         )
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:  # no such model, damaged files, zoo download errors
         parser.error(str(err))
     demo.queue(default_concurrency_limit=2).launch(
         **launch_kwargs(args.host, args.port, args.share)

@@ -23,8 +23,16 @@ from isa_explorer.data.synthetic import SYNTHETIC_INFO, SyntheticConfig
 from isa_explorer.models.isa.model import ISANet
 from isa_explorer.models.prepare import prepare_for_inference
 from isa_explorer.palette import palette_or_default
-from isa_explorer.pretrained import DEFAULT_MODEL_DIR, load_model, resolve_model_dir
+from isa_explorer.pretrained import DEFAULT_MODEL_DIR, load_model, read_config, resolve_model_dir
+from isa_explorer.zoo import ZooEntry, read_entry
 
+#: Said when the synthetic default model meets a real image.
+SYNTHETIC_ONLY = (
+    "This model knows the synthetic scenes' classes only (coloured objects and cues), so a "
+    "photo comes back in those classes. For real images start the app on a released model: "
+    "`python app.py --checkpoint cityscapes-r50` (street scenes, 19 classes) or "
+    "`--checkpoint ade20k-r50` (150 classes); `isa-explorer zoo list` shows all 16."
+)
 #: Training size of models whose directory does not record one (the default model's).
 DEFAULT_TRAIN_SIZE = SyntheticConfig.size
 _SIZE_KEYS = ("train_size", "crop_size", "image_size")
@@ -61,7 +69,7 @@ class ExplorerModel:
         self.model_dir = resolve_model_dir(DEFAULT_MODEL_DIR if path is None else path)
         self.device = device
         self.train_size = read_train_size(self.model_dir)
-        self.config: dict = json.loads((self.model_dir / "config.json").read_text())
+        self.config: dict = read_config(self.model_dir)
         self._model: ISANet | None = None
         self._prepared: ISANet | None = None
         self._lock = threading.Lock()  # guards loading only; network passes run concurrently
@@ -117,6 +125,34 @@ class ExplorerModel:
     @property
     def has_attention(self) -> bool:
         return self.head in ("isa", "dense")
+
+    @property
+    def zoo_entry(self) -> ZooEntry | None:
+        """The zoo entry of a released model (dataset, published mIoU), else ``None``."""
+        return read_entry(self.model_dir)
+
+    @property
+    def summary(self) -> str:
+        """One markdown line saying which model this is (and, for zoo models, how good)."""
+        what = (
+            f"{self.config.get('encoder_name', '?')}, {self.head} head, {self.num_classes} classes"
+        )
+        entry = self.zoo_entry
+        if entry is not None:
+            numbers = ""
+            if entry.miou is not None:
+                ms = f", {entry.miou_ms:.2f} multi-scale + flip" if entry.miou_ms else ""
+                numbers = f": published mIoU {entry.miou:.2f}{ms}"
+            return f"Model: **{entry.dataset_title}** `{entry.name}` ({what}){numbers}."
+        text = f"Model: `{self.model_dir.name}` ({what})."
+        if self.is_synthetic:
+            text += " " + SYNTHETIC_ONLY
+        return text
+
+    @property
+    def upload_note(self) -> str:
+        """What to say when an image is uploaded: the synthetic model's limits, else nothing."""
+        return SYNTHETIC_ONLY if self.is_synthetic else ""
 
     def analyse(self, rgb: np.ndarray) -> ImageState:
         """Run the model once on ``rgb`` ``(H, W, 3)`` uint8 and keep what clicks need."""

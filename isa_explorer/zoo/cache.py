@@ -1,0 +1,153 @@
+"""The local zoo: released models downloaded once, converted once, then loaded offline.
+
+Layout under ``$ISA_EXPLORER_HOME`` (default ``~/.cache/isa_explorer``)::
+
+    downloads/FILE.pth(.part)   the mmseg checkpoint while it is fetched and converted
+    zoo/NAME/                   the converted model: config.json, model.safetensors,
+                                zoo.json (the entry), MODEL_CARD.md
+    */.locks/                   lock files (several processes may ask for one model)
+
+A model directory appears only complete: it is written to a temporary sibling and renamed.
+Once it exists, loading it needs no network; the downloaded ``.pth`` is then deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from filelock import FileLock
+
+from isa_explorer.convert import ConversionError, convert_checkpoint
+from isa_explorer.zoo.download import DownloadError, download
+from isa_explorer.zoo.entries import ZooEntry, ZooError, get_entry
+
+HOME_ENV = "ISA_EXPLORER_HOME"
+ENTRY_FILE = "zoo.json"
+
+
+def zoo_home() -> Path:
+    """``$ISA_EXPLORER_HOME``, else ``~/.cache/isa_explorer`` (not created here)."""
+    return Path(os.environ.get(HOME_ENV) or Path.home() / ".cache" / "isa_explorer").expanduser()
+
+
+def model_dir(entry: ZooEntry | str) -> Path:
+    """Where the converted model of ``entry`` (an entry or a name) lives in the cache."""
+    entry = get_entry(entry) if isinstance(entry, str) else entry
+    return zoo_home() / "zoo" / entry.name
+
+
+def is_cached(entry: ZooEntry | str) -> bool:
+    """Whether ``entry``'s converted model is in the cache (then loading it is offline)."""
+    d = model_dir(entry)
+    return (d / "config.json").is_file() and (d / "model.safetensors").is_file()
+
+
+def fetch(name: str | ZooEntry, progress: bool = True) -> Path:
+    """The cached model directory of zoo model ``name``: downloaded and converted if needed.
+
+    Args:
+        name: Entry name, mmseg 0.x name or alias (see ``isa-explorer zoo list``).
+        progress: Show a progress bar while downloading.
+
+    Returns:
+        The model directory (load it with :func:`isa_explorer.load_model`).
+
+    Raises:
+        ZooError: Unknown name, download failed (the message names the URL and the manual
+            alternative), hash mismatch, or a file that is not an ISANet checkpoint.
+    """
+    entry = get_entry(name) if isinstance(name, str) else name
+    target = model_dir(entry)
+    if is_cached(entry):
+        return target
+    locks = target.parent / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with FileLock(locks / f"{target.name}.lock"):  # one conversion per model, across processes
+        if is_cached(entry):  # another process finished it meanwhile
+            return target
+        checkpoint = zoo_home() / "downloads" / entry.filename
+        try:
+            download(entry.url, checkpoint, entry.sha256, progress)
+        except DownloadError as e:
+            raise ZooError(f"{e}.\n{_manual_steps(entry, checkpoint)}") from None
+        _convert_into(entry, checkpoint, target)
+        checkpoint.unlink(missing_ok=True)
+    return target
+
+
+def remove(name: str | ZooEntry) -> bool:
+    """Delete a cached model (and any partial download of it); ``True`` if there was one."""
+    entry = get_entry(name) if isinstance(name, str) else name
+    target = model_dir(entry)
+    found = target.exists()
+    shutil.rmtree(target, ignore_errors=True)
+    for leftover in (entry.filename, entry.filename + ".part"):
+        path = zoo_home() / "downloads" / leftover
+        found |= path.exists()
+        path.unlink(missing_ok=True)
+    return found
+
+
+def read_entry(model_directory: str | Path) -> ZooEntry | None:
+    """The zoo entry a cached model directory was made from (``None`` for other models)."""
+    path = Path(model_directory) / ENTRY_FILE
+    if not path.is_file():
+        return None
+    try:
+        return ZooEntry.from_dict(json.loads(path.read_text()), str(path))
+    except (OSError, ValueError):
+        return None
+
+
+def _convert_into(entry: ZooEntry, checkpoint: Path, target: Path) -> None:
+    """Convert ``checkpoint`` and write the model directory ``target`` atomically."""
+    try:
+        model, report = convert_checkpoint(
+            checkpoint, dataset=entry.dataset, align_corners=entry.align_corners
+        )
+    except ConversionError as e:
+        raise ZooError(
+            f"{entry.name}: the downloaded file is not a usable ISANet checkpoint ({e})"
+        ) from None
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, dataset=report.dataset)
+        (tmp / ENTRY_FILE).write_text(json.dumps(entry.to_dict(), indent=2) + "\n")
+        (tmp / "MODEL_CARD.md").write_text(model_card(entry, str(report)))
+        shutil.rmtree(target, ignore_errors=True)  # an incomplete older copy
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def model_card(entry: ZooEntry, report: str = "") -> str:
+    """The ``MODEL_CARD.md`` of a zoo model: what it is, its published numbers, its source."""
+    lines = [
+        f"# {entry.name}",
+        "",
+        f"ISANet {entry.backbone} trained on {entry.dataset_title}"
+        + (f", {entry.crop[0]}x{entry.crop[1]} crops" if entry.crop else "")
+        + (f", {entry.iters // 1000}k iterations" if entry.iters else "")
+        + " (mmsegmentation model zoo, Apache-2.0).",
+        "",
+    ]
+    if entry.miou is not None:
+        ms = f", {entry.miou_ms:.2f} multi-scale + flip" if entry.miou_ms is not None else ""
+        test = "whole image" if entry.test_mode == "whole" else f"slide {entry.test_crop}"
+        lines += [f"Published val mIoU: **{entry.miou:.2f}** single scale ({test}){ms}.", ""]
+    lines += [f"Source: {entry.url} (SHA-256 {entry.sha256}...).", ""]
+    if report:
+        lines += ["Conversion:", "", "```", report, "```", ""]
+    return "\n".join(lines)
+
+
+def _manual_steps(entry: ZooEntry, checkpoint: Path) -> str:
+    return (
+        "Without network access here: download it elsewhere, then either convert it yourself, "
+        f"`isa-explorer convert {entry.filename} DIR` and pass DIR instead of the name, or "
+        f"copy it to {checkpoint} and use the name again"
+    )
