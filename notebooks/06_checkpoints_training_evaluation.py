@@ -20,7 +20,8 @@
 # layouts):
 #
 # - converting a released mmsegmentation ISANet checkpoint (`isa-explorer convert`),
-#   shown on a small ISANet that mmsegmentation itself produced, with its logits as the check;
+#   shown on a small ISANet that mmsegmentation itself produced, with its logits as the check,
+#   and loading the released models by name (`load_model("cityscapes-r50")`, the zoo);
 # - the command lines that train on one or several GPUs (`train/fit.py`, `torchrun`), run here
 #   for three iterations on the CPU;
 # - evaluating like mmseg: whole image, sliding window, multi-scale + flip.
@@ -102,6 +103,42 @@ assert parity.ok
 
 model, report = convert_checkpoint(fixture)
 print(report)
+
+# %% [markdown]
+# ### By name: the zoo
+#
+# The released models also load by name, in one step: `load_model("cityscapes-r50")` (or
+# `python app.py --checkpoint cityscapes-r50`) downloads the file once, checks its SHA-256,
+# converts it as above and caches the model folder under `$ISA_EXPLORER_HOME`; every later use
+# is offline. The names, with their published mIoU:
+
+# %%
+import hashlib
+import json
+import os
+
+from isa_explorer import zoo
+
+for entry in zoo.entries().values():
+    alias = next((a for a in entry.aliases if "_" not in a), "")
+    print(f"{entry.name:45s} {alias:16s} {entry.dataset_title:12.12s} mIoU {entry.miou:.2f}")
+
+# %% [markdown]
+# Without network access we can still run that whole path: `ISA_EXPLORER_ZOO_FILE` adds entries
+# (for mirrors and private zoos), here one whose URL is the mmseg-made fixture on disk, and
+# `ISA_EXPLORER_HOME` points the cache at a scratch folder. The first `load_model` downloads,
+# verifies, converts and caches; the second only reads the cache.
+
+# %%
+digest = hashlib.sha256(fixture.read_bytes()).hexdigest()
+private = ROOT / "my_zoo.json"
+entry = {"name": "my-isanet-small", "url": fixture.resolve().as_uri(), "sha256": digest[:8]}
+private.write_text(json.dumps([entry]))
+os.environ["ISA_EXPLORER_ZOO_FILE"], os.environ["ISA_EXPLORER_HOME"] = str(private), str(ROOT)
+by_name = load_model("my-isanet-small")
+print("cached in", zoo.model_dir("my-isanet-small").relative_to(ROOT))
+print(compare_to_reference(decode_logits, by_name, (image,), reference["decode_logits"]))
+del os.environ["ISA_EXPLORER_ZOO_FILE"], os.environ["ISA_EXPLORER_HOME"]
 
 # %% [markdown]
 # ## 2. Training on one or several GPUs
