@@ -323,3 +323,26 @@ def ex_names() -> tuple[str, ...]:
     from isa_explorer.data.synthetic import SYNTHETIC_INFO
 
     return SYNTHETIC_INFO.class_names
+
+
+def test_an_image_of_odd_size_maps_clicks_through_the_unpadded_cells(explorer):
+    rgb = np.random.default_rng(0).integers(0, 256, (97, 131, 3), dtype=np.uint8)
+    state = explorer.load_image("odd", rgb)
+    assert state.cache.feature_size == (13, 17)  # ceil(97 / 8), ceil(131 / 8): no padding
+    result = explorer.click("odd", 130, 96, show_grid=True)
+    assert result.cell == (16, 12)
+    dh, dw = explorer.display(state).size
+    assert all(p.shape == (dh, dw, 3) for p in result.panels.values())
+    rows, cols = state.cache.cell_edges()
+    assert rows[-1] == 97 and cols[-1] == 131
+    spans = re.findall(r"\| (\d+)-(\d+), (\d+)-(\d+) \|", result.regions)  # pixels of top cells
+    assert spans
+    for x0, x1, y0, y1 in (tuple(map(int, s)) for s in spans):
+        assert 0 <= x0 <= x1 <= 130 and 0 <= y0 <= y1 <= 96
+
+
+def test_the_default_model_says_it_knows_synthetic_classes_only():
+    em = ExplorerModel()
+    assert em.is_synthetic and em.zoo_entry is None
+    for text in (em.upload_note, em.summary):
+        assert "synthetic" in text and "python app.py --checkpoint cityscapes-r50" in text
