@@ -229,6 +229,31 @@ def test_cli_in_process_synthetic_slide_flip(tiny_checkpoints, tmp_path, capsys)
     assert record["crop_size"] == [96, 128] and len(record["IoU"]) == 7
 
 
+def test_a_zoo_model_is_evaluated_in_its_published_test_mode(tiny_checkpoints, tmp_path, capsys):
+    """A cached zoo model's zoo.json says how it was tested; flags still override it."""
+    import shutil
+
+    from isa_explorer.zoo import ZooEntry
+
+    model_dir = tmp_path / "zoo-model"
+    shutil.copytree(tiny_checkpoints / "synthetic", model_dir)
+    entry = ZooEntry.from_dict(
+        {"name": "z", "url": "http://127.0.0.1/z.pth", "sha256": "0" * 8, "test_mode": "slide",
+         "test_crop": [48, 96], "test_stride": [32, 64]}
+    )  # fmt: skip
+    (model_dir / "zoo.json").write_text(json.dumps(entry.to_dict()))
+    cli = load_cli()
+    argv = ["--checkpoint", str(model_dir), "--dataset", "synthetic-context", "--limit", "1"]
+    argv += ["--synthetic-length", "1", "--synthetic-size", "96", "192", "--workers", "0"]
+    argv += ["--no-progress"]
+    for extra, mode, crop in (([], "slide", [48, 96]), (["--mode", "whole"], "whole", None)):
+        out = tmp_path / f"{mode}.json"
+        assert cli.main([*argv, *extra, "--json", str(out)]) == 0
+        record = json.loads(out.read_text())
+        assert record["mode"] == mode and record["crop_size"] == crop
+    capsys.readouterr()
+
+
 def test_cli_errors_name_the_problem(tiny_checkpoints, tmp_path, capsys):
     cli = load_cli()
     args = ["--checkpoint", str(tiny_checkpoints / "synthetic"), "--workers", "0"]
