@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("isa_explorer.evaluation.predict_cli", "segment image files: masks, overlays"),
     "convert": ("isa_explorer.convert", "an mmseg ISANet checkpoint -> a model directory"),
     "zoo": ("isa_explorer.zoo.cli", "the released ISANet models by name: list, download"),
+    "export": ("isa_explorer.export.cli", "ONNX / torch.export with any batch, height and width"),
     "bench": ("isa_explorer.bench.cli", "benchmarks: attention, decoder, click, synthetic"),
     "experiment": ("isa_explorer.experiments.cli", "experiments: context, default-model"),
 }

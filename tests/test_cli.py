@@ -18,7 +18,7 @@ TOOLS += [["bench", name] for name in BENCHMARKS] + [["experiment", n] for n in 
 def test_help_lists_every_command(capsys):
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
-    for name in ("app", "fit", "evaluate", "predict", "convert", "zoo", "bench", "experiment"):
+    for name in ("app", "fit", "evaluate", "predict", "convert", "zoo", "export", "bench"):
         assert f"  {name} " in out
     assert cli.main([]) == 2  # no command: the list, and a usage error
 

@@ -14,7 +14,6 @@ After both steps every position has drawn information from every other one.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,6 +43,8 @@ class GroupGrid:
         lh, lw: Local block size (``down_factor``).
         gh, gw: Number of blocks per column / row.
         pad_top, pad_left: Symmetric zero padding before the map (bottom/right get the rest).
+        symbolic_ops: Use the formulation of symbolic sizes (see :attr:`symbolic`) even for
+            concrete ones, e.g. to check that both give the same numbers.
     """
 
     h: int
@@ -54,12 +55,18 @@ class GroupGrid:
     gw: int
     pad_top: int
     pad_left: int
+    symbolic_ops: bool = False
 
     @classmethod
-    def of(cls, h: int, w: int, down_factor: tuple[int, int]) -> GroupGrid:
+    def of(
+        cls, h: int, w: int, down_factor: tuple[int, int], symbolic_ops: bool = False
+    ) -> GroupGrid:
+        """The grid of an ``h x w`` map. Integer arithmetic only (ceil-division, halves), so
+        ``h`` and ``w`` may be symbolic sizes (``torch.export``, ONNX export) and stay so."""
         lh, lw = down_factor
-        gh, gw = math.ceil(h / lh), math.ceil(w / lw)
-        return cls(h, w, lh, lw, gh, gw, (gh * lh - h) // 2, (gw * lw - w) // 2)
+        gh, gw = (h + lh - 1) // lh, (w + lw - 1) // lw  # ceil(h / lh), ceil(w / lw)
+        pad_top, pad_left = (gh * lh - h) // 2, (gw * lw - w) // 2
+        return cls(h, w, lh, lw, gh, gw, pad_top, pad_left, symbolic_ops)
 
     @property
     def padded(self) -> tuple[int, int]:
@@ -103,9 +110,23 @@ class GroupGrid:
             return ((rows % self.lh) * self.lw + cols % self.lw).flatten()
         return ((rows // self.lh) * self.gw + cols // self.lw).flatten()
 
+    @property
+    def symbolic(self) -> bool:
+        """Whether the sizes are symbolic (``torch.export`` / ONNX export with dynamic H, W).
+
+        Symbolic grids use an equivalent formulation without shape-dependent branches (index
+        gathers instead of padding and slicing, explicit copies instead of ``reshape``'s
+        view-or-copy choice), so one exported graph serves every size; concrete grids keep the
+        faster eager one. ``tests/test_export.py`` checks that both give the same numbers.
+        """
+        return self.symbolic_ops or not (isinstance(self.h, int) and isinstance(self.w, int))
+
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """Zero-pad ``(B, C, h, w)`` to the padded size, symmetrically as mmseg does."""
         hp, wp = self.padded
+        if self.symbolic:
+            x = _gather_pad(x, 2, self.pad_top, self.h, hp)
+            return _gather_pad(x, 3, self.pad_left, self.w, wp)
         if (hp, wp) == (self.h, self.w):
             return x
         pl, pt = self.pad_left, self.pad_top
@@ -113,6 +134,10 @@ class GroupGrid:
 
     def crop(self, x: torch.Tensor) -> torch.Tensor:
         """Crop ``(..., hp, wp)`` back to ``(..., h, w)``."""
+        if self.symbolic:
+            rows = torch.arange(self.h, device=x.device) + self.pad_top
+            cols = torch.arange(self.w, device=x.device) + self.pad_left
+            return x.index_select(-2, rows).index_select(-1, cols)
         return x[..., self.pad_top : self.pad_top + self.h, self.pad_left : self.pad_left + self.w]
 
     def to_tokens(self, x: torch.Tensor, step: str) -> torch.Tensor:
@@ -123,14 +148,15 @@ class GroupGrid:
         b, c = x.shape[:2]
         x = x.view(b, c, self.gh, self.lh, self.gw, self.lw)
         x = x.permute(_NCHW_TO_LONG if step == "long" else _NCHW_TO_SHORT)
-        return x.reshape(-1, self._seq_len(step), c)
+        # Sizes spelled out (no -1), so symbolic sizes need no divisibility proof.
+        return self._reshape(x, b * self._num_seq(step), self._seq_len(step), c)
 
     def swap(self, t: torch.Tensor, step: str) -> torch.Tensor:
         """Tokens of ``step`` -> tokens of the other step (one permutation)."""
         b, c = t.shape[0] // self._num_seq(step), t.shape[-1]
         t = t.view(b, *self._dims(step), c).permute(_SWAP)
         other = "short" if step == "long" else "long"
-        return t.reshape(-1, self._seq_len(other), c)
+        return self._reshape(t, b * self._num_seq(other), self._seq_len(other), c)
 
     def to_map(self, t: torch.Tensor, step: str) -> torch.Tensor:
         """Tokens of ``step`` -> padded map ``(B, C, hp, wp)``.
@@ -141,8 +167,16 @@ class GroupGrid:
         b, c = t.shape[0] // self._num_seq(step), t.shape[-1]
         t = t.view(b, *self._dims(step), c)
         t = t.permute(_LONG_TO_NHWC if step == "long" else _SHORT_TO_NHWC)
-        t = t.reshape(b, -1, c)  # (B, hp * wp, C) in raster order
-        return t.transpose(1, 2).reshape(b, c, *self.padded)
+        hp, wp = self.padded
+        t = self._reshape(t, b, hp * wp, c)  # (B, hp * wp, C) in raster order
+        return self._reshape(t.transpose(1, 2), b, c, hp, wp)
+
+    def _reshape(self, x: torch.Tensor, *shape: int) -> torch.Tensor:
+        """``x.reshape(shape)``; for symbolic sizes always a copy (reshape's choice between a
+        view and a copy depends on which sizes are 1, and would fix that in an export)."""
+        if self.symbolic:
+            return x.clone(memory_format=torch.contiguous_format).view(*shape)
+        return x.reshape(*shape)
 
     def _dims(self, step: str) -> tuple[int, int, int, int]:
         return (
@@ -156,6 +190,15 @@ class GroupGrid:
 
     def _num_seq(self, step: str) -> int:
         return self.lh * self.lw if step == "long" else self.gh * self.gw
+
+
+def _gather_pad(x: torch.Tensor, dim: int, before, size, total) -> torch.Tensor:
+    """Zero-pad dimension ``dim`` of ``x`` (length ``size``) to ``total``, ``before`` zeros
+    first, as one gather: no branch on whether a side's padding is zero."""
+    idx = torch.arange(total, device=x.device) - before  # source index of each output row
+    idx = torch.where((idx >= 0) & (idx < size), idx, size)  # ``size``: the zero row below
+    zero = torch.zeros_like(x.narrow(dim, 0, 1))
+    return torch.cat([x, zero], dim).index_select(dim, idx)
 
 
 def isa_context(
