@@ -140,7 +140,7 @@ def test_unsupported_models_and_options_are_clear_errors(default_model, tmp_path
     assert "at least 32 pixels" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         export_main(["default", str(tmp_path / "x.onnx"), "--static", "big"])
-    assert "expected HxW such as 512x1024" in capsys.readouterr().err
+    assert "write HxW, e.g. 128x256" in capsys.readouterr().err
     assert not list(tmp_path.glob("x*"))  # nothing written
 
 

@@ -4,7 +4,8 @@
 * :mod:`~isa_explorer.bench.decoder` -- the whole decoder, fused vs explicit vs dense, and the
   attention probe;
 * :mod:`~isa_explorer.bench.click` -- the app's server-side click latency;
-* :mod:`~isa_explorer.bench.synthetic` -- the synthetic data generator's speed.
+* :mod:`~isa_explorer.bench.synthetic` -- the synthetic data generator's speed;
+* :mod:`~isa_explorer.bench.export` -- exported models (ONNX, ``.pt2``) against eager PyTorch.
 
 They share :mod:`~isa_explorer.bench.measure` (timing, peak memory, system info, sizes) and
 one worker protocol for fresh processes (:mod:`~isa_explorer.bench.worker`).

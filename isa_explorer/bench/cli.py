@@ -14,6 +14,7 @@ BENCHMARKS = {
     "decoder": ("isa_explorer.bench.decoder", "the whole decoder: fused vs explicit vs dense"),
     "click": ("isa_explorer.bench.click", "the app's server-side latency of one click"),
     "synthetic": ("isa_explorer.bench.synthetic", "speed of the synthetic scene generator"),
+    "export": ("isa_explorer.bench.export", "ONNX / torch.export vs eager: exactness, CPU latency"),
 }
 
 

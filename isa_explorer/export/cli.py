@@ -19,18 +19,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from isa_explorer.bench.measure import parse_size
 from isa_explorer.export.graph import ExportError
 from isa_explorer.export.writer import SUFFIX, export_model
 from isa_explorer.pretrained import load_model
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"512x1024"`` -> ``(512, 1024)``."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 512x1024, got {text!r}") from None
-    return h, w
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "isa-explorer export") -> int:
