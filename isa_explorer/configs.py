@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from isa_explorer.data.folder import FolderConfig
 from isa_explorer.data.synthetic import SyntheticConfig
 from isa_explorer.evaluation.inference import SLIDE_CROP, SLIDE_STRIDE
 from isa_explorer.models.isa.model import ISANet
@@ -94,7 +95,8 @@ class TrainConfig:
 
     Args:
         name: Name of the recipe.
-        dataset: ``"cityscapes"``, ``"ade20k"``, ``"voc"`` or ``"synthetic-context"``.
+        dataset: ``"cityscapes"``, ``"ade20k"``, ``"voc"``, ``"folder"`` or
+            ``"synthetic-context"``.
         data_root: Dataset folder (``None`` for the synthetic dataset).
         train_split: Training split (VOC's ``"train"`` is the SBD-augmented one).
         val_split: Validation split.
@@ -123,6 +125,8 @@ class TrainConfig:
         seed: Seed of the model init, the data order and the augmentations.
         workers: DataLoader worker processes per process.
         synthetic: The synthetic dataset (:class:`~isa_explorer.data.synthetic.SyntheticConfig`).
+        folder: Your own dataset (:class:`~isa_explorer.data.folder.FolderConfig`: classes,
+            palette, ignore index, ``reduce_zero_label``, the split of a flat folder).
     """
 
     name: str = "custom"
@@ -152,9 +156,11 @@ class TrainConfig:
     seed: int = 0
     workers: int = 0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    folder: FolderConfig = field(default_factory=FolderConfig)
 
     def __post_init__(self) -> None:
         self.synthetic = SyntheticConfig.from_dict(self.synthetic)
+        self.folder = FolderConfig.from_dict(self.folder)
         self.evaluation = EvalConfig.from_dict(self.evaluation)
         check_model_kwargs(self.model)
         for key in _PAIRS:
@@ -312,10 +318,39 @@ def _build_configs() -> dict[str, TrainConfig]:
         workers=0,
         synthetic=SyntheticConfig(),
     )
+    # Your own data: the ADE20K recipe's pipeline and model, from random weights (nothing is
+    # downloaded unless --encoder-weights says so); scale follows crop_size (4x its long side).
+    configs["folder"] = TrainConfig(
+        name="folder",
+        dataset="folder",
+        crop_size=(512, 512),
+        model=dict(
+            encoder_name="tu-resnet50c",
+            encoder_weights=None,
+            encoder_output_stride=8,
+            decoder_channels=512,
+            decoder_isa_channels=256,
+            decoder_down_factor=[8, 8],
+            decoder_dropout=0.1,
+            head="isa",
+            aux_head=True,
+            aux_channels=256,
+        ),
+        iters=20_000,
+        batch_size=4,
+        lr=0.01,
+        eval_interval=2000,
+        ckpt_interval=1000,
+        log_interval=50,
+        amp=True,
+        channels_last=True,
+        workers=4,
+        seed=0,
+    )
     return configs
 
 
-#: Every published ISANet recipe (mmseg's names) and ``"synthetic-context"``.
+#: Every published ISANet recipe (mmseg's names), ``"synthetic-context"`` and ``"folder"``.
 CONFIGS: dict[str, TrainConfig] = _build_configs()
 
 
@@ -387,3 +422,12 @@ __all__ = [
     "check_model_kwargs",
     "get_config",
 ]
+
+
+def folder_scale(cfg: TrainConfig) -> tuple[int, int]:
+    """The rescale bound of a folder run: ``scale``, else ``(4 * long crop side, short side)``
+    (the ADE20K recipe's ratio of scale to crop)."""
+    if cfg.scale is not None:
+        return cfg.scale
+    crop = cfg.crop_size or (512, 512)
+    return (4 * max(crop), min(crop))

@@ -33,7 +33,7 @@ from isa_explorer.data.voc import VOCDataset
 
 _READERS = {"cityscapes": CityscapesDataset, "ade20k": ADE20KDataset, "voc": VOCDataset}
 _DOWNLOAD = {"cityscapes": cityscapes.DOWNLOAD, "ade20k": ade20k.DOWNLOAD, "voc": voc.DOWNLOAD}
-DATASETS = (*_READERS, "synthetic-context", *ALIASES)
+DATASETS = (*_READERS, "folder", "synthetic-context", *ALIASES)
 
 
 def build_dataset(
@@ -43,11 +43,13 @@ def build_dataset(
 
     Args:
         name: ``"cityscapes"``, ``"ade20k"``, ``"voc"``, ``"voc-aug"`` (VOC whose ``"train"``
-            split is the SBD-augmented ``"train_aug"``) or ``"synthetic-context"``.
+            split is the SBD-augmented ``"train_aug"``), ``"folder"`` (your own images and
+            masks, :mod:`isa_explorer.data.folder`) or ``"synthetic-context"``.
         root: Dataset folder (ignored for ``"synthetic-context"``).
         split: Split name (``"train"``, ``"val"``, ...; each dataset lists its own).
         transforms: Optional callable ``(image, mask) -> (image, mask)``.
-        **kwargs: ``length``, ``seed``, ``size`` for ``"synthetic-context"``.
+        **kwargs: ``length``, ``seed``, ``size`` for ``"synthetic-context"``; ``config``
+            (:class:`~isa_explorer.data.folder.FolderConfig`) for ``"folder"``.
 
     Returns:
         A dataset of ``(image, mask)`` pairs with an ``info`` attribute (:class:`DatasetInfo`).
@@ -61,6 +63,16 @@ def build_dataset(
         from isa_explorer.data.synthetic import SyntheticContextDataset
 
         return SyntheticContextDataset(transforms=transforms, **kwargs)
+    if key == "folder":
+        from isa_explorer.data.folder import FolderConfig, FolderDataset
+
+        if root is None:
+            raise ValueError("the folder dataset needs root=<your dataset folder> (--data-root)")
+        unknown = sorted(set(kwargs) - {"config"})
+        if unknown:
+            raise ValueError(f"folder takes config=FolderConfig(...), got {unknown}")
+        config = FolderConfig.from_dict(kwargs.get("config"))
+        return FolderDataset(root, split, transforms, config)
     if key == "voc-aug" and split == "train":
         split = "train_aug"
     key = ALIASES.get(key, key)

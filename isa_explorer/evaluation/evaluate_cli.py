@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Subset, default_collate
 
 from isa_explorer.data import DATASETS, RECIPES, build_dataset, build_eval_transforms
+from isa_explorer.data.folder import FolderConfig
 from isa_explorer.data.info import ALIASES
 from isa_explorer.data.synthetic import SyntheticConfig
 from isa_explorer.distributed import ShardSampler, cleanup_distributed, setup_distributed
@@ -73,12 +74,37 @@ def parse_args(
     return p.parse_args(argv)  # fmt: skip
 
 
+def folder_settings(checkpoint: str | None) -> tuple[FolderConfig, tuple[int, int] | None]:
+    """How a folder dataset is read for the model ``checkpoint``, and its eval resize bound.
+
+    A ``train/fit.py`` run's ``config.json`` holds both (its classes, split and scale). Any
+    other model gives its class names and palette (used where the folder has no
+    ``classes.json``), with the default split and no resize.
+    """
+    from isa_explorer.configs import TrainConfig, folder_scale
+    from isa_explorer.pretrained import DEFAULT_MODEL_DIR, read_config, resolve_model_dir
+
+    model_dir = resolve_model_dir(checkpoint or DEFAULT_MODEL_DIR)
+    for run_config in (model_dir / "config.json", model_dir.parent / "config.json"):
+        try:
+            cfg = TrainConfig.load(run_config)
+        except (OSError, ValueError, TypeError):
+            continue
+        if cfg.dataset == "folder":
+            return cfg.folder, folder_scale(cfg)
+    model = read_config(model_dir)
+    return FolderConfig(classes=model.get("class_names"), palette=model.get("palette")), None
+
+
 def test_scale(args: argparse.Namespace) -> tuple[int, int] | None:
-    """The eval resize bound: ``--scale``, else the dataset's mmseg recipe (none if synthetic)."""
+    """The eval resize bound: ``--scale``, else the dataset's mmseg recipe (a folder dataset:
+    its training run's; none if synthetic)."""
     if args.no_resize:
         return None
     if args.scale is not None:
         return tuple(args.scale)
+    if args.dataset.lower() == "folder":
+        return folder_settings(args.checkpoint)[1]
     recipe = RECIPES.get(ALIASES.get(args.dataset.lower(), args.dataset.lower()))
     return recipe["scale"] if recipe else None
 
@@ -98,6 +124,8 @@ def build_loader(args: argparse.Namespace) -> tuple[Any, DataLoader]:
     """The dataset (for its ``info``) and this process's loader over it."""
     transforms = build_eval_transforms(test_scale(args))
     kwargs = {}
+    if args.dataset.lower() == "folder":
+        kwargs = dict(config=folder_settings(args.checkpoint)[0])
     if args.dataset.lower() == "synthetic-context":
         kwargs = dict(
             length=args.synthetic_length,

@@ -8,6 +8,9 @@ Examples:
         --data-root data/cityscapes --run-dir runs/cs-r50
     python train/fit.py --config runs/synthetic/config.json --run-dir runs/again   # reproduce
     python train/fit.py --config synthetic-context --set iters=200 --set model.decoder_channels=64
+    python train/fit.py --config folder --data-root my_data --check-data    # your own data
+    python train/fit.py --config folder --data-root my_data --classes sky,road,car \
+        --set crop_size=[256,256] --set iters=4000 --run-dir runs/mine
 
 ``--config`` takes a name from ``--list`` or a ``config.json`` written by an earlier run.
 """
@@ -46,6 +49,19 @@ def parse_args(argv: list[str] | None = None, prog: str = "isa-explorer fit") ->
         help="'none' (random init), 'imagenet' (download) or the path of a local weight file",
     )
     p.add_argument("--data-root", help="dataset folder (overrides the config's data_root)")
+    p.add_argument(
+        "--classes", help="folder dataset: class names, comma-separated (else root/classes.json)"
+    )
+    p.add_argument(
+        "--check-data",
+        action="store_true",
+        help="folder dataset: scan every image/mask pair, print the report and exit",
+    )
+    p.add_argument(
+        "--allow-data-issues",
+        action="store_true",
+        help="folder dataset: train even if the data check found problems",
+    )
     p.add_argument("--list", action="store_true", help="list the configs and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -69,6 +85,8 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
             )
     if args.data_root is not None:
         overrides.append(f"data_root={args.data_root}")
+    if args.classes is not None:
+        overrides.append(f"folder.classes={args.classes}")
     name = args.config
     if name is None:
         if not (args.resume and args.run_dir):
@@ -77,6 +95,38 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
     cfg = get_config(name, overrides)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.name
     return cfg, run_dir
+
+
+def _check_folder_data(cfg: TrainConfig, args: argparse.Namespace) -> int | None:
+    """Run the data check of a folder dataset; an exit code if training must not start."""
+    from isa_explorer.data.folder_check import check_folder
+
+    if cfg.dataset != "folder":
+        print(f"error: --check-data is for the folder dataset, not {cfg.dataset}", file=sys.stderr)
+        return 2
+    if cfg.data_root is None:
+        print("error: the folder dataset needs --data-root DIR", file=sys.stderr)
+        return 2
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    try:
+        report = check_folder(cfg.data_root, cfg.folder, rescan=args.check_data)
+    except (OSError, ValueError) as e:  # no such folder, no class names
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.check_data:
+        print(report.format())
+        return 0 if report.ok else 1
+    if not report.ok and not args.allow_data_issues:
+        print(report.format(), file=sys.stderr)
+        print(
+            "error: the data check found problems (above); fix them, or pass "
+            "--allow-data-issues to train anyway (bad values and colours become ignore)",
+            file=sys.stderr,
+        )
+        return 1
+    if main_process and (report.warnings or not report.ok):
+        print(report.format())
+    return None
 
 
 def main(argv: list[str] | None = None, prog: str = "isa-explorer fit") -> int:
@@ -90,6 +140,10 @@ def main(argv: list[str] | None = None, prog: str = "isa-explorer fit") -> int:
     except (KeyError, ValueError, FileNotFoundError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
+    if cfg.dataset == "folder" or args.check_data:
+        code = _check_folder_data(cfg, args)
+        if code is not None:
+            return code
     try:
         result = train(
             cfg,

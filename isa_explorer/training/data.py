@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision.transforms import v2
 
-from isa_explorer.configs import TrainConfig
+from isa_explorer.configs import TrainConfig, folder_scale
 from isa_explorer.data import build_dataset, build_eval_transforms, build_train_transforms
 from isa_explorer.distributed import DistInfo, ShardSampler
 
@@ -106,6 +106,14 @@ def _datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, Callable, Callable]:
         )  # fmt: skip
         # Whole scenes; a horizontal flip mirrors cue and objects together, keeping the task.
         return train, val, v2.RandomHorizontalFlip(p=0.5), v2.Identity()
+    if cfg.dataset == "folder":
+        if cfg.data_root is None:
+            raise ValueError("the folder dataset needs --data-root DIR (your images and masks)")
+        scale, crop = folder_scale(cfg), cfg.crop_size or (512, 512)
+        train = build_dataset("folder", cfg.data_root, cfg.train_split, config=cfg.folder)
+        val_tf = build_eval_transforms(scale)
+        val = build_dataset("folder", cfg.data_root, cfg.val_split, val_tf, config=cfg.folder)
+        return train, val, build_train_transforms(scale, crop), v2.Identity()
     if cfg.crop_size is None or cfg.scale is None:
         raise ValueError(f"{cfg.dataset} training needs scale and crop_size in the config")
     train = build_dataset(cfg.dataset, cfg.data_root, cfg.train_split)

@@ -22,16 +22,12 @@ from pathlib import Path
 from filelock import FileLock
 
 from isa_explorer.convert import ConversionError, convert_checkpoint
+from isa_explorer.paths import home
 from isa_explorer.zoo.download import DownloadError, download
 from isa_explorer.zoo.entries import ZooEntry, ZooError, get_entry
 
-HOME_ENV = "ISA_EXPLORER_HOME"
 ENTRY_FILE = "zoo.json"
-
-
-def zoo_home() -> Path:
-    """``$ISA_EXPLORER_HOME``, else ``~/.cache/isa_explorer`` (not created here)."""
-    return Path(os.environ.get(HOME_ENV) or Path.home() / ".cache" / "isa_explorer").expanduser()
+zoo_home = home  # the zoo lives in the project's home folder
 
 
 def model_dir(entry: ZooEntry | str) -> Path:

@@ -1,0 +1,262 @@
+"""The data check of a folder dataset: every pair scanned, every problem named with its file.
+
+Problems that block training (unless ``--allow-data-issues``): mask values outside the
+classes (and not ignore), RGB mask colours outside the palette, image/mask size mismatches,
+images without masks and masks without images, unreadable files, a missing split. Classes
+that never appear only warn. The report also gives the pixel share of every class.
+
+The result is cached under ``$ISA_EXPLORER_HOME/data_checks/``, keyed by the folder, the
+settings and every file's size and modification time, so a restart does not rescan unchanged
+data; ``--check-data`` always rescans.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from isa_explorer.data.common import DatasetNotFoundError, EmptySplitError
+from isa_explorer.data.folder import (
+    FolderConfig,
+    FolderSpec,
+    read_mask_array,
+    resolve_spec,
+    split_files,
+)
+from isa_explorer.images import CorruptFileError
+from isa_explorer.paths import home
+
+_CACHE_VERSION = 1
+_SHOWN = 8  # values / colours listed per file
+
+
+@dataclass
+class Problem:
+    """One problem: its kind, the file (relative to the root) and what is wrong."""
+
+    kind: str
+    file: str
+    detail: str
+
+
+@dataclass
+class DataReport:
+    """What :func:`check_folder` found.
+
+    Attributes:
+        root: The dataset folder.
+        classes: Class names.
+        splits: ``{split: {"pairs": n, "layout": ...}}``.
+        problems: Blocking problems, each naming a file.
+        warnings: Non-blocking findings (classes that never appear).
+        pixels: Labelled pixels per class (all splits).
+        ignored: Pixels of ``ignore_index``.
+        cached: Whether this report came from the cache.
+    """
+
+    root: str
+    classes: list[str]
+    splits: dict[str, dict] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    pixels: list[int] = field(default_factory=list)
+    ignored: int = 0
+    cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """No blocking problem."""
+        return not self.problems
+
+    def format(self) -> str:
+        """The report as text: counts, problems by file, warnings, class pixel shares."""
+        parts = ", ".join(
+            f"{s}: {v['pairs']} pairs ({v['layout']})" for s, v in self.splits.items()
+        )
+        lines = [f"data check of {self.root}: {len(self.classes)} classes; {parts}"]
+        if self.cached:
+            lines[0] += " [cached: files unchanged since the last check]"
+        if self.problems:
+            lines.append(f"{len(self.problems)} problem(s) (they block training unless "
+                         "--allow-data-issues):")  # fmt: skip
+            lines += [f"  {p.kind}: {p.file}: {p.detail}" for p in self.problems]
+        else:
+            lines.append("no problems")
+        lines += [f"warning: {w}" for w in self.warnings]
+        total = sum(self.pixels) + self.ignored
+        if total:
+            shares = ", ".join(
+                f"{n} {c / total:.1%}" for n, c in zip(self.classes, self.pixels, strict=True)
+            )
+            lines.append(f"pixels per class: {shares}; ignored {self.ignored / total:.1%}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DataReport:
+        d = dict(d)
+        d["problems"] = [Problem(**p) for p in d.get("problems", [])]
+        return cls(**d)
+
+
+class DataCheckError(ValueError):
+    """The data check found problems that block training (the message is the report)."""
+
+
+def _scan_pair(
+    image: Path, mask: Path, spec: FolderSpec, root: Path, pixels: np.ndarray
+) -> tuple[list[Problem], int]:
+    """Problems of one pair; adds its class pixels to ``pixels``; returns the ignored count."""
+    rel = lambda p: p.relative_to(root).as_posix()  # noqa: E731
+    problems = []
+    try:
+        with Image.open(image) as im:
+            im.load()  # decodes: a truncated file fails here
+            image_size = im.size[::-1]  # (H, W)
+    except Exception as e:  # noqa: BLE001  (PIL raises many kinds on bad files)
+        problems.append(Problem("unreadable image", rel(image), str(e)))
+        image_size = None
+    try:
+        stored = read_mask_array(mask)
+    except CorruptFileError as e:
+        return [*problems, Problem("unreadable mask", rel(mask), str(e).split(": ", 1)[-1])], 0
+    if image_size is not None and tuple(stored.shape[:2]) != tuple(image_size):
+        problems.append(
+            Problem(
+                "size mismatch",
+                rel(mask),
+                f"mask is {stored.shape[0]}x{stored.shape[1]} but image {rel(image)} is "
+                f"{image_size[0]}x{image_size[1]} (HxW)",
+            )
+        )
+    k, ignore = spec.info.num_classes, spec.ignore_index
+    if stored.ndim == 3:
+        codes = (stored[..., 0].astype(np.int64) << 16) | (stored[..., 1].astype(np.int64) << 8)
+        codes = (codes | stored[..., 2]).ravel()
+        values, counts = np.unique(codes, return_counts=True)
+        lut = {(r << 16) | (g << 8) | b: c for (r, g, b), c in spec.colour_to_class.items()}
+        unknown = [int(v) for v in values if int(v) not in lut]
+        if unknown:
+            shown = ", ".join(f"({v >> 16}, {v >> 8 & 255}, {v & 255})" for v in unknown[:_SHOWN])
+            more = f" and {len(unknown) - _SHOWN} more" if len(unknown) > _SHOWN else ""
+            problems.append(
+                Problem("unknown mask colours", rel(mask), f"{shown}{more} are not in the palette")
+            )
+        ignored = 0
+        for v, c in zip(values, counts, strict=True):
+            if int(v) in lut:
+                pixels[lut[int(v)]] += int(c)
+            else:
+                ignored += int(c)
+        return problems, ignored
+    values, counts = np.unique(stored, return_counts=True)
+    offset = 1 if spec.reduce_zero_label else 0
+    unlabelled = {ignore, 0} if spec.reduce_zero_label else {ignore}
+    bad = [int(v) for v in values if v not in unlabelled and not offset <= v < k + offset]
+    if bad:
+        valid = f"{offset}..{k - 1 + offset}" + (
+            " (reduce_zero_label: 0 is ignored)" if offset else ""
+        )
+        problems.append(
+            Problem(
+                "out-of-range mask values",
+                rel(mask),
+                f"values {bad[:_SHOWN]}{' ...' if len(bad) > _SHOWN else ''} are neither classes "
+                f"{valid} nor ignore {ignore}",
+            )
+        )
+    ignored = 0
+    for v, c in zip(values, counts, strict=True):
+        v = int(v)
+        if offset <= v < k + offset and v not in unlabelled:
+            pixels[v - offset] += int(c)
+        else:
+            ignored += int(c)
+    return problems, ignored
+
+
+def scan_folder(root: str | Path, cfg: FolderConfig | None = None) -> DataReport:
+    """Scan every pair of the ``train`` and ``val`` splits of ``root`` (no cache)."""
+    root, cfg = Path(root).expanduser(), cfg or FolderConfig()
+    spec = resolve_spec(root, cfg)
+    report = DataReport(str(root), list(spec.info.class_names))
+    pixels = np.zeros(spec.info.num_classes, np.int64)
+    for split in ("train", "val"):
+        try:
+            files = split_files(root, split, cfg)
+        except (DatasetNotFoundError, EmptySplitError) as e:
+            report.problems.append(Problem("missing split", split, str(e)))
+            continue
+        report.splits[split] = {"pairs": len(files.pairs), "layout": files.layout}
+        for img in files.orphan_images:
+            report.problems.append(Problem("orphan image", img.relative_to(root).as_posix(),
+                                           "no mask with the same name"))  # fmt: skip
+        for m in files.orphan_masks:
+            report.problems.append(Problem("orphan mask", m.relative_to(root).as_posix(),
+                                           "no image with the same name"))  # fmt: skip
+        for image, mask in files.pairs:
+            found, ignored = _scan_pair(image, mask, spec, root, pixels)
+            report.problems += found
+            report.ignored += ignored
+    report.pixels = [int(v) for v in pixels]
+    report.warnings = [
+        f"class {name!r} ({k}) never appears in the masks"
+        for k, (name, n) in enumerate(zip(report.classes, report.pixels, strict=True))
+        if n == 0
+    ]
+    return report
+
+
+def _cache_key(root: Path, cfg: FolderConfig) -> str:
+    """A hash of the folder, the settings and every file's (path, size, mtime)."""
+    h = hashlib.sha256(
+        json.dumps([_CACHE_VERSION, str(root.resolve()), dataclasses.asdict(cfg)]).encode()
+    )
+    for sub in ("images", "masks", "splits", "classes.json"):
+        path = root / sub
+        found = sorted(path.rglob("*")) if path.is_dir() else [path] if path.is_file() else []
+        for f in found:
+            if f.is_file():
+                st = f.stat()
+                h.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def check_folder(
+    root: str | Path, cfg: FolderConfig | None = None, rescan: bool = False
+) -> DataReport:
+    """:func:`scan_folder`, cached by file list and modification times.
+
+    Args:
+        root: The dataset folder.
+        cfg: Its settings.
+        rescan: Ignore the cache (``--check-data``).
+    """
+    root, cfg = Path(root).expanduser(), cfg or FolderConfig()
+    resolve_spec(root, cfg)  # a missing folder or class list fails before any scan
+    cache = home() / "data_checks" / f"{_cache_key(root, cfg)}.json"
+    if not rescan and cache.is_file():
+        try:
+            report = DataReport.from_dict(json.loads(cache.read_text()))
+            report.cached = True
+            return report
+        except (OSError, ValueError, TypeError):
+            pass  # a damaged cache entry: scan again
+    report = scan_folder(root, cfg)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(report.to_dict()))
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # a read-only home: the check still runs, only uncached
+    return report
