@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,28 @@ def read_rgb(path: str | Path, notes: list[str] | None = None) -> np.ndarray:
         FileNotFoundError: No file at ``path``.
         CorruptFileError: Not an image, truncated or corrupt, or over :data:`MAX_PIXELS`.
     """
+    return _decode(path, lambda im: to_rgb8(im, notes))
+
+
+def read_bands(path: str | Path) -> np.ndarray:
+    """Read an image file at full precision: ``(C, H, W)`` float32 of the file's own values.
+
+    For images that are not 8-bit RGB (16-bit grey slices, float or 4-band tiles): every band
+    is kept (an alpha band too), nothing is rescaled. Same errors as :func:`read_rgb`.
+    """
+
+    def bands(im: Image.Image) -> np.ndarray:
+        if im.mode == "P":
+            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        a = np.asarray(im)
+        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # (H, W[, C]) -> (C, H, W)
+        return np.ascontiguousarray(a, dtype=np.float32)
+
+    return _decode(path, bands)
+
+
+def _decode(path: str | Path, convert: Callable[[Image.Image], np.ndarray]) -> np.ndarray:
+    """Open, size-check and decode ``path``, then ``convert`` the image; one message per failure."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no image file at {path}")
@@ -60,7 +83,7 @@ def read_rgb(path: str | Path, notes: list[str] | None = None) -> np.ndarray:
             with Image.open(path) as im:
                 check_pixels(im.size, repr(path.name))
                 im.load()
-                return to_rgb8(im, notes)
+                return convert(im)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
         # PIL refuses the header's size before the file is decoded; its message has the count.
         found = re.search(r"\((\d+) pixels\)", str(err))
@@ -81,6 +104,17 @@ def read_rgb(path: str | Path, notes: list[str] | None = None) -> np.ndarray:
             f"{path.name!r} looks like an image but could not be decoded ({err}); the file is "
             "probably truncated or corrupt: save it again and re-upload"
         ) from None
+
+
+def bands_to_rgb8(bands: np.ndarray) -> np.ndarray:
+    """A viewable ``(H, W, 3)`` uint8 picture of ``(C, H, W)`` bands: the first three (or the
+    one grey band), each stretched between its 1st and 99th percentile."""
+    shown = bands[:3] if bands.shape[0] >= 3 else np.repeat(bands[:1], 3, axis=0)
+    out = np.empty(shown.shape, np.uint8)
+    for i, band in enumerate(shown):
+        lo, hi = np.percentile(band, (1, 99))
+        out[i] = np.clip((band - lo) / max(hi - lo, 1e-12) * 255, 0, 255).round()
+    return out.transpose(1, 2, 0)
 
 
 def read_image(path: str | Path) -> torch.Tensor:

@@ -41,7 +41,7 @@ from isa_explorer.data.common import (
     Transforms,
 )
 from isa_explorer.data.info import DatasetInfo
-from isa_explorer.images import IMAGE_EXTENSIONS, CorruptFileError
+from isa_explorer.images import IMAGE_EXTENSIONS, CorruptFileError, read_bands
 from isa_explorer.palette import default_palette
 
 MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp")
@@ -64,6 +64,11 @@ class FolderConfig:
         reduce_zero_label: Stored 0 -> ignore, ``k`` -> ``k - 1``.
         val_ratio: Share of a flat folder put in ``val``.
         split_seed: Seed of that split.
+        image_mode: ``"rgb"`` (images read as 8-bit RGB), ``"raw"`` (every band at full
+            precision, float32, for 16-bit slices and multi-band tiles) or ``"auto"``: raw if the
+            first image is 16-bit or float, else rgb (4-band 8-bit tiles: set ``"raw"``).
+        mean: Per-band mean of raw images (the data check computes it on ``train``).
+        std: Per-band std of raw images.
     """
 
     classes: list[str] | None = None
@@ -72,12 +77,17 @@ class FolderConfig:
     reduce_zero_label: bool | None = None
     val_ratio: float = 0.2
     split_seed: int = 0
+    image_mode: str = "auto"
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.classes, str):  # "a,b,c" from --classes / --set
             self.classes = [c.strip() for c in self.classes.split(",") if c.strip()]
         if not 0.0 < float(self.val_ratio) < 1.0:
             raise ValueError(f"folder.val_ratio must be between 0 and 1, got {self.val_ratio}")
+        if self.image_mode not in ("auto", "rgb", "raw"):
+            raise ValueError(f"folder.image_mode must be auto, rgb or raw, got {self.image_mode!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | FolderConfig | None) -> FolderConfig:
@@ -107,6 +117,11 @@ class FolderSpec:
     info: DatasetInfo
     reduce_zero_label: bool
     ignore_index: int = IGNORE
+
+    @property
+    def raw(self) -> bool:
+        """Whether images are read at full precision (:func:`~isa_explorer.images.read_bands`)."""
+        return self.info.image_mode == "raw"
 
     @property
     def colour_to_class(self) -> dict[tuple[int, int, int], int]:
@@ -143,13 +158,39 @@ def resolve_spec(root: str | Path, cfg: FolderConfig | None = None) -> FolderSpe
     ignore = cfg.ignore_index if cfg.ignore_index is not None else meta.get("ignore_index", 255)
     reduce = cfg.reduce_zero_label
     reduce = bool(meta.get("reduce_zero_label", False)) if reduce is None else bool(reduce)
+    mode = cfg.image_mode if cfg.image_mode != "auto" else detect_image_mode(root, cfg)
+    raw = mode == "raw"
     info = DatasetInfo(
         name=f"folder:{root.name}",
         class_names=tuple(str(n) for n in names),
         palette=tuple(tuple(int(v) for v in c) for c in palette),
         ignore_index=IGNORE,
+        image_mode=mode,
+        mean=tuple(float(v) for v in cfg.mean) if raw and cfg.mean else None,
+        std=tuple(float(v) for v in cfg.std) if raw and cfg.std else None,
     )
     return FolderSpec(info, reduce, int(ignore))
+
+
+#: PIL modes of images that are not 8-bit: read raw when ``image_mode`` is ``"auto"``.
+HIGH_PRECISION_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def detect_image_mode(root: Path, cfg: FolderConfig) -> str:
+    """``"raw"`` if the first image of ``root`` (train split first) is 16-bit or float, else
+    ``"rgb"``."""
+    for split in ("train", "val"):
+        try:
+            files = split_files(root, split, cfg)
+        except (DatasetNotFoundError, EmptySplitError):
+            continue
+        for image in [p[0] for p in files.pairs] + files.orphan_images:
+            try:
+                with Image.open(image) as im:
+                    return "raw" if im.mode in HIGH_PRECISION_MODES else "rgb"
+            except (OSError, UnidentifiedImageError, ValueError):
+                continue  # unreadable: the data check reports it
+    return "rgb"
 
 
 def _files(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
@@ -296,7 +337,13 @@ class FolderDataset(PairedSegmentationDataset):
         from isa_explorer.data.common import read_image
 
         img_path, mask_path = self.pairs[index]
-        image = read_image(img_path)
+        if self.spec.raw:  # (C, H, W) float32, the file's own values
+            try:
+                image = tv_tensors.Image(torch.from_numpy(read_bands(img_path)))
+            except (CorruptFileError, FileNotFoundError) as e:
+                raise CorruptFileError(f"cannot read image {img_path}: {e}") from None
+        else:
+            image = read_image(img_path)
         mask = tv_tensors.Mask(
             torch.from_numpy(to_class_ids(read_mask_array(mask_path), self.spec))
         )

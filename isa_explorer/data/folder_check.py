@@ -30,10 +30,10 @@ from isa_explorer.data.folder import (
     resolve_spec,
     split_files,
 )
-from isa_explorer.images import CorruptFileError
+from isa_explorer.images import CorruptFileError, read_bands
 from isa_explorer.paths import home
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 _SHOWN = 8  # values / colours listed per file
 
 
@@ -58,6 +58,9 @@ class DataReport:
         warnings: Non-blocking findings (classes that never appear).
         pixels: Labelled pixels per class (all splits).
         ignored: Pixels of ``ignore_index``.
+        image_mode: ``"rgb"`` or ``"raw"`` (how images are read).
+        mean: Raw images: per-band mean over the ``train`` split (what a model normalises with).
+        std: Raw images: per-band std.
         cached: Whether this report came from the cache.
     """
 
@@ -68,6 +71,9 @@ class DataReport:
     warnings: list[str] = field(default_factory=list)
     pixels: list[int] = field(default_factory=list)
     ignored: int = 0
+    image_mode: str = "rgb"
+    mean: list[float] | None = None
+    std: list[float] | None = None
     cached: bool = False
 
     @property
@@ -96,6 +102,11 @@ class DataReport:
                 f"{n} {c / total:.1%}" for n, c in zip(self.classes, self.pixels, strict=True)
             )
             lines.append(f"pixels per class: {shares}; ignored {self.ignored / total:.1%}")
+        if self.image_mode == "raw" and self.mean is not None:
+            stats = ", ".join(
+                f"{m:.4g} / {s:.4g}" for m, s in zip(self.mean, self.std, strict=True)
+            )
+            lines.append(f"raw images, {len(self.mean)} band(s), mean / std per band: {stats}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -112,19 +123,67 @@ class DataCheckError(ValueError):
     """The data check found problems that block training (the message is the report)."""
 
 
+class BandStats:
+    """Per-band mean and std of raw images, and a check that all have one band count."""
+
+    def __init__(self) -> None:
+        self.sum = self.sumsq = None
+        self.count = 0
+        self.first: str | None = None
+
+    def add(self, bands: np.ndarray, name: str, accumulate: bool = True) -> list[Problem]:
+        """Check one image ``(C, H, W)`` (a problem if its band count is not the first's) and,
+        with ``accumulate``, add it to the statistics."""
+        flat = bands.reshape(bands.shape[0], -1).astype(np.float64)
+        if self.sum is None:
+            self.sum, self.sumsq, self.first = np.zeros(len(flat)), np.zeros(len(flat)), name
+        if len(flat) != len(self.sum):
+            return [
+                Problem(
+                    "band count mismatch",
+                    name,
+                    f"{len(flat)} band(s), but {self.first} has {len(self.sum)}",
+                )
+            ]
+        if accumulate:
+            self.sum += flat.sum(1)
+            self.sumsq += (flat**2).sum(1)
+            self.count += flat.shape[1]
+        return []
+
+    def mean_std(self) -> tuple[list[float], list[float]] | None:
+        if not self.count:
+            return None
+        mean = self.sum / self.count
+        std = np.sqrt(np.maximum(self.sumsq / self.count - mean**2, 0.0))
+        return [float(v) for v in mean], [float(max(v, 1e-6)) for v in std]
+
+
 def _scan_pair(
-    image: Path, mask: Path, spec: FolderSpec, root: Path, pixels: np.ndarray
+    image: Path,
+    mask: Path,
+    spec: FolderSpec,
+    root: Path,
+    pixels: np.ndarray,
+    stats: BandStats | None = None,
+    accumulate: bool = True,
 ) -> tuple[list[Problem], int]:
     """Problems of one pair; adds its class pixels to ``pixels``; returns the ignored count."""
     rel = lambda p: p.relative_to(root).as_posix()  # noqa: E731
     problems = []
+    image_size = None
     try:
-        with Image.open(image) as im:
-            im.load()  # decodes: a truncated file fails here
-            image_size = im.size[::-1]  # (H, W)
+        if spec.raw:
+            bands = read_bands(image)  # (C, H, W) float32
+            image_size = bands.shape[1:]
+            if stats is not None:
+                problems += stats.add(bands, rel(image), accumulate)
+        else:
+            with Image.open(image) as im:
+                im.load()  # decodes: a truncated file fails here
+                image_size = im.size[::-1]  # (H, W)
     except Exception as e:  # noqa: BLE001  (PIL raises many kinds on bad files)
         problems.append(Problem("unreadable image", rel(image), str(e)))
-        image_size = None
     try:
         stored = read_mask_array(mask)
     except CorruptFileError as e:
@@ -188,8 +247,9 @@ def scan_folder(root: str | Path, cfg: FolderConfig | None = None) -> DataReport
     """Scan every pair of the ``train`` and ``val`` splits of ``root`` (no cache)."""
     root, cfg = Path(root).expanduser(), cfg or FolderConfig()
     spec = resolve_spec(root, cfg)
-    report = DataReport(str(root), list(spec.info.class_names))
+    report = DataReport(str(root), list(spec.info.class_names), image_mode=spec.info.image_mode)
     pixels = np.zeros(spec.info.num_classes, np.int64)
+    stats = BandStats()
     for split in ("train", "val"):
         try:
             files = split_files(root, split, cfg)
@@ -204,10 +264,12 @@ def scan_folder(root: str | Path, cfg: FolderConfig | None = None) -> DataReport
             report.problems.append(Problem("orphan mask", m.relative_to(root).as_posix(),
                                            "no image with the same name"))  # fmt: skip
         for image, mask in files.pairs:
-            found, ignored = _scan_pair(image, mask, spec, root, pixels)
+            found, ignored = _scan_pair(image, mask, spec, root, pixels, stats, split == "train")
             report.problems += found
             report.ignored += ignored
     report.pixels = [int(v) for v in pixels]
+    if spec.raw and stats.mean_std() is not None:
+        report.mean, report.std = stats.mean_std()
     report.warnings = [
         f"class {name!r} ({k}) never appears in the masks"
         for k, (name, n) in enumerate(zip(report.classes, report.pixels, strict=True))

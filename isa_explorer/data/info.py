@@ -14,12 +14,19 @@ class DatasetInfo:
         class_names: One name per class id ``0..K-1``.
         palette: One RGB colour per class id.
         ignore_index: Mask value of pixels that carry no label.
+        image_mode: ``"rgb"`` (8-bit RGB images) or ``"raw"`` (the files' own bands and values).
+        mean: Per-channel mean a model of this data normalises with (``None``: the model's
+            default, mmseg's ImageNet values).
+        std: Per-channel std, with ``mean``.
     """
 
     name: str
     class_names: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]
     ignore_index: int = 255
+    image_mode: str = "rgb"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.class_names) != len(self.palette):

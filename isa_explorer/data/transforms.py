@@ -286,6 +286,7 @@ def build_train_transforms(
     cat_max_ratio: float = 0.75,
     ignore_index: int = 255,
     image_fill: float | Sequence[float] = 0,
+    photometric: bool = True,
 ) -> v2.Compose:
     """mmseg's training pipeline: rescale, crop, flip, photometric distortion, pad.
 
@@ -296,19 +297,20 @@ def build_train_transforms(
         cat_max_ratio: Largest share of one class in a crop (1.0 disables the check).
         ignore_index: Mask value of unlabelled pixels (not counted; used for padding).
         image_fill: Image padding value (0-255 pixel units).
+        photometric: Include the photometric distortion (8-bit RGB only; ``False`` for raw
+            images at full precision, whose bands are not colours).
 
     Returns:
         A callable ``(image, mask) -> (image, mask)`` with outputs of exactly ``crop_size``.
     """
-    return v2.Compose(
-        [
-            RandomRescale(scale, ratio_range),
-            CatMaxRatioCrop(crop_size, cat_max_ratio, ignore_index),
-            v2.RandomHorizontalFlip(p=0.5),
-            PhotoMetricDistortion(),
-            PadToSize(crop_size, image_fill, ignore_index),
-        ]
-    )
+    steps = [
+        RandomRescale(scale, ratio_range),
+        CatMaxRatioCrop(crop_size, cat_max_ratio, ignore_index),
+        v2.RandomHorizontalFlip(p=0.5),
+        PhotoMetricDistortion() if photometric else None,
+        PadToSize(crop_size, image_fill, ignore_index),
+    ]
+    return v2.Compose([t for t in steps if t is not None])
 
 
 def build_eval_transforms(scale: tuple[int, int] | None) -> v2.Transform:

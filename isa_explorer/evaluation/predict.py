@@ -27,9 +27,17 @@ from isa_explorer.evaluation.inference import (
 )
 
 
-def _check_image(image: torch.Tensor) -> None:
+def _check_image(image: torch.Tensor, model: nn.Module) -> None:
+    shape = tuple(image.shape) if hasattr(image, "shape") else type(image).__name__
+    if getattr(model, "image_mode", "rgb") == "raw":  # the file's own bands (read_bands)
+        bands = len(model.mean.flatten())
+        if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != bands:
+            raise ValueError(
+                f"this model takes raw images of {bands} band(s) (C, H, W) as read_bands() "
+                f"reads them, got {shape}"
+            )
+        return
     if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != 3:
-        shape = tuple(image.shape) if hasattr(image, "shape") else type(image).__name__
         raise ValueError(f"expected a uint8 RGB image tensor (3, H, W), got {shape}")
     if image.dtype != torch.uint8:
         raise ValueError(f"expected a uint8 (0-255) image, got {image.dtype}; use read_image()")
@@ -51,7 +59,8 @@ def predict_image(
 
     Args:
         model: A segmentation model with ``normalize`` (e.g. :class:`isa_explorer.ISANet`).
-        image: ``uint8`` RGB ``(3, H, W)``, 0-255 (:func:`read_image`).
+        image: ``uint8`` RGB ``(3, H, W)``, 0-255 (:func:`read_image`); for a model of raw
+            images (``image_mode="raw"``) its bands ``(C, H, W)`` (:func:`read_bands`).
         mode: ``"whole"`` or ``"slide"`` inference.
         crop_size: Sliding window ``(H, W)``.
         stride: Sliding window step ``(H, W)``.
@@ -63,14 +72,14 @@ def predict_image(
     Returns:
         ``int64`` class ids ``(H, W)`` at the image's size, on the CPU.
     """
-    _check_image(image)
+    _check_image(image, model)
     model.eval()
     tensors = [*model.parameters(), *model.buffers()]
     device = tensors[0].device if tensors else torch.device("cpu")
     h, w = image.shape[-2:]
     if scale is not None:
         image = KeepRatioResize(scale)(tv_tensors.Image(image))
-    x = model.normalize(image.as_subclass(torch.Tensor)[None].to(device).float())  # (1, 3, h, w)
+    x = model.normalize(image.as_subclass(torch.Tensor)[None].to(device).float())  # (1, C, h, w)
     if len(scales) > 1 or flip or tuple(scales) != (1.0,):
         scores = aug_inference(model, x, scales, flip, mode, crop_size, stride, out_size=(h, w))
     else:

@@ -19,12 +19,19 @@ import glob
 import sys
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from isa_explorer.evaluation.cli import add_inference_arguments, resolve_test_mode
 from isa_explorer.evaluation.inference import MS_SCALES
 from isa_explorer.evaluation.predict import predict_image, save_labels, save_png
-from isa_explorer.images import IMAGE_EXTENSIONS, CorruptFileError, read_image
+from isa_explorer.images import (
+    IMAGE_EXTENSIONS,
+    CorruptFileError,
+    bands_to_rgb8,
+    read_bands,
+    read_image,
+)
 from isa_explorer.palette import colourise, overlay, palette_of
 from isa_explorer.pretrained import load_model
 
@@ -100,6 +107,7 @@ def main(argv: list[str] | None = None, prog: str = "isa-explorer predict") -> i
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     palette = palette_of(model)
+    raw = getattr(model, "image_mode", "rgb") == "raw"
     options = dict(
         mode=args.mode,
         crop_size=tuple(args.crop),
@@ -113,15 +121,19 @@ def main(argv: list[str] | None = None, prog: str = "isa-explorer predict") -> i
         tqdm(files, desc="predict", unit="image"), output_stems(files), strict=True
     ):
         try:
-            image = read_image(path)
-        except (CorruptFileError, FileNotFoundError) as err:
-            tqdm.write(f"skipped: {err}", file=sys.stderr)
+            if raw:  # the model takes the file's own bands; the overlay shows a stretched view
+                image = torch.from_numpy(read_bands(path))
+                shown = torch.from_numpy(bands_to_rgb8(image.numpy())).permute(2, 0, 1)
+            else:
+                image = shown = read_image(path)
+            labels = predict_image(model, image, **options)
+        except (CorruptFileError, FileNotFoundError, ValueError) as err:
+            tqdm.write(f"skipped {path}: {err}", file=sys.stderr)
             skipped.append(path)
             continue
-        labels = predict_image(model, image, **options)
         colour = colourise(labels, palette)
         save_png(colour, args.out / f"{name}_colour.png")
-        save_png(overlay(image, colour, args.alpha), args.out / f"{name}_overlay.png")
+        save_png(overlay(shown, colour, args.alpha), args.out / f"{name}_overlay.png")
         save_labels(labels, args.out / f"{name}_labels.png")
     done = len(files) - len(skipped)
     print(f"{done} image(s) segmented into {args.out}; {len(skipped)} skipped")

@@ -70,6 +70,12 @@ class ExplorerModel:
         self.device = device
         self.train_size = read_train_size(self.model_dir)
         self.config: dict = read_config(self.model_dir)
+        if self.config.get("image_mode", "rgb") != "rgb":
+            raise ValueError(
+                f"{self.model_dir} takes raw {len(self.config.get('mean', []))}-band images at "
+                "full precision; the explorer shows models of 8-bit RGB images. Segment raw "
+                "images with train/predict.py --checkpoint, evaluate with train/evaluate.py"
+            )
         self._model: ISANet | None = None
         self._prepared: ISANet | None = None
         self._lock = threading.Lock()  # guards loading only; network passes run concurrently

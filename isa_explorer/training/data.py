@@ -8,6 +8,7 @@ workers and whether the run was resumed in between.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -110,10 +111,19 @@ def _datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, Callable, Callable]:
         if cfg.data_root is None:
             raise ValueError("the folder dataset needs --data-root DIR (your images and masks)")
         scale, crop = folder_scale(cfg), cfg.crop_size or (512, 512)
-        train = build_dataset("folder", cfg.data_root, cfg.train_split, config=cfg.folder)
+        folder = cfg.folder
+        train = build_dataset("folder", cfg.data_root, cfg.train_split, config=folder)
+        raw = train.info.image_mode == "raw"
+        if raw and folder.mean is None:  # the data check's statistics (cached)
+            from isa_explorer.data.folder_check import check_folder
+
+            report = check_folder(cfg.data_root, folder)
+            folder = dataclasses.replace(folder, mean=report.mean, std=report.std)
+            train = build_dataset("folder", cfg.data_root, cfg.train_split, config=folder)
         val_tf = build_eval_transforms(scale)
-        val = build_dataset("folder", cfg.data_root, cfg.val_split, val_tf, config=cfg.folder)
-        return train, val, build_train_transforms(scale, crop), v2.Identity()
+        val = build_dataset("folder", cfg.data_root, cfg.val_split, val_tf, config=folder)
+        train_tf = build_train_transforms(scale, crop, photometric=not raw)
+        return train, val, train_tf, v2.Identity()
     if cfg.crop_size is None or cfg.scale is None:
         raise ValueError(f"{cfg.dataset} training needs scale and crop_size in the config")
     train = build_dataset(cfg.dataset, cfg.data_root, cfg.train_split)

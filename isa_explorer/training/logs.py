@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
+from isa_explorer.images import bands_to_rgb8
 from isa_explorer.palette import colourise
 
 LOGGER_NAME = "isa_explorer.training"
@@ -64,7 +65,7 @@ def prediction_grid(
 
     Args:
         model: ISANet (eval mode is set here).
-        images: uint8 ``(B, 3, H, W)``.
+        images: uint8 ``(B, 3, H, W)``, or raw bands ``(B, C, H, W)`` (shown stretched).
         masks: ``(B, H, W)`` class ids at the image size.
         palette: RGB colour per class.
         device: Where to run the model.
@@ -80,6 +81,8 @@ def prediction_grid(
     pred = model.predict(x).argmax(1).cpu()  # (B, K, H, W) -> (B, H, W)
     tiles = []
     for img, gt, pr in zip(images, masks, pred, strict=True):
+        if img.shape[0] != 3 or img.dtype != torch.uint8:  # raw bands: a stretched view
+            img = torch.from_numpy(bands_to_rgb8(img.cpu().float().numpy())).permute(2, 0, 1)
         tiles += [img.cpu(), colourise(gt, palette), colourise(pr, palette)]
     grid = torch.stack(tiles)  # (3B, 3, H, W)
     if grid.shape[-2] > display_height:

@@ -52,6 +52,12 @@ def build_model(model_kwargs: dict[str, Any], info: DatasetInfo | None = None) -
             )
         kwargs.setdefault("class_names", list(info.class_names))
         kwargs.setdefault("palette", [list(c) for c in info.palette])
+        if info.mean is not None:  # the dataset's own normalisation (raw images)
+            kwargs.setdefault("in_channels", len(info.mean))
+            kwargs.setdefault("mean", list(info.mean))
+            kwargs.setdefault("std", list(info.std))
+        if info.image_mode != "rgb":
+            kwargs.setdefault("image_mode", info.image_mode)
     try:
         model = ISANet(**kwargs)
     except Exception as e:

@@ -57,6 +57,10 @@ class ISANet(SegmentationModel):
             MobileNets, RegNets, ConvNeXts, ...) run at any size, so ``False`` (the default)
             runs them at the image's own size, as mmsegmentation does: padding changes the
             numbers wherever ``H`` or ``W`` is not a multiple of the stride.
+        image_mode: What the model takes: ``"rgb"``, 8-bit RGB (0-255); ``"raw"``, an image
+            file's own bands and values at full precision
+            (:func:`isa_explorer.images.read_bands`: 16-bit slices, multi-band tiles), which
+            ``mean``/``std`` (the dataset's own) normalise.
         kwargs: Passed to the encoder (timm ``tu-`` encoders only).
 
     Shapes:
@@ -89,9 +93,17 @@ class ISANet(SegmentationModel):
         std: Sequence[float] = IMAGENET_STD,
         align_corners: bool = False,
         pad_input: bool = False,
+        image_mode: str = "rgb",
         **kwargs: Any,
     ):
         super().__init__()
+        if image_mode not in ("rgb", "raw"):
+            raise ValueError(f"image_mode must be 'rgb' or 'raw', got {image_mode!r}")
+        if len(mean) != in_channels or len(std) != in_channels:
+            raise ValueError(
+                f"mean and std need one value per input channel ({in_channels}), got "
+                f"{len(mean)} and {len(std)}"
+            )
         if class_names is not None and len(class_names) != classes:
             raise ValueError(f"{len(class_names)} class names given for {classes} classes")
         if palette is not None and len(palette) != classes:
@@ -144,6 +156,7 @@ class ISANet(SegmentationModel):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), False)
         self.align_corners = align_corners
         self.pad_input = bool(pad_input)
+        self.image_mode = image_mode
         self.name = f"isanet-{head}-{encoder_name}"
 
     def initialize(self) -> None:
