@@ -373,3 +373,22 @@ def test_a_model_of_raw_slices_trains_predicts_and_carries_its_normalisation(tmp
     assert labels.shape == (20, 24) and labels.max() < 3
     with pytest.raises(ValueError, match="raw 1-band images.*train/predict.py"):
         ExplorerModel(run)
+
+
+def test_allow_data_issues_trains_with_bad_values_ignored(tmp_path, capsys):
+    root = tmp_path / "data"
+    _good_dataset(root)
+    _break(root, "out-of-range mask values")
+    ds = build_dataset("folder", root, "train")
+    assert set(ds[1][1].unique().tolist()) == {255}  # the mask of 7s reads as all ignore
+    argv = ["--config", "folder", "--data-root", str(root), "--run-dir", str(tmp_path / "run")]
+    for item in (
+        "model.encoder_name=resnet18", "model.decoder_channels=16",
+        "model.decoder_isa_channels=8", "model.aux_channels=8", "crop_size=[32,32]",
+        "iters=1", "batch_size=2", "eval_interval=1", "ckpt_interval=1", "amp=false",
+        "channels_last=false", "workers=0",
+    ):  # fmt: skip
+        argv += ["--set", item]
+    assert fit_main([*argv, "--no-progress", "--allow-data-issues"]) == 0
+    assert "out-of-range mask values: masks/train/p1.png" in capsys.readouterr().out
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
