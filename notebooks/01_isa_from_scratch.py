@@ -287,6 +287,32 @@ ax.set_yticks([])
 plt.show()
 
 # %% [markdown]
+# ### Try it: sliders for the map, the blocks and the order
+#
+# Move the sliders (map size, block side, order) and click a position of the left grid: its
+# long-range group (blue) and short-range block (orange) are drawn, and the right panel is the
+# row of `C = S @ L` (`L @ S` for short-long) from that position, green where it is non-zero.
+# Its title says whether every position is reached, for every query at once. Padded positions
+# are grey. (`%matplotlib widget` makes the figure live in JupyterLab; the PNG is the initial
+# state.)
+
+# %%
+# %matplotlib widget
+from IPython.display import display  # noqa: E402
+
+from isa_explorer.explorer.widgets import GroupingView  # noqa: E402
+
+grouping = GroupingView(h=7, w=10, group=4, query=(2, 3))
+display(grouping.widget())
+display(grouping.snapshot())
+
+# %%
+# %matplotlib inline
+for setting in (dict(h=7, w=10, group=4), dict(h=16, w=16, group=8), dict(order="short-long")):
+    full = grouping.set(**setting).all()  # what moving the sliders does
+    print(f"{setting}: C reaches every position from every position: {bool(full)}")
+
+# %% [markdown]
 # ## 4. The same matrices from a whole model
 #
 # `isa_explorer.attention` does this on any `ISANet`: `capture_attention` keeps the queries and

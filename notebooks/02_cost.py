@@ -222,6 +222,34 @@ for (res, module, p), r in sorted(ok.items()):
         )
 
 # %% [markdown]
+# ### Try it: resolution, channels and block side
+#
+# The sliders set the input size (the feature map is 1/8 of it), the channels `C` and the ISA
+# block side. The left panels redraw the analytic peak memory and FLOPs of ISA and dense
+# attention against `N` (the star is the chosen input), with the committed measurements as
+# markers; the right one gives the affinity size against the block side, and the optimum.
+
+# %%
+# %matplotlib widget
+from IPython.display import display  # noqa: E402
+
+from isa_explorer.explorer.widgets import CostView  # noqa: E402
+
+cost = CostView(resolution=(512, 1024), channels=C, group=8, committed=report)
+display(cost.widget())
+display(cost.snapshot())
+
+# %%
+# %matplotlib inline
+for res in ((512, 1024), (1024, 2048), (776, 1048)):
+    now = cost.set(resolution=res)
+    print(
+        f"{res[0]}x{res[1]}: ISA {now['isa']['predicted_peak_bytes']['forward'] / 2**20:8.0f} MiB, "
+        f"dense {now['dense']['predicted_peak_bytes']['forward'] / 2**20:8.0f} MiB; optimum block "
+        f"{cost.optimum()}"
+    )
+
+# %% [markdown]
 # Read the committed figure with the formulas in mind: the dense curves bend up to slope 2 on
 # the log-log axes (`N^2`). With fixed 8 x 8 groups the ISA affinity is `N^2 / 64 + 64 N`:
 # linear up to `N = 4096`, quadratic beyond, but 64 times smaller than dense, and the 1x1

@@ -270,7 +270,41 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# ## 5. Gradient attributions with captum
+# ## 5. Click a pixel
+#
+# The same maps, interactive: click any panel to move the query. The maps come from the cached
+# queries and keys (`capture_attention` ran once when the scene was loaded; `query_maps` per
+# click, a few ms), the same functions the browser app uses. The right panel is the same pixel
+# under the dense head built above. The controls pick the example scene and its cue colour,
+# the overlay opacity, whether to draw the 8x8 groups, your own image, and any zoo model
+# already in the cache (`isa-explorer zoo download cityscapes-r50`). In JupyterLab this needs
+# `%matplotlib widget` (ipympl, in the notebooks extra); the PNG below the controls is the
+# initial state, for readers without a kernel.
+
+# %%
+# %matplotlib widget
+import tempfile  # noqa: E402
+
+from IPython.display import display  # noqa: E402
+
+from isa_explorer.explorer.widgets import AttentionView  # noqa: E402
+
+dense_dir = tempfile.mkdtemp(prefix="dense_head_")
+dense.save_pretrained(dense_dir)
+view = AttentionView(compare=dense_dir)
+view.load_image(image_np, f"scene {INDEX}")  # the scene of this notebook
+display(view.widget())
+display(view.snapshot())
+
+# %%
+# %matplotlib inline
+x, y = next(iter(queries.values()))
+result = view.select(x, y)  # what a click on (x, y) does
+print(f"query {result.query} -> cell {result.cell}, {result.class_name}")
+print(result.regions.splitlines()[-1])
+
+# %% [markdown]
+# ## 6. Gradient attributions with captum
 #
 # Attention maps say where the decoder *mixes* features from; attributions ask which *input
 # pixels* a score depends on. The score here is the mean logit of the object class over the
@@ -311,7 +345,8 @@ plt.show()
 # %% [markdown]
 # ## Exercises
 #
-# 1. Try other scenes (`INDEX`), including one whose cue is on the right. Is the share of the
+# 1. Move the scene slider of section 5 to other scenes, including one whose cue is on the right,
+#    and click the grey objects and the green discs. Is the share of the
 #    combined attention on the cue larger for grey objects than for green discs? Why would it be?
 # 2. Pick a query on the *edge* of an object instead of its centre. How do the short-range maps
 #    change?

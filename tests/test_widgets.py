@@ -1,0 +1,137 @@
+"""The notebooks' interactive views, driven as JupyterLab would: clicks and slider moves.
+
+The views run on the Agg backend here; under ``%matplotlib widget`` the same callbacks receive
+the canvas's events.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import matplotlib
+import numpy as np
+import pytest
+
+matplotlib.use("Agg")
+pytest.importorskip("ipywidgets")
+
+from isa_explorer.attention import query_maps  # noqa: E402
+from isa_explorer.bench.analytic import analytic_costs, auto_group  # noqa: E402
+from isa_explorer.explorer.widgets import AttentionView, CostView, GroupingView  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def attention_view():
+    view = AttentionView()
+    view.load_example(3)
+    return view
+
+
+def _click(view, panel: str, x: float, y: float) -> None:
+    """A matplotlib button press inside ``panel`` at image pixel ``(x, y)``."""
+    view.on_click(SimpleNamespace(inaxes=view.axes[panel], xdata=x + 0.4, ydata=y + 0.4))
+
+
+def test_clicks_draw_the_query_maps_without_a_forward_pass(attention_view):
+    view = attention_view
+    prepared = view.explorer.model.prepared
+    forwards = []
+    handle = prepared.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        for panel, (x, y) in zip(
+            ("prediction", "combined", "long"), ((40, 30), (200, 100), (7, 120)), strict=True
+        ):
+            _click(view, panel, x, y)
+            assert view.result.query == (x, y)
+            expected = query_maps(view.state.cache, x, y)
+            for name in ("long", "short", "combined"):
+                np.testing.assert_array_equal(
+                    view.result.maps.maps[name].numpy(), expected.maps[name].numpy()
+                )
+                # what is drawn is the app's rendering of those maps
+                drawn = np.asarray(view._images[name].get_array())
+                panel_of = view.explorer.render_click(view.state, expected, view.opacity, False)
+                np.testing.assert_array_equal(drawn, panel_of.panels[name])
+    finally:
+        handle.remove()
+    assert forwards == []  # three clicks, no network forward
+
+
+def test_controls_reload_restyle_and_a_click_outside_is_ignored(attention_view):
+    view = attention_view
+    scene, cue, _models, opacity, groups, _upload = view.controls
+    drawn = {}
+    for choice in ("red cue", "blue cue"):  # reloads the scene with that cue: one analysis
+        cue.value = choice
+        assert choice in view.state.source
+        drawn[choice] = view.state.rgb.copy()
+    assert not np.array_equal(drawn["red cue"], drawn["blue cue"])
+    scene.value = 5
+    assert view.state.source.startswith("example 5")
+    opacity.value, groups.value = 0.3, True
+    assert view.opacity == 0.3 and view.show_groups
+    query = view.result.query
+    view.on_click(SimpleNamespace(inaxes=None, xdata=None, ydata=None))
+    assert view.result.query == query
+    assert view.snapshot().data[:4] == b"\x89PNG"
+
+
+def test_the_dense_head_is_drawn_beside_for_the_same_pixel(tmp_path):
+    from conftest import small_isanet
+
+    from isa_explorer.explorer.session import ExplorerModel
+
+    small_isanet(classes=7, head="dense").save_pretrained(tmp_path / "dense")
+    view = AttentionView(compare=ExplorerModel(tmp_path / "dense"))
+    view.load_example(0)
+    _click(view, "combined", 50, 60)
+    assert view.compare_result.query == (50, 60) and "dense" in view.compare_result.maps.maps
+    assert "compare" in view._images
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(h=12, w=18, group=4, order="long-short"),
+        dict(h=7, w=10, group=4, order="short-long"),  # padded, the ablation order
+        dict(h=16, w=16, group=8, order="long-short"),
+    ],
+)
+def test_moving_the_grouping_sliders_keeps_the_support_full(settings):
+    view = GroupingView()
+    sliders = dict(zip(("h", "w", "group", "order"), view.controls, strict=True))
+    for key, value in settings.items():
+        sliders[key].value = value  # as a user moves it
+    assert (view.h, view.w, view.group, view.order) == tuple(settings.values())
+    support = view.support()
+    g = view.grid
+    assert support.shape == (g.padded[0] * g.padded[1],) * 2
+    assert support.all()
+    assert "(all)" in view.ax_reach.get_title()
+
+
+def test_one_step_alone_does_not_reach_everything():
+    """The check can fail: with one block there is no long-range step to mix blocks."""
+    view = GroupingView(h=12, w=12, group=4)
+    g = view.grid
+    long_ids = g.group_ids("long").numpy()
+    assert not (long_ids[:, None] == long_ids[None, :]).all()
+    view.set(query=(11, 11))
+    assert view.query == (11, 11)
+    event = SimpleNamespace(inaxes=view.ax_grid, xdata=2.0 + g.pad_left, ydata=3.0 + g.pad_top)
+    view.on_click(event)
+    assert view.query == (2, 3)
+
+
+def test_cost_sliders_update_the_analytic_numbers_and_the_optimum():
+    committed = {"results": [{"module": "isa-explicit", "pass": "forward", "status": "ok",
+                              "group": 8, "positions": 2048, "peak_mib": 24.8}]}  # fmt: skip
+    view = CostView(committed=committed)
+    height, width, channels, group = view.controls
+    width.value, channels.value, group.value = 2048, 256, 16
+    now = view.costs()
+    expected = analytic_costs(64, 256, 16, channels=256, isa_channels=128)
+    assert now["isa"]["flops"] == expected["isa-explicit"]["flops"]
+    assert view.optimum() == auto_group(64, 256)
+    labels = [t.get_text() for t in view.axes[0].get_legend().get_texts()]
+    assert any("measured (committed)" in t for t in labels)
