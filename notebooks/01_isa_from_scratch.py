@@ -293,11 +293,10 @@ plt.show()
 # long-range group (blue) and short-range block (orange) are drawn, and the right panel is the
 # row of `C = S @ L` (`L @ S` for short-long) from that position, green where it is non-zero.
 # Its title says whether every position is reached, for every query at once. Padded positions
-# are grey. (`%matplotlib widget` makes the figure live in JupyterLab; the PNG is the initial
-# state.)
+# are grey. (In JupyterLab the figure is a live ipympl canvas, as `%matplotlib widget` gives; the PNG
+# is the initial state.)
 
 # %%
-# %matplotlib widget
 from IPython.display import display  # noqa: E402
 
 from isa_explorer.explorer.widgets import GroupingView  # noqa: E402
@@ -307,7 +306,6 @@ display(grouping.widget())
 display(grouping.snapshot())
 
 # %%
-# %matplotlib inline
 for setting in (dict(h=7, w=10, group=4), dict(h=16, w=16, group=8), dict(order="short-long")):
     full = grouping.set(**setting).all()  # what moving the sliders does
     print(f"{setting}: C reaches every position from every position: {bool(full)}")

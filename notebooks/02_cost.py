@@ -230,7 +230,6 @@ for (res, module, p), r in sorted(ok.items()):
 # markers; the right one gives the affinity size against the block side, and the optimum.
 
 # %%
-# %matplotlib widget
 from IPython.display import display  # noqa: E402
 
 from isa_explorer.explorer.widgets import CostView  # noqa: E402
@@ -240,7 +239,6 @@ display(cost.widget())
 display(cost.snapshot())
 
 # %%
-# %matplotlib inline
 for res in ((512, 1024), (1024, 2048), (776, 1048)):
     now = cost.set(resolution=res)
     print(

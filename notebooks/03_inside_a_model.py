@@ -277,12 +277,12 @@ plt.show()
 # click, a few ms), the same functions the browser app uses. The right panel is the same pixel
 # under the dense head built above. The controls pick the example scene and its cue colour,
 # the overlay opacity, whether to draw the 8x8 groups, your own image, and any zoo model
-# already in the cache (`isa-explorer zoo download cityscapes-r50`). In JupyterLab this needs
-# `%matplotlib widget` (ipympl, in the notebooks extra); the PNG below the controls is the
-# initial state, for readers without a kernel.
+# already in the cache (`isa-explorer zoo download cityscapes-r50`). In JupyterLab the figure
+# is a live ipympl canvas (as `%matplotlib widget` gives; ipympl and ipywidgets are in the
+# notebooks extra); the PNG below the controls is the initial state, for readers without a
+# kernel.
 
 # %%
-# %matplotlib widget
 import tempfile  # noqa: E402
 
 from IPython.display import display  # noqa: E402
@@ -297,7 +297,6 @@ display(view.widget())
 display(view.snapshot())
 
 # %%
-# %matplotlib inline
 x, y = next(iter(queries.values()))
 result = view.select(x, y)  # what a click on (x, y) does
 print(f"query {result.query} -> cell {result.cell}, {result.class_name}")

@@ -1,10 +1,10 @@
 """Interactive views for the notebooks: JupyterLab's own widgets, no web server.
 
-With ``%matplotlib widget`` (ipympl) a figure is a live canvas: clicks on it reach
-:meth:`AttentionView.select`; ``ipywidgets`` controls redraw the views. Each view also works
-on any other backend (its callbacks are plain methods, which the tests call), and
-:meth:`snapshot` gives a PNG of the current state, so a notebook read without a kernel (on
-GitHub, as HTML) still shows the maps.
+In a Jupyter kernel each view's figure is an ipympl canvas (what ``%matplotlib widget`` gives,
+without switching the notebook's backend): clicks on it reach :meth:`AttentionView.select`;
+``ipywidgets`` controls redraw the views. Outside a kernel the same callbacks are plain
+methods (the tests call them), and :meth:`snapshot` gives a PNG of the current state, so a
+notebook read without a kernel (on GitHub, as HTML) still shows the maps.
 
 * :class:`AttentionView` (notebook 3): the image and prediction, and the long-range, short-range
   and combined maps of the clicked pixel, from the cached queries and keys (the app's
@@ -18,14 +18,15 @@ GitHub, as HTML) still shows the maps.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from isa_explorer.bench.analytic import analytic_costs, auto_group
 from isa_explorer.explorer.handlers import (
@@ -40,6 +41,7 @@ from isa_explorer.explorer.session import ExplorerModel, ImageState
 from isa_explorer.models.isa.decoder import GroupGrid
 
 _KEY = "notebook"  # the explorer session of a view
+LIVE_DPI = 80  # the live canvas's resolution: five panels fit a notebook's width
 
 
 def _widgets():
@@ -48,7 +50,37 @@ def _widgets():
     return ipywidgets
 
 
-def snapshot_png(fig: plt.Figure) -> bytes:
+def in_kernel() -> bool:
+    """Whether this runs in a Jupyter kernel with ipympl available (live canvases)."""
+    try:
+        import ipympl  # noqa: F401
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
+
+
+def new_figure(nrows: int, ncols: int, figsize: tuple[float, float]) -> tuple[Figure, Any]:
+    """A figure and its axes, outside pyplot's figure list.
+
+    In a kernel with ipympl the figure gets ipympl's live canvas (what ``%matplotlib
+    widget`` gives), without switching the notebook's backend: the other figures of the
+    notebook stay inline PNGs, and switching backends (which closes pyplot's figures) cannot
+    close it. Elsewhere it keeps matplotlib's plain canvas: callbacks and snapshots still work.
+    """
+    fig = Figure(figsize=figsize, dpi=LIVE_DPI, layout="constrained")
+    axes = fig.subplots(nrows, ncols)
+    if in_kernel():
+        from ipympl.backend_nbagg import Canvas, FigureManager
+
+        canvas = Canvas(fig)
+        FigureManager(canvas, id(fig))
+        canvas.header_visible = False  # no "Figure <number>" line
+    return fig, axes
+
+
+def snapshot_png(fig: Figure) -> bytes:
     """The figure as PNG bytes (the static copy a notebook keeps in its output)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
@@ -68,18 +100,25 @@ def cached_zoo_models() -> list[str]:
 class _View:
     """What the views share: a figure, controls, a box of both, a PNG snapshot."""
 
-    fig: plt.Figure
+    fig: Figure
     controls: list
+    _syncing: bool = False
+
+    @contextlib.contextmanager
+    def _quiet(self):
+        """Set controls from code without their callbacks running again."""
+        self._syncing = True
+        try:
+            yield
+        finally:
+            self._syncing = False
 
     def widget(self) -> Any:
-        """Controls above the figure (the live canvas under ipympl, else its output)."""
+        """Controls above the figure: its live canvas under ipympl, else a PNG of it."""
         w = _widgets()
         canvas = self.fig.canvas
-        if not isinstance(canvas, w.DOMWidget):  # not ipympl: show the figure in an Output
-            out = w.Output()
-            with out:
-                plt.show()
-            canvas = out
+        if not isinstance(canvas, w.DOMWidget):  # no live canvas: a picture of the figure
+            canvas = w.Image(value=snapshot_png(self.fig), format="png")
         return w.VBox([w.HBox(self.controls[:3]), w.HBox(self.controls[3:]), canvas])
 
     def snapshot(self) -> Any:
@@ -121,8 +160,7 @@ class AttentionView(_View):
         self.result: ClickResult | None = None
         self.compare_result: ClickResult | None = None
         panels = ["prediction", "long", "short", "combined"] + (["compare"] if self.compare else [])
-        with plt.ioff():
-            self.fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4))
+        self.fig, axes = new_figure(1, len(panels), (2.6 * len(panels), 2.0))
         self.axes = dict(zip(panels, np.atleast_1d(axes), strict=True))
         for ax in self.axes.values():
             ax.set_axis_off()
@@ -270,8 +308,7 @@ class GroupingView(_View):
     ):
         self.h, self.w, self.group, self.order = h, w, group, order
         self.query = tuple(query)
-        with plt.ioff():
-            self.fig, (self.ax_grid, self.ax_reach) = plt.subplots(1, 2, figsize=(10, 4.2))
+        self.fig, (self.ax_grid, self.ax_reach) = new_figure(1, 2, (11, 4.2))
         self.fig.canvas.mpl_connect("button_press_event", self.on_click)
         self.controls = self._build_controls()
         self.update()
@@ -299,6 +336,10 @@ class GroupingView(_View):
                 raise ValueError(f"unknown setting {key!r}")
             setattr(self, key, tuple(value) if key == "query" else value)
         self.query = (min(self.query[0], self.w - 1), min(self.query[1], self.h - 1))
+        with self._quiet():
+            for control, value in zip(self.controls, (self.h, self.w, self.group, self.order),
+                                      strict=False):  # fmt: skip
+                control.value = value
         return self.update()
 
     def update(self) -> np.ndarray:
@@ -357,8 +398,13 @@ class GroupingView(_View):
             "group": w.IntSlider(self.group, 1, 8, description="block side"),
             "order": w.Dropdown(options=["long-short", "short-long"], value=self.order),
         }
+
+        def on_change(key: str, value: Any) -> None:
+            if not self._syncing:
+                self.set(**{key: value})
+
         for key, slider in sliders.items():
-            slider.observe(lambda change, key=key: self.set(**{key: change["new"]}), "value")
+            slider.observe(lambda change, key=key: on_change(key, change["new"]), "value")
         return list(sliders.values())
 
 
@@ -383,8 +429,7 @@ class CostView(_View):
     ):
         self.resolution, self.channels, self.group = tuple(resolution), channels, group
         self.committed = committed or {"results": []}
-        with plt.ioff():
-            self.fig, self.axes = plt.subplots(1, 3, figsize=(15, 4.2))
+        self.fig, self.axes = new_figure(1, 3, (13, 3.8))
         self.controls = self._build_controls()
         self.update()
 
@@ -401,10 +446,15 @@ class CostView(_View):
         return auto_group(h, w)
 
     def set(self, **changes: Any) -> dict:
+        """Change ``resolution``, ``channels`` or ``group`` (the sliders follow) and redraw."""
         for key, value in changes.items():
             if key not in ("resolution", "channels", "group"):
                 raise ValueError(f"unknown setting {key!r}")
             setattr(self, key, tuple(value) if key == "resolution" else int(value))
+        values = (*self.resolution, self.channels, self.group)
+        with self._quiet():
+            for control, value in zip(self.controls, values, strict=False):
+                control.value = value
         return self.update()
 
     def update(self) -> dict:
@@ -425,7 +475,7 @@ class CostView(_View):
             rows = [
                 r for r in self.committed.get("results", [])
                 if r.get("module") == module and r.get("pass") == "forward"
-                and r.get("status") == "ok" and r.get("group", 8) == 8
+                and r.get("status") == "ok" and r.get("group") in (8, None)
             ]  # fmt: skip
             if rows:
                 ax_mem.loglog(
@@ -454,7 +504,6 @@ class CostView(_View):
         h, w = self.resolution
         ax_group.set_title(f"ISA affinity entries at {h}x{w} (map {h // 8}x{w // 8})", fontsize=9)
         ax_group.legend(fontsize=7)
-        self.fig.tight_layout()
         self.fig.canvas.draw_idle()
         return now
 
@@ -463,14 +512,15 @@ class CostView(_View):
             w = _widgets()
         except ImportError:
             return []
-        height = w.IntSlider(self.resolution[0], 128, 2048, step=64, description="input H")
-        width = w.IntSlider(self.resolution[1], 128, 4096, step=64, description="input W")
+        height = w.IntSlider(self.resolution[0], 128, 2048, step=8, description="input H")
+        width = w.IntSlider(self.resolution[1], 128, 4096, step=8, description="input W")
         channels = w.IntSlider(self.channels, 64, 1024, step=64, description="channels")
         group = w.IntSlider(self.group, 2, 32, description="block side")
 
         def on_change(_):
-            self.set(resolution=(height.value, width.value), channels=channels.value,
-                     group=group.value)  # fmt: skip
+            if not self._syncing:
+                self.set(resolution=(height.value, width.value), channels=channels.value,
+                         group=group.value)  # fmt: skip
 
         for control in (height, width, channels, group):
             control.observe(on_change, "value")
