@@ -2,8 +2,8 @@
 
     python docs/notebook_screenshots.py            # writes docs/notebook_*.png
 
-Starts JupyterLab on a free local port (no token, bound to 127.0.0.1, for the run only),
-opens notebooks 1, 2 and 3, runs all their cells with the JupyterLab menu, waits for the
+Starts JupyterLab on a free local port (no token, bound to 127.0.0.1, for the run only) on a
+scratch copy of ``notebooks/``, opens notebooks 1, 2 and 3, runs all their cells with the JupyterLab menu, waits for the
 ipympl figure of each interactive view to render live, clicks the attention view once, and
 saves the output of each view's cell. Needs the dev extra (playwright) and Chromium at
 ``/usr/bin/chromium`` (``apt-get install chromium``).
@@ -12,6 +12,7 @@ saves the output of each view's cell. Needs the dev extra (playwright) and Chrom
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -37,11 +38,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_lab(port: int, workspaces: str) -> subprocess.Popen:
+def start_lab(port: int, workspaces: str, notebooks: Path) -> subprocess.Popen:
     cmd = [
         sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}",
         "--ServerApp.ip=127.0.0.1", "--IdentityProvider.token=", "--ServerApp.password=",
-        f"--ServerApp.root_dir={ROOT / 'notebooks'}", "--ServerApp.disable_check_xsrf=True",
+        f"--ServerApp.root_dir={notebooks}", "--ServerApp.disable_check_xsrf=True",
         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         "--LabApp.extension_manager=readonly", f"--LabApp.workspaces_dir={workspaces}", *(["--allow-root"] if os.geteuid() == 0 else []),
     ]  # fmt: skip
@@ -82,7 +83,12 @@ def shoot(page, url: str, marker: str, out: Path, click: bool) -> None:
 def main() -> int:
     port = _free_port()
     workspaces = tempfile.TemporaryDirectory(prefix="lab-workspaces-")
-    lab = start_lab(port, workspaces.name)
+    # A copy of the notebooks: JupyterLab's autosave must not write outputs into the repository.
+    scratch = Path(workspaces.name) / "repo"
+    shutil.copytree(ROOT / "notebooks", scratch / "notebooks")
+    for shared in ("tests", "results"):  # what the notebooks read by relative path
+        (scratch / shared).symlink_to(ROOT / shared)
+    lab = start_lab(port, workspaces.name, scratch / "notebooks")
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(
