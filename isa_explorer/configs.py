@@ -318,34 +318,21 @@ def _build_configs() -> dict[str, TrainConfig]:
         workers=0,
         synthetic=SyntheticConfig(),
     )
-    # Your own data: the ADE20K recipe's pipeline and model, from random weights (nothing is
-    # downloaded unless --encoder-weights says so); scale follows crop_size (4x its long side).
-    configs["folder"] = TrainConfig(
+    # Your own data: the ADE20K R-50-D8 recipe (pipeline, model, optimiser) from random weights
+    # (nothing is downloaded unless --encoder-weights says so), classes from the data, scale
+    # following crop_size (4x its long side), a shorter schedule.
+    ade = _published("ade20k", "r50", (512, 512), 80_000)
+    model = {k: v for k, v in ade.model.items() if k != "classes"}
+    configs["folder"] = dataclasses.replace(
+        ade,
         name="folder",
         dataset="folder",
-        crop_size=(512, 512),
-        model=dict(
-            encoder_name="tu-resnet50c",
-            encoder_weights=None,
-            encoder_output_stride=8,
-            decoder_channels=512,
-            decoder_isa_channels=256,
-            decoder_down_factor=[8, 8],
-            decoder_dropout=0.1,
-            head="isa",
-            aux_head=True,
-            aux_channels=256,
-        ),
+        train_split="train",
+        scale=None,
+        model={**model, "encoder_weights": None},
         iters=20_000,
-        batch_size=4,
-        lr=0.01,
         eval_interval=2000,
         ckpt_interval=1000,
-        log_interval=50,
-        amp=True,
-        channels_last=True,
-        workers=4,
-        seed=0,
     )
     return configs
 

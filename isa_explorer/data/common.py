@@ -175,10 +175,17 @@ class PairedSegmentationDataset(Dataset):
         """The table mapping item ``index``'s stored label values to class ids."""
         return self.lut
 
+    def read_image_at(self, index: int) -> tv_tensors.Image:
+        """The image of item ``index`` (uint8 RGB here; subclasses may read other kinds)."""
+        return read_image(self.pairs[index][0])
+
+    def read_mask_at(self, index: int) -> tv_tensors.Mask:
+        """The class ids of item ``index``."""
+        return read_label(self.pairs[index][1], self.label_lut(index))
+
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         img_path, label_path = self.pairs[index]
-        image = read_image(img_path)
-        mask = read_label(label_path, self.label_lut(index))
+        image, mask = self.read_image_at(index), self.read_mask_at(index)
         if tuple(image.shape[-2:]) != tuple(mask.shape):
             raise CorruptFileError(
                 f"image {img_path} is {tuple(image.shape[-2:])} but its label {label_path} is "

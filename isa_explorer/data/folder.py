@@ -333,25 +333,17 @@ class FolderDataset(PairedSegmentationDataset):
         super().__init__(files.pairs, self.spec.info, split, None, transforms)
         self.layout = files.layout
 
-    def __getitem__(self, index: int) -> tuple[Any, Any]:
-        from isa_explorer.data.common import read_image
+    def read_image_at(self, index: int) -> tv_tensors.Image:
+        """8-bit RGB, or with ``image_mode="raw"`` the file's bands as float32 ``(C, H, W)``."""
+        if not self.spec.raw:
+            return super().read_image_at(index)
+        path = self.pairs[index][0]
+        try:
+            return tv_tensors.Image(torch.from_numpy(read_bands(path)))
+        except (CorruptFileError, FileNotFoundError) as e:
+            raise CorruptFileError(f"cannot read image {path}: {e}") from None
 
-        img_path, mask_path = self.pairs[index]
-        if self.spec.raw:  # (C, H, W) float32, the file's own values
-            try:
-                image = tv_tensors.Image(torch.from_numpy(read_bands(img_path)))
-            except (CorruptFileError, FileNotFoundError) as e:
-                raise CorruptFileError(f"cannot read image {img_path}: {e}") from None
-        else:
-            image = read_image(img_path)
-        mask = tv_tensors.Mask(
-            torch.from_numpy(to_class_ids(read_mask_array(mask_path), self.spec))
-        )
-        if tuple(image.shape[-2:]) != tuple(mask.shape):
-            raise CorruptFileError(
-                f"image {img_path} is {tuple(image.shape[-2:])} but its mask {mask_path} is "
-                f"{tuple(mask.shape)} (H, W); they must match"
-            )
-        if self.transforms is not None:
-            return self.transforms(image, mask)
-        return image, mask
+    def read_mask_at(self, index: int) -> tv_tensors.Mask:
+        """The mask, index or colour, as class ids (:func:`to_class_ids`)."""
+        stored = read_mask_array(self.pairs[index][1])
+        return tv_tensors.Mask(torch.from_numpy(to_class_ids(stored, self.spec)))
