@@ -30,6 +30,19 @@ def private_home(tmp_path, monkeypatch):
     monkeypatch.setenv("ISA_EXPLORER_HOME", str(tmp_path / "home"))
 
 
+def tiny_fit_args(root: Path, run: Path, iters: int) -> list[str]:
+    """``train/fit.py`` arguments of a tiny CPU run of the folder recipe on ``root``."""
+    argv = ["--config", "folder", "--data-root", str(root), "--run-dir", str(run), "--no-progress"]
+    for item in (
+        "model.encoder_name=resnet18", "model.decoder_channels=16",
+        "model.decoder_isa_channels=8", "model.aux_channels=8", "crop_size=[32,32]",
+        f"iters={iters}", "batch_size=2", f"eval_interval={iters}", f"ckpt_interval={iters}",
+        "amp=false", "channels_last=false", "workers=0",
+    ):  # fmt: skip
+        argv += ["--set", item]
+    return argv
+
+
 def _labels(h: int, w: int, seed: int, k: int = 3) -> np.ndarray:
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, k, (h, w))
@@ -259,15 +272,7 @@ def test_a_tiny_run_on_a_folder_dataset_trains_evaluates_and_opens_in_the_app(tm
     _good_dataset(root)
     (root / "classes.json").unlink()  # the names come from the command line
     run = tmp_path / "run"
-    argv = ["--config", "folder", "--data-root", str(root), "--classes", ",".join(CLASSES)]
-    argv += ["--run-dir", str(run), "--no-progress"]
-    for item in (
-        "model.encoder_name=resnet18", "model.decoder_channels=32",
-        "model.decoder_isa_channels=16", "model.aux_channels=16", "crop_size=[32,32]",
-        "iters=3", "batch_size=2", "eval_interval=3", "ckpt_interval=3", "log_interval=1",
-        "amp=false", "channels_last=false", "workers=0",
-    ):  # fmt: skip
-        argv += ["--set", item]
+    argv = [*tiny_fit_args(root, run, iters=3), "--classes", ",".join(CLASSES)]
     assert fit_main(argv) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "finished folder" in out
@@ -350,15 +355,7 @@ def test_a_model_of_raw_slices_trains_predicts_and_carries_its_normalisation(tmp
     root = tmp_path / "data"
     _raw_dataset(root)
     run = tmp_path / "run"
-    argv = ["--config", "folder", "--data-root", str(root), "--run-dir", str(run), "--no-progress"]
-    for item in (
-        "model.encoder_name=resnet18", "model.decoder_channels=32",
-        "model.decoder_isa_channels=16", "model.aux_channels=16", "crop_size=[32,32]",
-        "iters=2", "batch_size=2", "eval_interval=2", "ckpt_interval=2", "amp=false",
-        "channels_last=false", "workers=0",
-    ):  # fmt: skip
-        argv += ["--set", item]
-    assert fit_main(argv) == 0, capsys.readouterr().err
+    assert fit_main(tiny_fit_args(root, run, iters=2)) == 0, capsys.readouterr().err
     model = load_model(run)
     report = check_folder(root)
     assert model.image_mode == "raw" and model.encoder.out_channels[0] == 1
@@ -381,14 +378,7 @@ def test_allow_data_issues_trains_with_bad_values_ignored(tmp_path, capsys):
     _break(root, "out-of-range mask values")
     ds = build_dataset("folder", root, "train")
     assert set(ds[1][1].unique().tolist()) == {255}  # the mask of 7s reads as all ignore
-    argv = ["--config", "folder", "--data-root", str(root), "--run-dir", str(tmp_path / "run")]
-    for item in (
-        "model.encoder_name=resnet18", "model.decoder_channels=16",
-        "model.decoder_isa_channels=8", "model.aux_channels=8", "crop_size=[32,32]",
-        "iters=1", "batch_size=2", "eval_interval=1", "ckpt_interval=1", "amp=false",
-        "channels_last=false", "workers=0",
-    ):  # fmt: skip
-        argv += ["--set", item]
-    assert fit_main([*argv, "--no-progress", "--allow-data-issues"]) == 0
+    argv = tiny_fit_args(root, tmp_path / "run", iters=1)
+    assert fit_main([*argv, "--allow-data-issues"]) == 0
     assert "out-of-range mask values: masks/train/p1.png" in capsys.readouterr().out
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
