@@ -163,7 +163,7 @@ def test_a_pt2_that_pickles_its_weights_is_refused(default_model, tmp_path):
                 next(iter(config["config"].values()))["use_pickle"] = True
                 data = json.dumps(config).encode()
             dst.writestr(item, data)
-    with pytest.raises(ExportedInputError, match="pickled form.*does not load"):
+    with pytest.raises(ExportedInputError, match="weight_0.*does not load"):
         load_exported(bad)
     (tmp_path / "junk.pt2").write_bytes(b"not a zip")
     with pytest.raises(ExportedInputError, match="not a .pt2 archive"):
@@ -176,3 +176,32 @@ def test_load_exported_names_the_accepted_files(tmp_path):
     (tmp_path / "m.bin").write_bytes(b"")
     with pytest.raises(ValueError, match="expected a .onnx or .pt2 file"):
         load_exported(Path(tmp_path / "m.bin"))
+
+
+class _Touch:
+    """A pickle that creates a file when unpickled (what a hostile archive would run)."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.path}",))
+
+
+@pytest.mark.parametrize("member", ["data/sample_inputs/model.pt", "data/custom_objs/obj_0"])
+def test_a_pt2_with_code_in_any_member_is_refused_before_loading(default_model, tmp_path, member):
+    import pickle
+
+    good = export_model(default_model, tmp_path / "good", "torch-export")
+    bad, marker = tmp_path / "bad.pt2", tmp_path / "ran"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst:
+        root = src.namelist()[0].split("/")[0]
+        for item in src.infolist():
+            if not item.filename.endswith(member):
+                dst.writestr(item, src.read(item))
+        dst.writestr(f"{root}/{member}", pickle.dumps(_Touch(marker)))
+    with pytest.raises(ExportedInputError, match="does not load"):
+        load_exported(bad)
+    assert not marker.exists()

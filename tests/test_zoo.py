@@ -239,3 +239,20 @@ def test_app_serves_a_zoo_model_by_name(server):
         proc.terminate()
         out = proc.communicate(timeout=30)[0]
     assert server.count(server.path) == 1, out
+
+
+def test_a_206_of_the_wrong_bytes_makes_the_retry_start_over(server, fixture):
+    server.served.cut_first_at = 5000
+    server.served.wrong_range = True  # 206, but the file from byte 0 again
+    with pytest.raises(zoo.ZooError, match="stopped after 5000 of"):
+        load_model(NAME)
+    _assert_fixture_logits(load_model(NAME), fixture)
+
+
+@pytest.mark.parametrize("name", ["/tmp/victim", "..", "a/b", "x..y"])
+def test_entry_names_cannot_reach_outside_the_cache(tmp_path, monkeypatch, name):
+    bad = tmp_path / "zoo.json"
+    bad.write_text(json.dumps([{"name": name, "url": "http://127.0.0.1/x.pth", "sha256": "0" * 8}]))
+    monkeypatch.setenv("ISA_EXPLORER_ZOO_FILE", str(bad))
+    with pytest.raises(zoo.ZooError, match="must be letters, digits"):
+        zoo.entries()

@@ -16,6 +16,7 @@ class ServedFile:
     data: bytes
     cut_first_at: int | None = None  # first GET: send this many bytes, then close
     ignore_range: bool = False  # answer Range requests with the whole file (200)
+    wrong_range: bool = False  # answer Range requests with 206 but the whole file from byte 0
 
     @property
     def sha256(self) -> str:
@@ -51,8 +52,11 @@ def start(server_state: ZooServer) -> ThreadingHTTPServer:
                 if start_at >= len(data):
                     self.send_error(416)
                     return
+            resumed = bool(start_at)
+            if served.wrong_range:
+                start_at = 0
             body = data[start_at:]
-            self.send_response(206 if start_at else 200)
+            self.send_response(206 if resumed else 200)
             if start_at:
                 self.send_header("Content-Range", f"bytes {start_at}-{len(data) - 1}/{len(data)}")
             self.send_header("Content-Length", str(len(body)))

@@ -9,6 +9,7 @@ check knows them.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import zipfile
@@ -99,38 +100,55 @@ class OnnxSegmenter:
         return self.session.run(None, {self.input_name: x})[0]
 
 
+#: Archive members a ``.pt2`` from ``isa-explorer export`` may hold (below its root folder).
+_PT2_MEMBERS = re.compile(
+    r"[^/]+/(data/weights/(weight_\d+|model_weights_config\.json)"
+    r"|data/constants/(tensor_\d+|model_constants_config\.json)"
+    r"|data/sample_inputs/model\.pt|models/model\.json"
+    r"|archive_format|archive_version|\.data/version|byteorder|\.data/serialization_id)"
+)
+
+
 def check_pt2_holds_only_tensors(path: str | Path) -> None:
-    """Refuse a ``.pt2`` archive that stores anything as a pickle.
+    """Refuse a ``.pt2`` archive that could make ``torch.export.load`` unpickle anything.
 
     ``torch.export.load`` unpickles weights and constants that an archive marks
-    ``use_pickle`` (and custom objects), which would run code from the file. The archives
-    ``isa-explorer export`` writes hold raw tensor data only; this checks that before loading.
+    ``use_pickle``, custom objects, and the sample inputs when their safe load fails, each of
+    which would run code from the file. The archives ``isa-explorer export`` writes hold raw
+    tensors, JSON and sample inputs that load with ``weights_only=True``; every member is
+    checked against that before loading.
 
     Raises:
-        ExportedInputError: Not a ``.pt2`` archive, or one holding pickled objects.
+        ExportedInputError: Not a ``.pt2`` archive, or one holding anything else.
     """
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
+            unknown = [n for n in names if not n.endswith("/") and not _PT2_MEMBERS.fullmatch(n)]
             configs = [
                 n for n in names if n.endswith(("_weights_config.json", "_constants_config.json"))
             ]
-            legacy = [n for n in names if re.search(r"/data/(weights|constants)/[^/]+\.pt$", n)]
             entries = [e for n in configs for e in json.loads(archive.read(n))["config"].values()]
-    except (OSError, zipfile.BadZipFile, ValueError, KeyError) as e:
+            samples = [archive.read(n) for n in names if n.endswith("data/sample_inputs/model.pt")]
+    except (OSError, zipfile.BadZipFile, ValueError, KeyError, TypeError) as e:
         raise ExportedInputError(
             f"{path} is not a .pt2 archive written by torch.export ({e})"
         ) from None
-    unsafe = legacy + [
-        e["path_name"]
+    unsafe = unknown + [
+        str(e.get("path_name"))
         for e in entries
         if e.get("use_pickle") or not str(e.get("path_name", "")).startswith(_RAW_TENSOR_PREFIXES)
     ]
+    for data in samples:
+        try:
+            torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001  (anything but plain tensors)
+            unsafe.append("data/sample_inputs/model.pt")
     if unsafe or not configs:
         raise ExportedInputError(
-            f"{path} stores {', '.join(unsafe[:3]) or 'its weights'} in a pickled form, which "
-            "ISA Explorer does not load (unpickling can run code from the file); export the "
-            "model again with `isa-explorer export`, which writes raw tensors only"
+            f"{path} holds {', '.join(unsafe[:3]) or 'no weights table'}, which ISA Explorer "
+            "does not load (it could run code from the file); export the model again with "
+            "`isa-explorer export`, which writes raw tensors only"
         )
 
 

@@ -33,7 +33,11 @@ zoo_home = home  # the zoo lives in the project's home folder
 def model_dir(entry: ZooEntry | str) -> Path:
     """Where the converted model of ``entry`` (an entry or a name) lives in the cache."""
     entry = get_entry(entry) if isinstance(entry, str) else entry
-    return zoo_home() / "zoo" / entry.name
+    root = (zoo_home() / "zoo").resolve()
+    target = (root / entry.name).resolve()
+    if target.parent != root:  # entries are validated; this guards hand-made ones too
+        raise ZooError(f"zoo entry name {entry.name!r} does not name a folder of {root}")
+    return target
 
 
 def is_cached(entry: ZooEntry | str) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -60,7 +61,11 @@ def download(url: str, dest: str | Path, sha256_prefix: str, progress: bool = Tr
                 return dest
             dest.unlink()  # a file placed by hand with the wrong content
         part = dest.with_name(dest.name + ".part")
+        resumed = part.is_file() and part.stat().st_size > 0
         digest = _fetch(url, part, progress)
+        if resumed and not digest.startswith(prefix):  # perhaps a stale .part: once from zero
+            part.unlink(missing_ok=True)
+            digest = _fetch(url, part, progress)
         if not digest.startswith(prefix):
             part.unlink(missing_ok=True)
             raise DownloadError(
@@ -87,11 +92,15 @@ def _fetch(url: str, part: Path, progress: bool) -> str:
             part.unlink()
             return _fetch(url, part, progress)
         raise DownloadError(f"downloading {url} failed: HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
         reason = getattr(e, "reason", None) or e
         raise DownloadError(f"cannot reach {url} ({reason})") from None
     with response:
         resumed = have and getattr(response, "status", 200) == 206
+        if resumed and not _range_starts_at(response.headers.get("Content-Range"), have):
+            response.close()  # a 206 of other bytes than the rest of the .part: start over
+            part.unlink()
+            return _fetch(url, part, progress)
         if not resumed:
             have = 0
         length = response.headers.get("Content-Length")
@@ -126,6 +135,12 @@ def _fetch(url: str, part: Path, progress: bool) -> str:
     if total is not None and written != total:
         raise _cut_short(url, written, total, "the server closed the connection")
     return hasher.hexdigest()
+
+
+def _range_starts_at(content_range: str | None, start: int) -> bool:
+    """Whether a ``Content-Range: bytes START-END/TOTAL`` header starts at ``start``."""
+    found = re.match(r"bytes (\d+)-", content_range or "")
+    return found is not None and int(found.group(1)) == start
 
 
 def _cut_short(url: str, written: int, total: int | None, why: object) -> DownloadError:

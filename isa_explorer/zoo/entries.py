@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -42,6 +43,7 @@ _DATASET_TITLES = {"cityscapes": "Cityscapes", "ade20k": "ADE20K", "voc": "PASCA
 _ALIAS_DATASET = {"cityscapes": "cityscapes", "ade20k": "ade20k", "voc": "voc"}
 _FILE = re.compile(r"^(?P<old>isanet_.+)_\d{8}_\d{6}-(?P<sha>[0-9a-f]{8})\.pth$")
 _HEX = re.compile(r"^[0-9a-f]{8,64}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a name is also a folder of the cache
 
 # config name -> (released file, mIoU, mIoU ms+flip): mmsegmentation's configs/isanet/README.md.
 _RELEASED: dict[str, tuple[str, float, float]] = {
@@ -124,8 +126,9 @@ class ZooEntry:
 
     @property
     def filename(self) -> str:
-        """The file name of the download (the last part of the URL)."""
-        return self.url.rstrip("/").rsplit("/", 1)[-1] or f"{self.name}.pth"
+        """The file name of the download (the last part of the URL's path)."""
+        name = urllib.parse.urlparse(self.url).path.rstrip("/").rsplit("/", 1)[-1]
+        return name if name and _NAME.match(name) else f"{self.name}.pth"
 
     @property
     def dataset_title(self) -> str:
@@ -145,6 +148,21 @@ class ZooEntry:
         for key in ("name", "url", "sha256"):
             if not isinstance(data.get(key), str) or not data[key]:
                 raise ZooError(f"{source}: field {key!r} is required (a string)")
+        name = data["name"]
+        if not _NAME.match(name) or ".." in name:
+            raise ZooError(
+                f"{source}: name {name!r} must be letters, digits, '.', '_' or '-' (it names the "
+                "model's folder in the cache)"
+            )
+        url = data["url"]
+        if not url.startswith(("http://", "https://", "file://")):
+            raise ZooError(f"{source}: url {url!r} must start with http://, https:// or file://")
+        aliases = data.get("aliases") or []
+        if not isinstance(aliases, list | tuple) or not all(isinstance(a, str) for a in aliases):
+            raise ZooError(f"{source}: aliases must be a list of names, got {aliases!r}")
+        for key in ("miou", "miou_ms"):
+            if data.get(key) is not None and not isinstance(data[key], int | float):
+                raise ZooError(f"{source}: {key} must be a number, got {data[key]!r}")
         sha = data["sha256"].lower()
         if not _HEX.match(sha):
             raise ZooError(
@@ -160,10 +178,10 @@ class ZooEntry:
                 if not (isinstance(value, list | tuple) and len(value) == 2):
                     raise ZooError(f"{source}: {key} must be [H, W], got {value!r}")
                 kw[key] = (int(value[0]), int(value[1]))
-        kw["aliases"] = tuple(kw.get("aliases") or ())
+        kw["aliases"] = tuple(aliases)
         if kw.get("test_mode") == "slide":
-            kw.setdefault("test_crop", SLIDE_CROP)
-            kw.setdefault("test_stride", SLIDE_STRIDE)
+            kw["test_crop"] = kw.get("test_crop") or SLIDE_CROP
+            kw["test_stride"] = kw.get("test_stride") or SLIDE_STRIDE
         return cls(**kw)
 
 
