@@ -382,3 +382,30 @@ def test_allow_data_issues_trains_with_bad_values_ignored(tmp_path, capsys):
     assert fit_main([*argv, "--allow-data-issues"]) == 0
     assert "out-of-range mask values: masks/train/p1.png" in capsys.readouterr().out
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+
+
+def test_a_missing_split_list_is_an_error_not_a_random_split(tmp_path):
+    from isa_explorer.data.common import EmptySplitError
+
+    root = tmp_path / "data"
+    _classes(root)
+    for i in range(4):
+        _write_pair(root, f"scan_2021.05.0{i}", _labels(8, 8, i), seed=i)
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("scan_2021.05.00\nscan_2021.05.01.png\n")
+    assert [p[0].name for p in split_files(root, "train").pairs] == [
+        "scan_2021.05.00.png",
+        "scan_2021.05.01.png",
+    ]  # fmt: skip  (dots in names are not extensions)
+    with pytest.raises(EmptySplitError, match="no .*val.txt"):
+        split_files(root, "val")
+
+
+def test_a_one_bit_mask_reads_as_class_ids(tmp_path):
+    root = tmp_path / "data"
+    _classes(root)
+    ids = (_labels(10, 12, 0) == 1).astype(np.int64)
+    image = _write_pair(root, "train/x", np.zeros((10, 12), np.int64))
+    _write_pair(root, "val/x", np.zeros((10, 12), np.int64))
+    Image.fromarray(ids.astype(bool)).save(root / "masks" / "train" / "x.png")  # mode "1"
+    _assert_item(build_dataset("folder", root, "train"), 0, image, ids)

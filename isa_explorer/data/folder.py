@@ -45,7 +45,7 @@ from isa_explorer.images import IMAGE_EXTENSIONS, CorruptFileError, read_bands
 from isa_explorer.palette import default_palette
 
 MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp")
-_INDEX_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
+_INDEX_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L")
 LAYOUT_HELP = (
     "expected root/images/<split>/ + root/masks/<split>/, or root/splits/<split>.txt with "
     "root/images/ + root/masks/, or root/images/ + root/masks/ split by val_ratio"
@@ -230,7 +230,12 @@ def split_files(root: str | Path, split: str, cfg: FolderConfig | None = None) -
     elif list_file.is_file():
         images, masks = _files(images_dir, IMAGE_EXTENSIONS), _files(masks_dir, MASK_EXTENSIONS)
         lines = [ln.split("#")[0].strip() for ln in list_file.read_text().splitlines()]
-        keys = [str(Path(ln).with_suffix("")) if Path(ln).suffix else ln for ln in lines if ln]
+        known = {e.lower() for e in (*IMAGE_EXTENSIONS, *MASK_EXTENSIONS)}
+        keys = [
+            Path(ln).with_suffix("").as_posix() if Path(ln).suffix.lower() in known else ln
+            for ln in (ln.replace("\\", "/") for ln in lines)
+            if ln
+        ]
         layout = f"split list {list_file.name}"
         missing = [k for k in keys if k not in images and k not in masks]
         if missing:
@@ -238,6 +243,11 @@ def split_files(root: str | Path, split: str, cfg: FolderConfig | None = None) -
                 f"{list_file} names {len(missing)} file(s) found in neither {images_dir} nor "
                 f"{masks_dir}, e.g. {missing[0]!r}"
             )
+    elif (root / "splits").is_dir():  # split lists exist, but not this one: never guess
+        raise EmptySplitError(
+            f"no {list_file} for the {split!r} split; write it, or remove {root / 'splits'} to "
+            "split a flat folder by val_ratio"
+        )
     elif images_dir.is_dir() and not any((images_dir / s).is_dir() for s in ("train", "val")):
         if split not in ("train", "val"):
             raise EmptySplitError(f"{root}: a flat folder has the splits train and val only")

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -243,14 +244,17 @@ def _scan_pair(
     return problems, ignored
 
 
-def scan_folder(root: str | Path, cfg: FolderConfig | None = None) -> DataReport:
-    """Scan every pair of the ``train`` and ``val`` splits of ``root`` (no cache)."""
+def scan_folder(
+    root: str | Path, cfg: FolderConfig | None = None, splits: Sequence[str] = ("train", "val")
+) -> DataReport:
+    """Scan every pair of ``splits`` of ``root`` (no cache); band statistics come from the
+    first split (the training one)."""
     root, cfg = Path(root).expanduser(), cfg or FolderConfig()
     spec = resolve_spec(root, cfg)
     report = DataReport(str(root), list(spec.info.class_names), image_mode=spec.info.image_mode)
     pixels = np.zeros(spec.info.num_classes, np.int64)
     stats = BandStats()
-    for split in ("train", "val"):
+    for split in splits:
         try:
             files = split_files(root, split, cfg)
         except (DatasetNotFoundError, EmptySplitError) as e:
@@ -264,7 +268,8 @@ def scan_folder(root: str | Path, cfg: FolderConfig | None = None) -> DataReport
             report.problems.append(Problem("orphan mask", m.relative_to(root).as_posix(),
                                            "no image with the same name"))  # fmt: skip
         for image, mask in files.pairs:
-            found, ignored = _scan_pair(image, mask, spec, root, pixels, stats, split == "train")
+            first = split == splits[0]
+            found, ignored = _scan_pair(image, mask, spec, root, pixels, stats, first)
             report.problems += found
             report.ignored += ignored
     report.pixels = [int(v) for v in pixels]
@@ -278,11 +283,10 @@ def scan_folder(root: str | Path, cfg: FolderConfig | None = None) -> DataReport
     return report
 
 
-def _cache_key(root: Path, cfg: FolderConfig) -> str:
-    """A hash of the folder, the settings and every file's (path, size, mtime)."""
-    h = hashlib.sha256(
-        json.dumps([_CACHE_VERSION, str(root.resolve()), dataclasses.asdict(cfg)]).encode()
-    )
+def _cache_key(root: Path, cfg: FolderConfig, splits: Sequence[str]) -> str:
+    """A hash of the folder, the settings, the splits and every file's (path, size, mtime)."""
+    head = [_CACHE_VERSION, str(root.resolve()), dataclasses.asdict(cfg), list(splits)]
+    h = hashlib.sha256(json.dumps(head).encode())
     for sub in ("images", "masks", "splits", "classes.json"):
         path = root / sub
         found = sorted(path.rglob("*")) if path.is_dir() else [path] if path.is_file() else []
@@ -294,7 +298,10 @@ def _cache_key(root: Path, cfg: FolderConfig) -> str:
 
 
 def check_folder(
-    root: str | Path, cfg: FolderConfig | None = None, rescan: bool = False
+    root: str | Path,
+    cfg: FolderConfig | None = None,
+    rescan: bool = False,
+    splits: Sequence[str] = ("train", "val"),
 ) -> DataReport:
     """:func:`scan_folder`, cached by file list and modification times.
 
@@ -302,10 +309,11 @@ def check_folder(
         root: The dataset folder.
         cfg: Its settings.
         rescan: Ignore the cache (``--check-data``).
+        splits: The splits training uses, the training split first (its band statistics).
     """
     root, cfg = Path(root).expanduser(), cfg or FolderConfig()
     resolve_spec(root, cfg)  # a missing folder or class list fails before any scan
-    cache = home() / "data_checks" / f"{_cache_key(root, cfg)}.json"
+    cache = home() / "data_checks" / f"{_cache_key(root, cfg, splits)}.json"
     if not rescan and cache.is_file():
         try:
             report = DataReport.from_dict(json.loads(cache.read_text()))
@@ -313,7 +321,7 @@ def check_folder(
             return report
         except (OSError, ValueError, TypeError):
             pass  # a damaged cache entry: scan again
-    report = scan_folder(root, cfg)
+    report = scan_folder(root, cfg, splits)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f".{cache.name}.{os.getpid()}")

@@ -109,7 +109,8 @@ def _check_folder_data(cfg: TrainConfig, args: argparse.Namespace) -> int | None
         return 2
     main_process = int(os.environ.get("RANK", "0")) == 0
     try:
-        report = check_folder(cfg.data_root, cfg.folder, rescan=args.check_data)
+        splits = (cfg.train_split, cfg.val_split)
+        report = check_folder(cfg.data_root, cfg.folder, rescan=args.check_data, splits=splits)
     except (OSError, ValueError) as e:  # no such folder, no class names
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -155,8 +156,8 @@ def main(argv: list[str] | None = None, prog: str = "isa-explorer fit") -> int:
     except (NonFiniteLossError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except CheckpointFileError as e:
-        print(f"error: cannot resume: {e}", file=sys.stderr)
+    except (CheckpointFileError, ValueError) as e:  # a damaged file, a run that cannot resume
+        print(f"error: {e}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
         print(

@@ -117,7 +117,7 @@ def _datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, Callable, Callable]:
         if raw and folder.mean is None:  # the data check's statistics (cached)
             from isa_explorer.data.folder_check import check_folder
 
-            report = check_folder(cfg.data_root, folder)
+            report = check_folder(cfg.data_root, folder, splits=(cfg.train_split, cfg.val_split))
             folder = dataclasses.replace(folder, mean=report.mean, std=report.std)
             train = build_dataset("folder", cfg.data_root, cfg.train_split, config=folder)
         val_tf = build_eval_transforms(scale)
