@@ -121,7 +121,7 @@ def load_mmseg_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], di
             f"{path} holds a {type(state).__name__} under 'state_dict', not the model's tensors"
         )
     meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), Mapping) else {}
-    state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    state = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
         state = {k[len("module.") :]: v for k, v in state.items()}
     return state, dict(meta)
@@ -145,14 +145,21 @@ def _labels(
         info = DATASETS[dataset]
         return dataset, list(info.class_names), [list(c) for c in info.palette]
     # mmseg 0.x keeps CLASSES/PALETTE in meta, mmseg 1.x meta["dataset_meta"].
-    dmeta = meta.get("dataset_meta") or {}
+    dmeta = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), Mapping) else {}
     names = meta.get("CLASSES") or dmeta.get("classes")
     palette = meta.get("PALETTE") or dmeta.get("palette")
-    names = list(names) if names is not None and len(names) == classes else None
-    palette = (
-        [list(c) for c in palette] if palette is not None and len(palette) == classes else None
-    )
+    names = list(map(str, names)) if _sized(names, classes) else None
+    try:
+        ok = _sized(palette, classes) and all(_sized(c, 3) for c in palette)
+        palette = [[int(v) for v in c] for c in palette] if ok else None
+    except (TypeError, ValueError):  # colours that are not numbers
+        palette = None
     return None, names, palette
+
+
+def _sized(value: Any, n: int) -> bool:
+    """Whether ``value`` is a list or tuple of ``n`` items (checkpoint meta is unchecked data)."""
+    return isinstance(value, list | tuple) and len(value) == n
 
 
 def convert_checkpoint(

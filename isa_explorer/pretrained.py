@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 
 from isa_explorer.models.isa.model import ISANet
 from isa_explorer.models.prepare import prepare_for_inference
@@ -117,11 +117,26 @@ def load_model(
         )
     try:
         model = ISANet.from_pretrained(str(model_dir))
+        with safe_open(str(model_dir / _WEIGHTS), framework="pt") as f:
+            stored = set(f.keys())
     except SafetensorError as e:
         raise DamagedModelError(
             f"{model_dir / _WEIGHTS} is damaged ({e}); copy or download the model again"
             + _zoo_hint(model_dir)
         ) from None
+    except (TypeError, ValueError) as e:  # a config the model does not take
+        raise DamagedModelError(
+            f"{model_dir / 'config.json'} does not describe an ISANet this version builds "
+            f"({e})" + _zoo_hint(model_dir)
+        ) from None
+    expected = set(model.state_dict())
+    missing, extra = sorted(expected - stored), sorted(stored - expected)
+    if missing or extra:
+        raise DamagedModelError(
+            f"{model_dir / _WEIGHTS} does not fit its config.json: {len(missing)} tensor(s) "
+            f"missing (e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]}); the "
+            "folder mixes two models or is incomplete" + _zoo_hint(model_dir)
+        )
     model = model.float().eval().to(device)
     return prepare_for_inference(model, inplace=True) if for_inference else model
 

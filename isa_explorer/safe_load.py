@@ -13,6 +13,7 @@ from __future__ import annotations
 import pickle
 import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,11 @@ def read_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
         raise CheckpointFileError(
             f"{path} is empty (0 bytes): the download or copy did not finish; fetch it again"
         )
-    with path.open("rb") as f:
-        head = f.read(64)
+    try:
+        with path.open("rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        raise CheckpointFileError(f"cannot read {path}: {e.strerror or e}") from None
     try:
         with warnings.catch_warnings():  # the unpickler warns about odd protocols of junk files
             warnings.simplefilter("ignore")
@@ -65,13 +69,23 @@ def read_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
                 "weights alone where the model lives (torch.save(model.state_dict(), FILE)) "
                 "and pass that file"
             ) from None
-        raise CheckpointFileError(_not_a_checkpoint(path, head, size, what)) from None
+        raise CheckpointFileError(_not_a_checkpoint(path, head, size, what, str(e))) from None
     except Exception:  # noqa: BLE001  (the unpickler raises anything on junk: EOF, Key, Index...)
         raise CheckpointFileError(_not_a_checkpoint(path, head, size, what)) from None
 
 
-def _not_a_checkpoint(path: Path, head: bytes, size: int, what: str) -> str:
+def _not_a_checkpoint(path: Path, head: bytes, size: int, what: str, error: str = "") -> str:
     """Why ``path`` (first bytes ``head``) failed to load, in one sentence."""
+    if head.startswith(_ZIP_MAGIC) and _intact_zip(path):
+        if "data.pkl" not in " ".join(_zip_names(path)):
+            return f"{path} is a zip archive but not a PyTorch {what} (no data.pkl inside)"
+        found = re.search(r"(Unsupported operand \d+|Unsupported class \S+)", error)
+        why = f" ({found.group(1)})" if found else ""
+        return (
+            f"{path} is a PyTorch {what} that safe loading cannot read{why}: it was saved with a "
+            "pickle protocol or objects torch.load(weights_only=True) does not support; save "
+            "the weights again with a plain torch.save(state_dict, FILE)"
+        )
     if head.startswith(_ZIP_MAGIC):
         return (
             f"{path} is not a complete PyTorch {what}: its zip archive ({size} bytes) is "
@@ -101,3 +115,17 @@ def _as_text(head: bytes) -> str | None:
         return None
     line = text.strip().splitlines()[0] if text.strip() else text
     return line[:40]
+
+
+def _zip_names(path: Path) -> list[str]:
+    with zipfile.ZipFile(path) as archive:
+        return archive.namelist()
+
+
+def _intact_zip(path: Path) -> bool:
+    """Whether ``path`` is a complete zip archive whose members all pass their CRC check."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return False

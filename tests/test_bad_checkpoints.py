@@ -31,6 +31,13 @@ def _legacy_bytes(tmp: Path) -> bytes:
     return tmp.read_bytes()
 
 
+def _foreign_zip(path: Path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("readme.txt", "not weights")
+
+
 # name -> (make the bad file in a folder, words the message must contain)
 CASES = {
     "empty": (lambda d: (d / "x.pth").write_bytes(b""), "is empty (0 bytes)"),
@@ -52,6 +59,11 @@ CASES = {
         "is not a PyTorch checkpoint (it starts with bytes 9f 00",
     ),
     "directory": (lambda d: (d / "x.pth").mkdir(), "is a directory, not a checkpoint file"),
+    "pickle-protocol-5": (
+        lambda d: torch.save({"a": torch.zeros(3)}, d / "x.pth", pickle_protocol=5),
+        "safe loading cannot read (Unsupported operand",
+    ),
+    "foreign-zip": (lambda d: _foreign_zip(d / "x.pth"), "is a zip archive but not a PyTorch"),
     "python-objects": (
         lambda d: torch.save({"meta": {"args": argparse.Namespace(lr=0.01)}}, d / "x.pth"),
         "holds Python objects besides tensors (it needs argparse.Namespace)",
@@ -88,3 +100,27 @@ def test_every_reader_of_torch_files_gives_the_same_message(case, tmp_path):
 def test_a_good_file_still_loads(tmp_path):
     state = read_torch_file(SMALL)
     assert set(state) >= {"state_dict", "image_rgb_0_255"}
+
+
+def test_non_string_keys_and_odd_meta_are_ignored_not_a_crash(tmp_path):
+    from isa_explorer.convert import convert_checkpoint
+
+    small = torch.load(SMALL, weights_only=True)["state_dict"]
+    odd = tmp_path / "odd.pth"
+    torch.save({"state_dict": {**small, 1: torch.zeros(1)}, "meta": {"CLASSES": 5,
+               "dataset_meta": [1, 2], "PALETTE": [["r", "g", "b"]] * 7}}, odd)  # fmt: skip
+    model, report = convert_checkpoint(odd)
+    assert report.mapped == len(small) and not report.named
+
+
+def test_a_weights_file_of_another_model_is_refused(tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from isa_explorer.pretrained import DEFAULT_MODEL_DIR, DamagedModelError, load_model
+
+    shutil.copytree(DEFAULT_MODEL_DIR, tmp_path / "m")
+    save_file({"a": torch.zeros(1)}, tmp_path / "m" / "model.safetensors")
+    with pytest.raises(DamagedModelError, match="does not fit its config.json.*missing"):
+        load_model(tmp_path / "m")

@@ -6,6 +6,8 @@ the canvas's events.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
 from types import SimpleNamespace
 
 import matplotlib
@@ -135,3 +137,17 @@ def test_cost_sliders_update_the_analytic_numbers_and_the_optimum():
     assert view.optimum() == auto_group(64, 256)
     labels = [t.get_text() for t in view.axes[0].get_legend().get_texts()]
     assert any("measured (committed)" in t for t in labels)
+
+
+def test_a_bad_upload_is_reported_on_the_figure_and_leaves_no_file(attention_view, tmp_path):
+    import tempfile
+
+    view = attention_view
+    upload = view.controls[5]
+    before = set(Path(tempfile.gettempdir()).glob("tmp*.png"))
+    state = view.state
+    upload.value = ({"name": "holiday.png", "content": b"not an image", "type": "image/png",
+                     "size": 12, "last_modified": datetime.now(UTC)},)  # fmt: skip
+    assert view.state is state  # nothing replaced
+    assert view.fig._suptitle.get_text().startswith("holiday.png: ")
+    assert set(Path(tempfile.gettempdir()).glob("tmp*.png")) == before

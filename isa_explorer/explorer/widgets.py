@@ -270,12 +270,19 @@ class AttentionView(_View):
 
         def on_upload(change):
             files = change["new"]
-            if files:
-                item = files[0]
-                suffix = Path(item["name"]).suffix or ".png"
-                with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as f:
-                    f.write(bytes(item["content"]))
+            if not files:
+                return
+            item = files[0]
+            suffix = Path(item["name"]).suffix or ".png"
+            with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as f:
+                f.write(bytes(item["content"]))
+            try:
                 self.load_image(f.name)
+                self.state.source = f"upload {item['name']}"
+            except ExplorerError as e:  # a corrupt or unsupported file: say so on the figure
+                self.fig.suptitle(f"{item['name']}: {e}".replace(f.name, item["name"]), fontsize=9)
+                self.fig.canvas.draw_idle()
+            finally:
                 Path(f.name).unlink(missing_ok=True)
 
         def on_model(change):
