@@ -1,0 +1,85 @@
+"""What the notebook views share: a figure (live under ipympl), controls, a PNG snapshot."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any
+
+from matplotlib.figure import Figure
+
+LIVE_DPI = 80  # the live canvas's resolution: five panels fit a notebook's width
+
+
+def _widgets():
+    import ipywidgets  # the notebooks extra; imported only when controls are built
+
+    return ipywidgets
+
+
+def in_kernel() -> bool:
+    """Whether this runs in a Jupyter kernel with ipympl available (live canvases)."""
+    try:
+        import ipympl  # noqa: F401
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
+
+
+def new_figure(nrows: int, ncols: int, figsize: tuple[float, float]) -> tuple[Figure, Any]:
+    """A figure and its axes, outside pyplot's figure list.
+
+    In a kernel with ipympl the figure gets ipympl's live canvas (what ``%matplotlib
+    widget`` gives), without switching the notebook's backend: the other figures of the
+    notebook stay inline PNGs, and switching backends (which closes pyplot's figures) cannot
+    close it. Elsewhere it keeps matplotlib's plain canvas: callbacks and snapshots still work.
+    """
+    fig = Figure(figsize=figsize, dpi=LIVE_DPI, layout="constrained")
+    axes = fig.subplots(nrows, ncols)
+    if in_kernel():
+        from ipympl.backend_nbagg import Canvas, FigureManager
+
+        canvas = Canvas(fig)
+        FigureManager(canvas, id(fig))
+        canvas.header_visible = False  # no "Figure <number>" line
+    return fig, axes
+
+
+def snapshot_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes (the static copy a notebook keeps in its output)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    return buf.getvalue()
+
+
+class _View:
+    """What the views share: a figure, controls, a box of both, a PNG snapshot."""
+
+    fig: Figure
+    controls: list
+    _syncing: bool = False
+
+    @contextlib.contextmanager
+    def _quiet(self):
+        """Set controls from code without their callbacks running again."""
+        self._syncing = True
+        try:
+            yield
+        finally:
+            self._syncing = False
+
+    def widget(self) -> Any:
+        """Controls above the figure: its live canvas under ipympl, else a PNG of it."""
+        w = _widgets()
+        canvas = self.fig.canvas
+        if not isinstance(canvas, w.DOMWidget):  # no live canvas: a picture of the figure
+            canvas = w.Image(value=snapshot_png(self.fig), format="png")
+        return w.VBox([w.HBox(self.controls[:3]), w.HBox(self.controls[3:]), canvas])
+
+    def snapshot(self) -> Any:
+        """The current state as an ``IPython.display.Image``."""
+        from IPython.display import Image
+
+        return Image(snapshot_png(self.fig))
