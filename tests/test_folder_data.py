@@ -12,7 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from folder_helpers import (
+    CLASSES,
+    PALETTE,
+    assert_item,
+    labels,
+    private_home,  # noqa: F401  (autouse: data-check caches in the test's folder)
+    tiny_fit_args,
+    write_classes,
+    write_pair,
+)
 from PIL import Image
 
 from isa_explorer.data import build_dataset
@@ -20,101 +29,39 @@ from isa_explorer.data.folder import FolderConfig, split_files
 from isa_explorer.data.folder_check import check_folder
 from isa_explorer.training.cli import main as fit_main
 
-CLASSES = ["sky", "road", "car"]
-PALETTE = [[70, 130, 180], [128, 64, 128], [0, 0, 142]]
-
-
-@pytest.fixture(autouse=True)
-def private_home(tmp_path, monkeypatch):
-    """Data-check caches go to a folder of the test's own."""
-    monkeypatch.setenv("ISA_EXPLORER_HOME", str(tmp_path / "home"))
-
-
-def tiny_fit_args(root: Path, run: Path, iters: int) -> list[str]:
-    """``train/fit.py`` arguments of a tiny CPU run of the folder recipe on ``root``."""
-    argv = ["--config", "folder", "--data-root", str(root), "--run-dir", str(run), "--no-progress"]
-    for item in (
-        "model.encoder_name=resnet18", "model.decoder_channels=16",
-        "model.decoder_isa_channels=8", "model.aux_channels=8", "crop_size=[32,32]",
-        f"iters={iters}", "batch_size=2", f"eval_interval={iters}", f"ckpt_interval={iters}",
-        "amp=false", "channels_last=false", "workers=0",
-    ):  # fmt: skip
-        argv += ["--set", item]
-    return argv
-
-
-def _labels(h: int, w: int, seed: int, k: int = 3) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(0, k, (h, w))
-    ids[0, :3] = 255  # a few unlabelled pixels
-    return ids
-
-
-def _write_pair(root: Path, rel: str, ids: np.ndarray, kind: str = "index", seed: int = 0):
-    """Write ``images/REL.png`` and ``masks/REL.png`` (mask as index, palette RGB or 16-bit)."""
-    h, w = ids.shape
-    image = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    for sub in ("images", "masks"):
-        (root / sub / rel).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(root / "images" / f"{rel}.png")
-    if kind == "index":
-        Image.fromarray(ids.astype(np.uint8), "L").save(root / "masks" / f"{rel}.png")
-    elif kind == "rgb":
-        colours = np.array(PALETTE + [[0, 0, 0]] * 253, np.uint8)
-        rgb = colours[np.where(ids == 255, 3, ids)]
-        rgb[ids == 255] = (255, 255, 255)  # not in the palette: read as ignore
-        Image.fromarray(rgb, "RGB").save(root / "masks" / f"{rel}.png")
-    elif kind == "uint16":
-        Image.fromarray(ids.astype(np.uint16)).save(root / "masks" / f"{rel}.png")
-    return image
-
-
-def _classes(root: Path, **extra) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "classes.json").write_text(
-        json.dumps({"classes": CLASSES, "palette": PALETTE, **extra})
-    )
-
-
-def _assert_item(dataset, index: int, image: np.ndarray, ids: np.ndarray) -> None:
-    got_image, got_mask = dataset[index]
-    np.testing.assert_array_equal(got_image.permute(1, 2, 0).numpy(), image)
-    np.testing.assert_array_equal(got_mask.numpy(), ids)
-    assert got_mask.dtype == torch.int64
-
 
 def test_split_folders_with_subfolders(tmp_path):
     root = tmp_path / "data"
-    _classes(root)
+    write_classes(root)
     written = {}
     for split, rel in (("train", "town/a"), ("train", "town/b"), ("val", "c")):
-        ids = _labels(20, 30, len(written))
-        written[(split, rel)] = (_write_pair(root, f"{split}/{rel}", ids, seed=len(written)), ids)
+        ids = labels(20, 30, len(written))
+        written[(split, rel)] = (write_pair(root, f"{split}/{rel}", ids, seed=len(written)), ids)
     train = build_dataset("folder", root, "train")
     assert len(train) == 2 and train.info.class_names == tuple(CLASSES)
-    _assert_item(train, 0, *written[("train", "town/a")])
-    _assert_item(build_dataset("folder", root, "val"), 0, *written[("val", "c")])
+    assert_item(train, 0, *written[("train", "town/a")])
+    assert_item(build_dataset("folder", root, "val"), 0, *written[("val", "c")])
 
 
 def test_split_lists(tmp_path):
     root = tmp_path / "data"
-    _classes(root)
-    pairs = {f"s{i}": (_labels(16, 16, i), i) for i in range(4)}
-    written = {k: (_write_pair(root, k, ids, seed=i), ids) for k, (ids, i) in pairs.items()}
+    write_classes(root)
+    pairs = {f"s{i}": (labels(16, 16, i), i) for i in range(4)}
+    written = {k: (write_pair(root, k, ids, seed=i), ids) for k, (ids, i) in pairs.items()}
     (root / "splits").mkdir()
     (root / "splits" / "train.txt").write_text("s0\ns2.png  # extensions are optional\n")
     (root / "splits" / "val.txt").write_text("s3\n")
     train = build_dataset("folder", root, "train")
     assert [p[0].stem for p in train.pairs] == ["s0", "s2"]
-    _assert_item(train, 1, *written["s2"])
-    _assert_item(build_dataset("folder", root, "val"), 0, *written["s3"])
+    assert_item(train, 1, *written["s2"])
+    assert_item(build_dataset("folder", root, "val"), 0, *written["s3"])
 
 
 def test_a_flat_folder_is_split_by_a_seeded_ratio(tmp_path):
     root = tmp_path / "data"
-    _classes(root)
+    write_classes(root)
     for i in range(10):
-        _write_pair(root, f"f{i}", _labels(8, 8, i), seed=i)
+        write_pair(root, f"f{i}", labels(8, 8, i), seed=i)
     cfg = FolderConfig(val_ratio=0.3, split_seed=1)
     train, val = (split_files(root, s, cfg) for s in ("train", "val"))
     names = lambda files: {p[0].stem for p in files.pairs}  # noqa: E731
@@ -127,32 +74,32 @@ def test_a_flat_folder_is_split_by_a_seeded_ratio(tmp_path):
 @pytest.mark.parametrize("kind", ["index", "rgb", "uint16"])
 def test_index_palette_and_16_bit_masks_read_as_written(tmp_path, kind):
     root = tmp_path / "data"
-    _classes(root)
-    ids = _labels(24, 18, 5)
-    image = _write_pair(root, "train/x", ids, kind, seed=5)
-    _write_pair(root, "val/y", _labels(8, 8, 6), kind)
-    _assert_item(build_dataset("folder", root, "train"), 0, image, ids)
+    write_classes(root)
+    ids = labels(24, 18, 5)
+    image = write_pair(root, "train/x", ids, kind, seed=5)
+    write_pair(root, "val/y", labels(8, 8, 6), kind)
+    assert_item(build_dataset("folder", root, "train"), 0, image, ids)
 
 
-def test_a_16_bit_mask_of_many_classes(tmp_path):
+def test_a_16_bit_mask_of_manywrite_classes(tmp_path):
     root = tmp_path / "data"
     names = [f"c{i}" for i in range(300)]
     root.mkdir()
     (root / "classes.json").write_text(json.dumps(names))
     ids = np.random.default_rng(0).integers(0, 300, (12, 12))
-    image = _write_pair(root, "train/x", ids, "uint16")
-    _write_pair(root, "val/x", ids, "uint16")
-    _assert_item(build_dataset("folder", root, "train"), 0, image, ids)
+    image = write_pair(root, "train/x", ids, "uint16")
+    write_pair(root, "val/x", ids, "uint16")
+    assert_item(build_dataset("folder", root, "train"), 0, image, ids)
 
 
 def test_stored_ignore_index_and_reduce_zero_label(tmp_path):
     root = tmp_path / "data"
-    _classes(root, ignore_index=99, reduce_zero_label=True)
+    write_classes(root, ignore_index=99, reduce_zero_label=True)
     stored = np.array([[0, 1, 2, 3], [99, 3, 2, 1]])  # 0: "other" -> ignore, k -> k - 1
-    image = _write_pair(root, "train/x", stored)
-    _write_pair(root, "val/x", stored)
+    image = write_pair(root, "train/x", stored)
+    write_pair(root, "val/x", stored)
     expected = np.array([[255, 0, 1, 2], [255, 2, 1, 0]])
-    _assert_item(build_dataset("folder", root, "train"), 0, image, expected)
+    assert_item(build_dataset("folder", root, "train"), 0, image, expected)
     report = check_folder(root)
     assert report.ok, report.format()
     assert report.pixels == [4, 4, 4] and report.ignored == 4  # both splits
@@ -160,8 +107,8 @@ def test_stored_ignore_index_and_reduce_zero_label(tmp_path):
 
 def test_classes_from_the_command_line_win(tmp_path):
     root = tmp_path / "data"
-    _write_pair(root, "train/x", _labels(8, 8, 0))
-    _write_pair(root, "val/x", _labels(8, 8, 1))
+    write_pair(root, "train/x", labels(8, 8, 0))
+    write_pair(root, "val/x", labels(8, 8, 1))
     with pytest.raises(ValueError, match="no class names.*--classes"):
         build_dataset("folder", root, "train")
     ds = build_dataset("folder", root, "train", config=FolderConfig(classes="a, b ,c"))
@@ -169,12 +116,12 @@ def test_classes_from_the_command_line_win(tmp_path):
 
 
 def _good_dataset(root: Path) -> None:
-    _classes(root)
+    write_classes(root)
     for split, n in (("train", 3), ("val", 1)):
         for i in range(n):
-            ids = _labels(16, 16, i)
+            ids = labels(16, 16, i)
             ids[5:9, 5:9] = np.arange(16).reshape(4, 4) % 3  # every class appears
-            _write_pair(root, f"{split}/p{i}", ids, seed=i)
+            write_pair(root, f"{split}/p{i}", ids, seed=i)
 
 
 def _break(root: Path, problem: str) -> str:
@@ -241,9 +188,9 @@ def test_each_data_problem_is_named_and_blocks_training(tmp_path, problem, capsy
 
 def test_a_class_that_never_appears_only_warns(tmp_path):
     root = tmp_path / "data"
-    _classes(root)
+    write_classes(root)
     for split in ("train", "val"):
-        _write_pair(root, f"{split}/x", np.zeros((8, 8), np.int64))  # "sky" only
+        write_pair(root, f"{split}/x", np.zeros((8, 8), np.int64))  # "sky" only
     report = check_folder(root)
     assert report.ok
     assert report.warnings == [
@@ -293,85 +240,6 @@ def test_a_tiny_run_on_a_folder_dataset_trains_evaluates_and_opens_in_the_app(tm
         "folder", root, "val", config=FolderConfig(classes=CLASSES)).info.palette]  # fmt: skip
 
 
-def _raw_dataset(root: Path, count: int = 3) -> dict[str, np.ndarray]:
-    """16-bit grey slices (values up to 4000) with index masks; returns the written images."""
-    _classes(root)
-    written = {}
-    for split, n in (("train", count), ("val", 1)):
-        for i in range(n):
-            rng = np.random.default_rng(10 * i + len(split))
-            slice16 = rng.integers(0, 4000, (20, 24)).astype(np.uint16)
-            ids = _labels(20, 24, i)
-            ids[5:9, 5:9] = np.arange(16).reshape(4, 4) % 3
-            for sub in ("images", "masks"):
-                (root / sub / split).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(slice16).save(root / "images" / split / f"s{i}.png")
-            Image.fromarray(ids.astype(np.uint8), "L").save(root / "masks" / split / f"s{i}.png")
-            written[f"{split}/s{i}"] = slice16
-    return written
-
-
-def test_16_bit_slices_are_read_at_full_precision_with_their_own_statistics(tmp_path):
-    root = tmp_path / "data"
-    written = _raw_dataset(root)
-    ds = build_dataset("folder", root, "train")
-    image, _ = ds[0]
-    assert ds.info.image_mode == "raw" and image.dtype == torch.float32
-    np.testing.assert_array_equal(image.numpy(), written["train/s0"][None].astype(np.float32))
-    report = check_folder(root)
-    assert report.ok and report.image_mode == "raw"
-    train = np.stack([written[f"train/s{i}"] for i in range(3)]).astype(np.float64)
-    np.testing.assert_allclose(report.mean, [train.mean()], rtol=1e-9)
-    np.testing.assert_allclose(report.std, [train.std()], rtol=1e-9)
-    assert "1 band(s), mean / std per band" in report.format()
-
-
-def test_four_band_tiles_keep_every_band(tmp_path):
-    root = tmp_path / "data"
-    _classes(root)
-    tile = np.random.default_rng(0).integers(0, 256, (16, 16, 4), dtype=np.uint8)
-    for split in ("train", "val"):
-        for sub in ("images", "masks"):
-            (root / sub / split).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(tile, "RGBA").save(root / "images" / split / "t.png")
-        Image.fromarray(_labels(16, 16, 0).astype(np.uint8), "L").save(
-            root / "masks" / split / "t.png"
-        )
-    ds = build_dataset("folder", root, "train", config=FolderConfig(image_mode="raw"))
-    np.testing.assert_array_equal(ds[0][0].numpy(), tile.transpose(2, 0, 1).astype(np.float32))
-    Image.fromarray(tile[..., :3], "RGB").save(root / "images" / "val" / "t.png")  # 3 bands
-    report = check_folder(root, FolderConfig(image_mode="raw"))
-    assert ("band count mismatch", "images/val/t.png") in [
-        (p.kind, p.file) for p in report.problems
-    ]
-
-
-@pytest.mark.slow
-def test_a_model_of_raw_slices_trains_predicts_and_carries_its_normalisation(tmp_path, capsys):
-    from isa_explorer.evaluation.predict_cli import main as predict_main
-    from isa_explorer.explorer import ExplorerModel
-    from isa_explorer.pretrained import load_model
-
-    root = tmp_path / "data"
-    _raw_dataset(root)
-    run = tmp_path / "run"
-    assert fit_main(tiny_fit_args(root, run, iters=2)) == 0, capsys.readouterr().err
-    model = load_model(run)
-    report = check_folder(root)
-    assert model.image_mode == "raw" and model.encoder.out_channels[0] == 1
-    np.testing.assert_allclose(model.mean.flatten().tolist(), report.mean, rtol=1e-6)
-    np.testing.assert_allclose(model.std.flatten().tolist(), report.std, rtol=1e-6)
-    out = tmp_path / "pred"
-    assert (
-        predict_main([str(root / "images" / "val"), "--out", str(out), "--checkpoint", str(run)])
-        == 0
-    )
-    labels = np.array(Image.open(out / "s0_labels.png"))
-    assert labels.shape == (20, 24) and labels.max() < 3
-    with pytest.raises(ValueError, match="raw 1-band images.*train/predict.py"):
-        ExplorerModel(run)
-
-
 def test_allow_data_issues_trains_with_bad_values_ignored(tmp_path, capsys):
     root = tmp_path / "data"
     _good_dataset(root)
@@ -388,9 +256,9 @@ def test_a_missing_split_list_is_an_error_not_a_random_split(tmp_path):
     from isa_explorer.data.common import EmptySplitError
 
     root = tmp_path / "data"
-    _classes(root)
+    write_classes(root)
     for i in range(4):
-        _write_pair(root, f"scan_2021.05.0{i}", _labels(8, 8, i), seed=i)
+        write_pair(root, f"scan_2021.05.0{i}", labels(8, 8, i), seed=i)
     (root / "splits").mkdir()
     (root / "splits" / "train.txt").write_text("scan_2021.05.00\nscan_2021.05.01.png\n")
     assert [p[0].name for p in split_files(root, "train").pairs] == [
@@ -403,9 +271,9 @@ def test_a_missing_split_list_is_an_error_not_a_random_split(tmp_path):
 
 def test_a_one_bit_mask_reads_as_class_ids(tmp_path):
     root = tmp_path / "data"
-    _classes(root)
-    ids = (_labels(10, 12, 0) == 1).astype(np.int64)
-    image = _write_pair(root, "train/x", np.zeros((10, 12), np.int64))
-    _write_pair(root, "val/x", np.zeros((10, 12), np.int64))
+    write_classes(root)
+    ids = (labels(10, 12, 0) == 1).astype(np.int64)
+    image = write_pair(root, "train/x", np.zeros((10, 12), np.int64))
+    write_pair(root, "val/x", np.zeros((10, 12), np.int64))
     Image.fromarray(ids.astype(bool)).save(root / "masks" / "train" / "x.png")  # mode "1"
-    _assert_item(build_dataset("folder", root, "train"), 0, image, ids)
+    assert_item(build_dataset("folder", root, "train"), 0, image, ids)
