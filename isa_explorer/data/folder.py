@@ -124,8 +124,18 @@ class FolderSpec:
         return self.info.image_mode == "raw"
 
     @property
-    def colour_to_class(self) -> dict[tuple[int, int, int], int]:
-        return {tuple(int(v) for v in c): k for k, c in enumerate(self.info.palette)}
+    def code_to_class(self) -> dict[int, int]:
+        """``{colour_code(palette colour): class id}`` (the first class of a repeated colour)."""
+        codes: dict[int, int] = {}
+        for k, (r, g, b) in enumerate(self.info.palette):
+            codes.setdefault((int(r) << 16) | (int(g) << 8) | int(b), k)
+        return codes
+
+
+def colour_codes(rgb: np.ndarray) -> np.ndarray:
+    """``(..., 3)`` uint8 colours -> ``(...)`` int64 codes ``r << 16 | g << 8 | b``."""
+    c = rgb.astype(np.int64)
+    return (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]
 
 
 def resolve_spec(root: str | Path, cfg: FolderConfig | None = None) -> FolderSpec:
@@ -295,12 +305,12 @@ def to_class_ids(stored: np.ndarray, spec: FolderSpec) -> np.ndarray:
     there is no label, or the value/colour is not a class."""
     k = spec.info.num_classes
     if stored.ndim == 3:  # colours -> classes; colours outside the palette -> ignore
-        codes = (stored[..., 0].astype(np.int64) << 16) | (stored[..., 1].astype(np.int64) << 8)
-        codes |= stored[..., 2].astype(np.int64)
-        out = np.full(codes.shape, IGNORE, np.int64)
-        for (r, g, b), cls in spec.colour_to_class.items():
-            out[codes == (r << 16 | g << 8 | b)] = cls
-        return out
+        table = spec.code_to_class
+        keys = np.array(sorted(table), np.int64)  # (K,) sorted palette codes
+        classes = np.array([table[c] for c in keys], np.int64)
+        codes = colour_codes(stored)  # (H, W)
+        at = np.minimum(np.searchsorted(keys, codes), len(keys) - 1)
+        return np.where(keys[at] == codes, classes[at], IGNORE)
     unlabelled = stored == spec.ignore_index
     ids = stored - 1 if spec.reduce_zero_label else stored
     if spec.reduce_zero_label:

@@ -27,6 +27,7 @@ from isa_explorer.data.common import DatasetNotFoundError, EmptySplitError
 from isa_explorer.data.folder import (
     FolderConfig,
     FolderSpec,
+    colour_codes,
     read_mask_array,
     resolve_spec,
     split_files,
@@ -200,10 +201,8 @@ def _scan_pair(
         )
     k, ignore = spec.info.num_classes, spec.ignore_index
     if stored.ndim == 3:
-        codes = (stored[..., 0].astype(np.int64) << 16) | (stored[..., 1].astype(np.int64) << 8)
-        codes = (codes | stored[..., 2]).ravel()
-        values, counts = np.unique(codes, return_counts=True)
-        lut = {(r << 16) | (g << 8) | b: c for (r, g, b), c in spec.colour_to_class.items()}
+        values, counts = np.unique(colour_codes(stored), return_counts=True)
+        lut = spec.code_to_class
         unknown = [int(v) for v in values if int(v) not in lut]
         if unknown:
             shown = ", ".join(f"({v >> 16}, {v >> 8 & 255}, {v & 255})" for v in unknown[:_SHOWN])
