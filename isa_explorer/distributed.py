@@ -155,3 +155,31 @@ def average_buffers(module: torch.nn.Module, info: DistInfo) -> None:
         if buf.is_floating_point():
             dist.all_reduce(buf)
             buf /= info.world_size
+
+
+#: Why a distributed run on CPUs keeps plain BatchNorm (SyncBatchNorm's training forward
+#: raises ``ValueError`` for CPU tensors).
+SYNC_BN_NEEDS_CUDA = (
+    "SyncBatchNorm needs CUDA: each CPU process keeps its own BN batch stats (their running "
+    "statistics are averaged across processes before every evaluation and checkpoint)"
+)
+
+
+def sync_batchnorm(model: torch.nn.Module, info: DistInfo) -> tuple[torch.nn.Module, str | None]:
+    """``model`` with SyncBatchNorm for a distributed CUDA run, and why not where it is not.
+
+    Args:
+        model: The model, on its device.
+        info: This process's place in the run.
+
+    Returns:
+        ``(model, reason)``: with every ``BatchNorm*d`` converted (same parameters, buffers and
+        state-dict keys) and ``reason`` ``None`` for several CUDA processes; ``model`` as it
+        was otherwise, ``reason`` :data:`SYNC_BN_NEEDS_CUDA` for several CPU processes and
+        ``None`` for one process (its batch statistics are the whole batch's).
+    """
+    if not info.distributed:
+        return model, None
+    if info.device.type != "cuda":
+        return model, SYNC_BN_NEEDS_CUDA
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model), None

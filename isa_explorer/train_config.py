@@ -114,7 +114,7 @@ class TrainConfig:
         log_interval: Log loss and learning rate every this many iterations.
         evaluation: How the validation set is evaluated (:class:`EvalConfig`; also read as
             ``eval_mode``, ``eval_crop``, ``eval_stride``).
-        amp: bf16 autocast on CUDA (fp16 + loss scaling where bf16 is unsupported); off on CPU.
+        amp: bf16 autocast on CUDA and on the CPU (fp16 + loss scaling on GPUs without bf16).
         channels_last: Model and inputs in channels-last memory format.
         compile: ``torch.compile`` the training step's model.
         clip_grad: Max gradient norm, or ``None`` for no clipping.

@@ -17,6 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from isa_explorer.configs import get_config
+from isa_explorer.data.fake_cityscapes import write_fake_cityscapes
+from isa_explorer.distributed import SYNC_BN_NEEDS_CUDA
 from isa_explorer.training import NonFiniteLossError, build_model, load_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,8 +166,14 @@ def test_two_process_gloo_ddp_keeps_the_replicas_identical(tmp_path: Path) -> No
     ]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    # Plain BatchNorm on CPU processes, said so; the running statistics are averaged.
+    assert SYNC_BN_NEEDS_CUDA in (run / "log.txt").read_text()
     ranks = [torch.load(run / "debug" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert ranks[0].keys() == ranks[1].keys()
+    bn_means = [k for k in ranks[0] if k.endswith("running_mean")]
+    assert bn_means and not torch.equal(
+        ranks[0][bn_means[0]], torch.zeros_like(ranks[0][bn_means[0]])
+    )
     for key in ranks[0]:
         assert torch.equal(ranks[0][key], ranks[1][key]), key
     metrics = json.loads((run / "metrics.json").read_text())
@@ -256,31 +264,9 @@ def test_imagenet_download_failure_suggests_none_or_a_file(monkeypatch, tmp_path
         build_model({**kwargs, "encoder_weights": "imagenet", "decoder_isa_channels": 16})
 
 
-def _fake_cityscapes(root: Path, split: str, n: int) -> None:
-    """``n`` 64x128 scenes in the official layout: road (labelId 7) with a car (26) block."""
-    from PIL import Image
-
-    for k in range(n):
-        stem = f"city{k}_000000_000000"
-        rng = torch.Generator().manual_seed(k)
-        image = torch.randint(0, 256, (64, 128, 3), generator=rng, dtype=torch.uint8)
-        label = torch.full((64, 128), 7, dtype=torch.uint8)
-        label[16:48, 20 + 10 * k : 70 + 10 * k] = 26
-        image[label == 26] = 200
-        for sub, arr, suffix in (
-            ("leftImg8bit", image, "leftImg8bit"),
-            ("gtFine", label, "gtFine_labelIds"),
-        ):
-            path = root / sub / split / f"city{k}" / f"{stem}_{suffix}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(arr.numpy()).save(path)
-
-
 def test_published_recipe_trains_on_a_cityscapes_layout(tmp_path: Path) -> None:
     # The 769x769 recipe (aux head, align_corners, slide eval) shrunk to a tiny model and crop.
-    root = tmp_path / "cityscapes"
-    _fake_cityscapes(root, "train", 4)
-    _fake_cityscapes(root, "val", 1)
+    root = write_fake_cityscapes(tmp_path / "cityscapes", {"train": 4, "val": 1}, (64, 128))
     cfg = get_config(
         "isanet_r50-d8_4xb2-40k_cityscapes-769x769",
         [
@@ -303,4 +289,6 @@ def test_published_recipe_trains_on_a_cityscapes_layout(tmp_path: Path) -> None:
     metrics = result["final_metrics"]
     assert metrics["num_images"] == 1 and len(metrics["IoU"]) == 19
     assert metrics["class_names"][13] == "car"
-    assert "aux" in (tmp_path / "run" / "log.txt").read_text()  # the aux loss is logged
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "aux" in log  # the aux loss is logged
+    assert "amp: torch.bfloat16 autocast on cpu" in log  # the recipe's amp runs on the CPU too

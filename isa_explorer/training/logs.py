@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -89,3 +91,14 @@ def prediction_grid(
         width = round(grid.shape[-1] * display_height / grid.shape[-2])
         grid = F.interpolate(grid, (display_height, width), mode="nearest")
     return make_grid(grid, nrow=3, padding=2)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with nan/inf floats as ``None`` (strict JSON, as ``metrics.json`` is)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value

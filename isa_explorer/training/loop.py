@@ -26,16 +26,18 @@ from isa_explorer.distributed import (
     cleanup_distributed,
     gather_objects,
     setup_distributed,
+    sync_batchnorm,
 )
 from isa_explorer.evaluation import evaluate
 from isa_explorer.training import checkpoint as ckpt
 from isa_explorer.training.data import build_loaders
-from isa_explorer.training.logs import close_logger, open_logger, prediction_grid
+from isa_explorer.training.logs import close_logger, jsonable, open_logger, prediction_grid
 from isa_explorer.training.model import build_model
 from isa_explorer.training.steps import (
     NonFiniteLossError,
     TrainForward,
     all_finite,
+    amp_dtype,
     check_resume_config,
     poly_factor,
     segmentation_loss,
@@ -65,7 +67,9 @@ def train(
 
     Returns:
         ``{"iters", "best_mIoU", "final_metrics", "sec_per_iter", "peak_memory_bytes",
-        "run_dir"}``.
+        "run_dir"}``. ``peak_memory_bytes`` is, on CUDA, ``torch.cuda.max_memory_allocated``
+        over the training iterations (evaluations left out, as in mmseg's logged memory); on
+        the CPU, the process's peak resident set size.
 
     Raises:
         FileExistsError: ``run_dir`` holds a checkpoint and ``resume`` is False.
@@ -78,17 +82,6 @@ def train(
     finally:
         if not joined:
             cleanup_distributed()
-
-
-def _jsonable(value: Any) -> Any:
-    """``value`` with nan/inf floats as ``None`` (strict JSON)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 class _Trainer:
@@ -127,10 +120,9 @@ class _Trainer:
         torch.manual_seed(cfg.seed)  # the same initial weights on every process
         self.train_loader, self.batches, self.val_loader, self.data_info = build_loaders(cfg, info)
         model = build_model(cfg.model, self.data_info).to(info.device)
-        if info.distributed and info.device.type == "cuda":
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        elif info.distributed:
-            self.log.info("SyncBatchNorm needs CUDA: each CPU process keeps its own BN batch stats")
+        model, why_not = sync_batchnorm(model, info)
+        if why_not is not None:
+            self.log.info(why_not)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
@@ -139,11 +131,10 @@ class _Trainer:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, poly_factor(cfg))
         cuda = info.device.type == "cuda"
-        self.amp_dtype = None
-        if cfg.amp and cuda:
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        elif cfg.amp:
-            self.log.info("amp is for CUDA only; training in float32 on the CPU")
+        self.amp_dtype = amp_dtype(cfg, info.device)
+        if self.amp_dtype is not None:
+            scaled = " with loss scaling" if self.amp_dtype == torch.float16 else ""
+            self.log.info(f"amp: {self.amp_dtype} autocast on {info.device.type}{scaled}")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         # Dropout (and anything else random) differs between processes.
         torch.manual_seed(cfg.seed + 1 + info.rank)
@@ -283,7 +274,10 @@ class _Trainer:
         cfg, info = self.cfg, self.info
         cuda = info.device.type == "cuda"
         if cuda:
+            # As mmseg's env_cfg (cudnn_benchmark=True): the crops keep one size.
+            torch.backends.cudnn.benchmark = True
             torch.cuda.reset_peak_memory_stats(info.device)
+        train_peak = 0  # CUDA: bytes at the peak of the training iterations (not evaluation)
         self.log.info(
             f"training {cfg.name}: {cfg.iters} iterations, {info.world_size} process(es) x "
             f"batch {cfg.batch_size} on {info.device}, run dir {self.run_dir}"
@@ -310,7 +304,7 @@ class _Trainer:
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             autocast = (
-                torch.autocast("cuda", dtype=self.amp_dtype)
+                torch.autocast(info.device.type, dtype=self.amp_dtype)
                 if self.amp_dtype is not None
                 else contextlib.nullcontext()
             )
@@ -349,7 +343,11 @@ class _Trainer:
                     self.writer.add_scalar("train/loss", mean_loss, it)
                     self.writer.add_scalar("train/lr", lr, it)
             if it % cfg.eval_interval == 0 or it == cfg.iters:
+                if cuda:
+                    train_peak = max(train_peak, torch.cuda.max_memory_allocated(info.device))
                 final = self._evaluate(it)
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(info.device)
             if it % cfg.ckpt_interval == 0 or it == cfg.iters:
                 self._checkpoint(it)
         bar.close()
@@ -357,7 +355,7 @@ class _Trainer:
             final = self._evaluate(cfg.iters)
 
         peak = (
-            torch.cuda.max_memory_allocated(info.device)
+            max(train_peak, torch.cuda.max_memory_allocated(info.device))
             if cuda
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         )
@@ -381,7 +379,7 @@ class _Trainer:
                 "history": self.history,
                 "losses": self.losses,
             }
-            text = json.dumps(_jsonable(summary), indent=2, allow_nan=False)
+            text = json.dumps(jsonable(summary), indent=2, allow_nan=False)
             (self.run_dir / "metrics.json").write_text(text + "\n")
         barrier(info)
         self.log.info(

@@ -24,6 +24,16 @@ class NonFiniteLossError(RuntimeError):
         self.iteration, self.checkpoint = iteration, checkpoint
 
 
+def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a run: ``None`` without ``amp``, else bfloat16 (on the CPU too),
+    or float16 on a CUDA device without bf16 (trained with loss scaling)."""
+    if not cfg.amp:
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
 class TrainForward(nn.Module):
     """``model.forward_train`` as ``forward``, so DDP and ``torch.compile`` wrap the train pass."""
 
