@@ -117,6 +117,9 @@ class TrainConfig:
         amp: bf16 autocast on CUDA and on the CPU (fp16 + loss scaling on GPUs without bf16).
         channels_last: Model and inputs in channels-last memory format.
         compile: ``torch.compile`` the training step's model.
+        checkpoint_attention: Activation checkpointing of the ISA head's two relation blocks
+            (:attr:`~isa_explorer.models.isa.decoder.ISADecoder.checkpoint_relations`): less
+            memory, a second forward of the blocks in backward, the same numbers.
         clip_grad: Max gradient norm, or ``None`` for no clipping.
         seed: Seed of the model init, the data order and the augmentations.
         workers: DataLoader worker processes per process.
@@ -148,6 +151,7 @@ class TrainConfig:
     amp: bool = False
     channels_last: bool = False
     compile: bool = False
+    checkpoint_attention: bool = False
     clip_grad: float | None = None
     seed: int = 0
     workers: int = 0

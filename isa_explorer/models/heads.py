@@ -34,8 +34,9 @@ class ContextHead(nn.Module, ABC):
     ):
         super().__init__()
         self.attn_impl = attn_impl
-        self.in_conv = ConvBNReLU(in_channels, channels, 3)
-        self.out_conv = ConvBNReLU(channels * 2, channels, 1)
+        # Their outputs are copied (token layout, cat) or dropped out, not saved: masks suffice.
+        self.in_conv = ConvBNReLU(in_channels, channels, 3, mask_relu=True)
+        self.out_conv = ConvBNReLU(channels * 2, channels, 1, mask_relu=True)
         self.dropout = nn.Dropout2d(dropout)
         self.conv_seg = nn.Conv2d(channels, classes, 1)
 

@@ -19,11 +19,16 @@ the modules of :mod:`isa_explorer.models.inference`.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
+
+from isa_explorer.models.saved import current as current_saved
 
 AttnImpl = Literal["fused", "explicit"]
 
@@ -43,6 +48,41 @@ class TokenConv2d(nn.Conv2d):
         return F.linear(x, self.weight.flatten(1), self.bias)  # (B, L, Cout)
 
 
+class _ReLUKeepingMask(torch.autograd.Function):
+    """In-place ReLU whose backward keeps a one-byte mask instead of the four-byte output."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor) -> torch.Tensor:
+        z.clamp_min_(0)  # what nn.ReLU(inplace=True) runs
+        ctx.mark_dirty(z)
+        ctx.save_for_backward(z > 0)  # bool: where the gradient passes
+        return z
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (mask,) = ctx.saved_tensors
+        return torch.where(mask, grad, 0.0)  # ReLU's own backward, bit for bit
+
+
+class MaskReLU(nn.ReLU):
+    """``nn.ReLU(inplace=True)`` that saves a bool mask for backward, not its output.
+
+    PyTorch's ReLU saves its output (4 bytes a value) to mask the gradient. When nothing else
+    keeps that output alive for backward (the next layer copies it, or saves only a mask of
+    its own), a 1-byte mask is all backward needs: a quarter of the memory, the same
+    gradients. Where the next layer saves the output anyway (a convolution's input), plain
+    ``nn.ReLU`` costs nothing extra and is used instead. Without autograd it is ``relu_``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _ReLUKeepingMask.apply(x)
+        return torch.relu_(x)
+
+
 class ConvBNReLU(nn.Module):
     """Convolution without bias, BatchNorm and ReLU (mmcv ``ConvModule`` with BN and ReLU).
 
@@ -53,10 +93,17 @@ class ConvBNReLU(nn.Module):
         out_channels: Output channels.
         kernel_size: Square kernel size; padding keeps the spatial size.
         dilation: Dilation of the convolution.
+        mask_relu: Save a bool mask for ReLU's backward instead of its output
+            (:class:`MaskReLU`): for layers whose output the next layer does not save.
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        dilation: int = 1,
+        mask_relu: bool = False,
     ):
         super().__init__()
         padding = dilation * (kernel_size // 2)
@@ -64,16 +111,38 @@ class ConvBNReLU(nn.Module):
             in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False
         )
         self.bn = nn.BatchNorm2d(out_channels)
-        self.act = nn.ReLU(inplace=True)
+        self.act = MaskReLU() if mask_relu else nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, Cin, H, W) -> (B, Cout, H, W)``, or tokens ``(B, L, Cin) -> (B, L, Cout)``."""
         y = self.conv(x)
         if y.dim() == 3:
             b, n, c = y.shape
-            # BatchNorm over (B*L, C, 1, 1) == BatchNorm2d statistics over (B, C, H, W).
-            return self.act(self.bn(y.reshape(b * n, c, 1, 1)).view(b, n, c))
+            y4 = y.view(b * n, c, 1, 1)
+            # BatchNorm over (B*L, C, 1, 1) == BatchNorm2d statistics over (B, C, H, W). The
+            # in-place ReLU runs on BatchNorm's own output, not on a view of it: in place on a
+            # view, autograd would rebuild the base's gradient in backward (zero fill + copy).
+            r = self.act(self.bn(y4))  # (B*L, C, 1, 1)
+            self._rebuild_in_backward(y4, r)
+            return r.view(b, n, c)
         return self.act(self.bn(y))
+
+    def _rebuild_in_backward(self, y4: torch.Tensor, r: torch.Tensor) -> None:
+        """In training (:mod:`~isa_explorer.models.saved`), backward keeps a recipe for the
+        ReLU output ``r`` instead of ``r``: BatchNorm keeps its input ``y4`` anyway, and
+        BatchNorm (batch statistics) plus ReLU rebuild ``r`` bit for bit."""
+        saved, bn = current_saved(), self.bn
+        # Plain BatchNorm only: SyncBatchNorm's statistics span processes.
+        if saved is None or type(bn) is not nn.BatchNorm2d or not bn.training:
+            return
+        if isinstance(self.act, MaskReLU):  # nothing keeps r: nothing to save
+            return
+        saved.register(
+            r,
+            lambda: torch.relu_(
+                F.batch_norm(y4, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+            ),
+        )
 
 
 def attention(
@@ -88,12 +157,21 @@ def attention(
         Context ``(B, L, Cv)``.
     """
     if impl == "explicit":
-        attn = torch.bmm(q * scale, k.transpose(1, 2))  # (B, L, L)
+        # Scaled after the product, as mmseg: no scaled copy of q for backward to keep.
+        attn = torch.bmm(q, k.transpose(1, 2)).mul_(scale)  # (B, L, L)
         attn = attn.softmax(dim=-1)
         return torch.bmm(attn, v)
     if impl != "fused":
         raise ValueError(f"unknown attention implementation {impl!r}: use 'fused' or 'explicit'")
-    return _merge_heads(fused_attention_heads(q, k, v, scale))
+    o = fused_attention_heads(q, k, v, scale)  # (B, h, L, Ck)
+    merged = _merge_heads(o)  # (B, L, h * Ck), a copy when h > 1
+    saved = current_saved()
+    if saved is not None and o.shape[1] > 1:
+        # The attention keeps its output for backward, the output projection keeps the same
+        # numbers as its input: keep one and rebuild the other's layout in backward.
+        b, h, n, ck = o.shape
+        saved.register(o, lambda: merged.view(b, n, h, ck).transpose(1, 2).contiguous())
+    return merged
 
 
 def fused_attention_heads(
@@ -145,7 +223,8 @@ class RelationBlock(nn.Module):
             ConvBNReLU(channels, isa_channels), ConvBNReLU(isa_channels, isa_channels)
         )
         self.value_project = TokenConv2d(channels, channels, 1)
-        self.output_project = ConvBNReLU(channels, channels)
+        # Its output is copied into the next layout, not saved: a mask suffices for backward.
+        self.output_project = ConvBNReLU(channels, channels, mask_relu=True)
         self.scale = isa_channels**-0.5
 
     def forward(
@@ -165,3 +244,47 @@ class RelationBlock(nn.Module):
         v = self.value_project(t)  # (B, L, C)
         out = self.output_project(attention(q, k, v, self.scale, impl))
         return (out, q.detach(), k.detach()) if return_qk else out
+
+
+def checkpointed(block: nn.Module, t: torch.Tensor, impl: AttnImpl = "fused") -> torch.Tensor:
+    """``block(t, impl)`` under activation checkpointing (``torch.utils.checkpoint``).
+
+    Only the block's input is kept for backward; its activations are recomputed there, at
+    the cost of a second forward of the block. The recomputation leaves BatchNorm's running
+    statistics alone (they were updated by the forward), so a checkpointed run computes the
+    same numbers and buffers as a plain one. Forward hooks of the block's modules fire again
+    during the recomputation.
+    """
+    calls = 0
+
+    def run(tokens: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the forward pass
+            return block(tokens, impl)
+        with _frozen_batchnorm_stats(block):  # the recomputation in backward
+            return block(tokens, impl)
+
+    return torch.utils.checkpoint.checkpoint(run, t, use_reentrant=False)
+
+
+@contextlib.contextmanager
+def _frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
+    """BatchNorms normalise with batch statistics as before, but leave their buffers as they
+    are: momentum 0 keeps the running statistics (``1 * running + 0 * batch``), and the batch
+    counter is put back. (Switching tracking off instead would change what autograd saves,
+    which checkpointing checks.)"""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    state = [
+        (m.momentum, None if m.num_batches_tracked is None else int(m.num_batches_tracked))
+        for m in norms
+    ]
+    try:
+        for m in norms:
+            m.momentum = 0.0
+        yield
+    finally:
+        for m, (momentum, count) in zip(norms, state, strict=True):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.fill_(count)

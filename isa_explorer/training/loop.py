@@ -123,6 +123,13 @@ class _Trainer:
         model, why_not = sync_batchnorm(model, info)
         if why_not is not None:
             self.log.info(why_not)
+        if cfg.checkpoint_attention:
+            if not hasattr(model.decoder, "checkpoint_relations"):
+                raise ValueError(
+                    f"checkpoint_attention is for the 'isa' head, not {model.head!r}; "
+                    "set checkpoint_attention=false"
+                )
+            model.decoder.checkpoint_relations = True
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model

@@ -85,7 +85,15 @@ def poly_factor(cfg: TrainConfig) -> Callable[[int], float]:
 
 #: Config keys that may change when a run is resumed (they do not change what is computed).
 RESUMABLE_CHANGES = frozenset(
-    {"workers", "log_interval", "eval_interval", "ckpt_interval", "data_root", "compile"}
+    {
+        "workers",
+        "log_interval",
+        "eval_interval",
+        "ckpt_interval",
+        "data_root",
+        "compile",
+        "checkpoint_attention",
+    }
 )
 
 

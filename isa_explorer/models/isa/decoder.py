@@ -14,6 +14,7 @@ After both steps every position has drawn information from every other one.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from isa_explorer.models import saved
 from isa_explorer.models.heads import Attention, ContextHead
-from isa_explorer.models.layers import AttnImpl, RelationBlock
+from isa_explorer.models.layers import AttnImpl, RelationBlock, checkpointed
 
 Order = Literal["long-short", "short-long"]
 
@@ -149,14 +151,14 @@ class GroupGrid:
         x = x.view(b, c, self.gh, self.lh, self.gw, self.lw)
         x = x.permute(_NCHW_TO_LONG if step == "long" else _NCHW_TO_SHORT)
         # Sizes spelled out (no -1), so symbolic sizes need no divisibility proof.
-        return self._reshape(x, b * self._num_seq(step), self._seq_len(step), c)
+        return self._tokens(x, b * self._num_seq(step), self._seq_len(step), c)
 
     def swap(self, t: torch.Tensor, step: str) -> torch.Tensor:
         """Tokens of ``step`` -> tokens of the other step (one permutation)."""
         b, c = t.shape[0] // self._num_seq(step), t.shape[-1]
         t = t.view(b, *self._dims(step), c).permute(_SWAP)
         other = "short" if step == "long" else "long"
-        return self._reshape(t, b * self._num_seq(other), self._seq_len(other), c)
+        return self._tokens(t, b * self._num_seq(other), self._seq_len(other), c)
 
     def to_map(self, t: torch.Tensor, step: str) -> torch.Tensor:
         """Tokens of ``step`` -> padded map ``(B, C, hp, wp)``.
@@ -170,6 +172,15 @@ class GroupGrid:
         hp, wp = self.padded
         t = self._reshape(t, b, hp * wp, c)  # (B, hp * wp, C) in raster order
         return self._reshape(t.transpose(1, 2), b, c, hp, wp)
+
+    def _tokens(self, x: torch.Tensor, *shape: int) -> torch.Tensor:
+        """A permuted view -> contiguous tokens ``shape``: always one copy. (``reshape`` can
+        return a strided view here -- the swap of the two steps' layouts is a transpose of
+        ``(sequences, length)`` -- and then each of the next block's three projections would
+        copy it again, and keep its own copy for backward.)"""
+        if self.symbolic:
+            return self._reshape(x, *shape)
+        return x.contiguous().view(*shape)
 
     def _reshape(self, x: torch.Tensor, *shape: int) -> torch.Tensor:
         """``x.reshape(shape)``; for symbolic sizes always a copy (reshape's choice between a
@@ -207,6 +218,7 @@ def isa_context(
     grid: GroupGrid,
     impl: AttnImpl,
     return_attention: bool = False,
+    checkpoint: bool = False,
 ) -> tuple[torch.Tensor, Attention | None]:
     """Both ISA steps over the whole map at once.
 
@@ -218,6 +230,8 @@ def isa_context(
         grid: The :class:`GroupGrid` of ``(H, W)``.
         impl: ``"fused"`` or ``"explicit"`` attention.
         return_attention: Also return the queries and keys.
+        checkpoint: Run each block under activation checkpointing
+            (:func:`~isa_explorer.models.layers.checkpointed`; not with ``return_attention``).
 
     Returns:
         The context ``(B, C, H, W)`` and, when asked, ``{"grid": grid, "{step}_q": ...,
@@ -230,7 +244,7 @@ def isa_context(
         if i:
             t = grid.swap(t, first)  # tokens of the second step
         if attn is None:
-            t = block(t, impl)
+            t = checkpointed(block, t, impl) if checkpoint else block(t, impl)
             continue
         t, q, k = block(t, impl, return_qk=True)
         attn[f"{step}_q"], attn[f"{step}_k"] = grid.to_map(q, step), grid.to_map(k, step)
@@ -254,6 +268,12 @@ class ISADecoder(ContextHead):
         dropout: Dropout before the classifier (0.1).
         attn_impl: ``"fused"`` (scaled_dot_product_attention) or ``"explicit"``.
 
+    Attributes:
+        checkpoint_relations: Activation checkpointing of the two relation blocks in training
+            (``False``; ``train/fit.py --set checkpoint_attention=true``): their activations
+            are recomputed in backward instead of kept, for less memory and a second forward
+            of the blocks. Not a weight or a config of the model: it is not saved with it.
+
     Shapes:
         ``(B, in_channels, H, W) -> (B, classes, H, W)`` logits at feature resolution.
     """
@@ -276,6 +296,7 @@ class ISADecoder(ContextHead):
         self.order = order
         self.global_relation = RelationBlock(channels, isa_channels)
         self.local_relation = RelationBlock(channels, isa_channels)
+        self.checkpoint_relations = False
 
     @property
     def steps(self) -> tuple[tuple[str, RelationBlock], tuple[str, RelationBlock]]:
@@ -293,7 +314,13 @@ class ISADecoder(ContextHead):
         """
         residual = self.in_conv(x)  # (B, C, H, W)
         grid = GroupGrid.of(*residual.shape[-2:], self.down_factor)
-        context, attn = isa_context(self.steps, residual, grid, self.attn_impl, return_attention)
+        checkpoint = self.checkpoint_relations and self.training and torch.is_grad_enabled()
+        # Training: backward rebuilds the cheap saved tensors (isa_explorer.models.saved).
+        lean = saved.active(self) and not checkpoint and not return_attention
+        with saved.RecomputeSaved() if lean else contextlib.nullcontext():
+            context, attn = isa_context(
+                self.steps, residual, grid, self.attn_impl, return_attention, checkpoint
+            )
         return context, residual, attn
 
 
