@@ -78,3 +78,29 @@ def test_rounds_pool_the_timed_runs_and_keep_the_largest_peak():
     assert merged["median_ms"] == sorted(merged["times_ms"])[2]
     assert merged["peak_mib"] == b["peak_mib"]
     assert bench_head.merge_rounds([{"status": "timeout"}])["status"] == "timeout"
+
+
+@pytest.mark.parametrize("path", ["fused", "explicit-checkpoint", "dense"])
+def test_training_mode_times_a_training_step(path):
+    r = bench_head.measure_decoder(path, (12, 20), runs=2, warmup=1, head=SMALL, mode="train")
+    assert r["status"] == "ok" and r["mode"] == "train" and len(r["times_ms"]) == 2
+    model = bench_head.build_decoder(path, SMALL, mode="train")
+    assert model.training and not getattr(model, "prepared", False)
+    assert getattr(model, "checkpoint_relations", False) == path.endswith("-checkpoint")
+    x = torch.randn(1, 24, 12, 20)
+    bench_head.train_step(model, x)  # the gradients are computed, then cleared
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(ValueError, match="training path"):
+        bench_head.build_decoder("fused-checkpoint", SMALL, mode="infer")
+
+
+def test_cli_training_mode_writes_its_own_report(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--mode", "train", "--sizes", "8x16", "--paths", "fused", "explicit"]
+    assert bench_head.main([*argv, "--runs", "1", "--warmup", "0"]) == 0
+    report = json.loads((tmp_path / "results" / "bench_head_train_cpu.json").read_text())
+    assert report["mode"] == "train" and "probe" not in report
+    assert [r["path"] for r in report["results"]] == ["fused", "explicit"]
+    assert all(r["status"] == "ok" and r["mode"] == "train" for r in report["results"])
+    with pytest.raises(SystemExit):  # checkpointing is a training path
+        bench_head.main(["--paths", "fused-checkpoint", "--sizes", "8x16"])

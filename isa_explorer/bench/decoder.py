@@ -1,4 +1,4 @@
-"""Forward time and peak memory of the whole ISA decoder, fused vs explicit vs dense.
+"""Time and peak memory of the whole ISA decoder, fused vs explicit vs dense.
 
 ``isa-explorer bench decoder`` runs the published head (2048 input channels, 512
 channels, 256 query/key channels, 8x8 groups, batch 1) on feature maps of 32x64, 64x128 and
@@ -8,7 +8,15 @@ channels, 256 query/key channels, 8x8 groups, batch 1) on feature maps of 32x64,
   streamed over chunks of attention sequences at inference);
 * ``explicit`` -- the same weights, materialised affinities;
 * ``dense`` -- :class:`DenseAttentionDecoder` (one attention over all positions, fused);
-* ``dense-explicit`` -- dense with the ``N x N`` affinity materialised (not run by default).
+* ``dense-explicit`` -- dense with the ``N x N`` affinity materialised (not run by default);
+* ``fused-checkpoint``, ``explicit-checkpoint`` -- training only: the relation blocks under
+  activation checkpointing (:attr:`ISADecoder.checkpoint_relations`).
+
+``--mode infer`` (default) times a forward of the decoder prepared for inference
+(:func:`~isa_explorer.models.prepare.prepare_for_inference`) under ``inference_mode``;
+``--mode train`` times a training step of the plain decoder in train mode: forward, a
+mean-square loss of the logits, backward and ``zero_grad`` (written to
+``results/bench_head_train_cpu.json``).
 
 It also times the attention probe: :func:`isa_explorer.attention.query_maps` (long-range,
 short-range and combined map of one query) on a cache captured once at 128x256.
@@ -42,8 +50,10 @@ from isa_explorer.models.heads import DenseAttentionDecoder
 from isa_explorer.models.isa.decoder import ISADecoder
 from isa_explorer.models.prepare import prepare_for_inference
 
-PATHS = ("fused", "explicit", "dense", "dense-explicit")
+PATHS = ("fused", "explicit", "dense", "dense-explicit", "fused-checkpoint", "explicit-checkpoint")
 DEFAULT_PATHS = ("fused", "explicit", "dense")
+DEFAULT_TRAIN_PATHS = ("fused", "explicit", "fused-checkpoint", "explicit-checkpoint")
+MODES = ("infer", "train")
 DEFAULT_SIZES = ((32, 64), (64, 128), (128, 256))
 #: The published head: ResNet stage-4 input, channels, query/key channels, group size.
 HEAD = dict(in_channels=2048, classes=19, channels=512, isa_channels=256)
@@ -51,17 +61,34 @@ DOWN_FACTOR = (8, 8)
 STRIDE = 8  # feature cell of an output-stride-8 encoder, for the probe's image size
 
 
-def build_decoder(path: str, head: dict[str, int] | None = None) -> nn.Module:
-    """The decoder of one benchmark ``path`` (see module docstring), prepared for inference."""
+def build_decoder(path: str, head: dict[str, int] | None = None, mode: str = "infer") -> nn.Module:
+    """The decoder of one benchmark ``path`` (see module docstring).
+
+    ``mode="infer"``: prepared for inference; ``"train"``: the plain decoder in train mode.
+    """
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}: choose from {', '.join(PATHS)}")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}: choose from {', '.join(MODES)}")
+    checkpoint = path.endswith("-checkpoint")
+    if checkpoint and mode != "train":
+        raise ValueError(f"{path!r} is a training path (checkpointing keeps nothing at inference)")
     cfg = dict(HEAD if head is None else head)
-    if path in ("fused", "explicit"):
-        decoder = ISADecoder(**cfg, down_factor=DOWN_FACTOR, attn_impl=path)
+    impl = path.removesuffix("-checkpoint").removeprefix("dense-")
+    if path.startswith("dense"):
+        decoder = DenseAttentionDecoder(**cfg, attn_impl="fused" if impl == "dense" else impl)
     else:
-        impl = "explicit" if path == "dense-explicit" else "fused"
-        decoder = DenseAttentionDecoder(**cfg, attn_impl=impl)
+        decoder = ISADecoder(**cfg, down_factor=DOWN_FACTOR, attn_impl=impl)
+        decoder.checkpoint_relations = checkpoint
+    if mode == "train":
+        return decoder.train()
     return prepare_for_inference(decoder, inplace=True)
+
+
+def train_step(model: nn.Module, x: torch.Tensor) -> None:
+    """One training step of a decoder without an optimizer: forward, loss, backward."""
+    model(x).float().square().mean().backward()
+    model.zero_grad(set_to_none=True)
 
 
 def measure_decoder(
@@ -71,22 +98,28 @@ def measure_decoder(
     warmup: int = 1,
     device: str = "cpu",
     head: dict[str, int] | None = None,
+    mode: str = "infer",
 ) -> dict[str, Any]:
-    """Time and peak memory growth of one decoder forward, in this process.
+    """Time and peak memory growth of one decoder forward (``mode="infer"``) or training
+    step (``"train"``, :func:`train_step`), in this process.
 
     Run it in a fresh process (:func:`run_worker`) for a CPU memory figure: the peak RSS of
     a process never goes down.
     """
     torch.manual_seed(0)
-    model = build_decoder(path, head).to(device)
+    model = build_decoder(path, head, mode).to(device)
     h, w = size
     x = torch.randn(1, model.in_conv.conv.in_channels, h, w, device=device)  # (1, Cin, h, w)
     mem = PeakMemory(device).start()
-    with torch.inference_mode():
-        times = time_runs(lambda: model(x), runs, warmup, device)
+    if mode == "train":
+        times = time_runs(lambda: train_step(model, x), runs, warmup, device)
+    else:
+        with torch.inference_mode():
+            times = time_runs(lambda: model(x), runs, warmup, device)
     peak = mem.growth()
     return {
         "path": path,
+        "mode": mode,
         "size": [h, w],
         "positions": h * w,
         "median_ms": round(median_ms(times), 2),
@@ -135,7 +168,12 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["kind"] == "probe":
         return measure_probe(tuple(spec["size"]), spec["queries"], device=spec["device"])
     return measure_decoder(
-        spec["path"], tuple(spec["size"]), spec["runs"], spec["warmup"], spec["device"]
+        spec["path"],
+        tuple(spec["size"]),
+        spec["runs"],
+        spec["warmup"],
+        spec["device"],
+        mode=spec.get("mode", "infer"),
     )
 
 
@@ -149,6 +187,7 @@ def run(
     timeout: float = 1800,
     command: str | None = None,
     rounds: int = 1,
+    mode: str = "infer",
 ) -> dict[str, Any]:
     """Measure every ``(size, path)`` in a fresh subprocess, then the probe latency.
 
@@ -161,14 +200,14 @@ def run(
     """
     threads = torch.get_num_threads()
     system = system_info(device, command)
-    report: dict[str, Any] = {"system": system, "head": {**HEAD}, "results": []}
+    report: dict[str, Any] = {"system": system, "mode": mode, "head": {**HEAD}, "results": []}
     report["head"]["down_factor"] = list(DOWN_FACTOR)
     for size in sizes:
         rounds_of: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
         for _ in range(rounds):  # paths alternate, so load bursts on a shared CPU hit all
             for path in paths:
                 spec = dict(kind="decoder", path=path, size=list(size), runs=runs, warmup=warmup)
-                spec.update(device=device, threads=threads)
+                spec.update(device=device, threads=threads, mode=mode)
                 rounds_of[path].append(run_worker("decoder", spec, timeout))
         for path in paths:
             res = merge_rounds(rounds_of[path])
@@ -244,27 +283,34 @@ def format_table(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None, prog: str = "isa-explorer bench decoder") -> int:
     p = argparse.ArgumentParser(prog=prog, description=__doc__)
     p.add_argument("--sizes", type=parse_size, nargs="+", default=list(DEFAULT_SIZES))
-    p.add_argument("--paths", nargs="+", choices=PATHS, default=list(DEFAULT_PATHS))
+    p.add_argument("--mode", choices=MODES, default="infer", help="inference or training step")
+    p.add_argument("--paths", nargs="+", choices=PATHS, help="default: by mode (see above)")
     p.add_argument("--runs", type=int, default=3, help="timed runs per case (median)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--rounds", type=int, default=1, help="alternate the paths this many times")
     p.add_argument("--device", default="cpu")
     p.add_argument("--probe-size", type=parse_size, default=(128, 256))
     p.add_argument("--no-probe", action="store_true")
-    p.add_argument("--out", type=Path, default=Path("results/bench_head_cpu.json"))
+    p.add_argument("--out", type=Path, help="default: results/bench_head[_train]_cpu.json")
     args = p.parse_args(argv)
+    train = args.mode == "train"
+    paths = args.paths or list(DEFAULT_TRAIN_PATHS if train else DEFAULT_PATHS)
+    if not train and any(path.endswith("-checkpoint") for path in paths):
+        p.error("the -checkpoint paths are training paths: add --mode train")
+    out = args.out or Path(f"results/bench_head{'_train' if train else ''}_cpu.json")
     report = run(
         args.sizes,
-        args.paths,
+        paths,
         args.runs,
         args.warmup,
         args.device,
-        None if args.no_probe else args.probe_size,
+        None if args.no_probe or train else args.probe_size,
         rounds=args.rounds,
+        mode=args.mode,
         command=" ".join([prog, *(sys.argv[1:] if argv is None else argv)]),
     )
     print(format_table(report))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
     return 0
