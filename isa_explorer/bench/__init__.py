@@ -5,7 +5,9 @@
   attention probe;
 * :mod:`~isa_explorer.bench.click` -- the app's server-side click latency;
 * :mod:`~isa_explorer.bench.synthetic` -- the synthetic data generator's speed;
-* :mod:`~isa_explorer.bench.export` -- exported models (ONNX, ``.pt2``) against eager PyTorch.
+* :mod:`~isa_explorer.bench.export` -- exported models (ONNX, ``.pt2``) against eager PyTorch;
+* :mod:`~isa_explorer.bench.gpu` -- the GPU check: training, inference, the heads, the token
+  budget, ``torch.compile`` graph breaks and SyncBatchNorm on CUDA (``--smoke``: the CPU).
 
 They share :mod:`~isa_explorer.bench.measure` (timing, peak memory, system info, sizes) and
 one worker protocol for fresh processes (:mod:`~isa_explorer.bench.worker`).

@@ -36,7 +36,6 @@ from isa_explorer.bench.measure import (
     median_ms,
     time_runs,
 )
-from isa_explorer.bench.plot import plot_results
 from isa_explorer.bench.worker import run_worker
 from isa_explorer.models.heads import DenseAttentionDecoder
 from isa_explorer.models.isa.decoder import ISADecoder
@@ -52,7 +51,7 @@ __all__ = [
     "count_flops",
     "load_results",
     "measure_case",
-    "plot_results",
+    "plot_results",  # noqa: F822 - imported on first use (module __getattr__)
     "run_benchmark",
 ]
 
@@ -304,6 +303,16 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(int(threads))
     spec["size"] = tuple(spec["size"])
     return measure_case(**spec)
+
+
+def __getattr__(name: str) -> Any:
+    """``plot_results`` (:mod:`~isa_explorer.bench.plot`), imported on first use: measuring
+    needs no matplotlib (the GPU check runs where there is none)."""
+    if name == "plot_results":
+        from isa_explorer.bench.plot import plot_results
+
+        return plot_results
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_results(path: str | Path = COMMITTED_RESULTS) -> dict[str, Any]:

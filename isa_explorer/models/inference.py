@@ -97,6 +97,8 @@ class ConcatConvReLU(nn.Module):
 
     def forward(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         weight, shift = self.conv.weight.flatten(1), self.conv.bias  # (Cout, 2C), (Cout,)
+        # Products into ``out=`` are not autocast: under autocast they run in the inputs' dtype.
+        weight, shift = weight.to(context.dtype), shift.to(context.dtype)
         b, c, h, w = context.shape
         y = context.new_empty(b, h, w, weight.shape[0])  # (B, H, W, Cout)
         for i in range(b):
