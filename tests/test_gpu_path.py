@@ -311,15 +311,17 @@ def test_gpu_check_smoke_runs_end_to_end_without_what_the_gpu_machine_lacks(tmp_
     skipped = {n for n, c in cases.items() if c["status"] == "skipped"}
     assert skipped == set(report["plan"]["compile_skip"]), skipped
     assert all(c["status"] == "ok" for n, c in cases.items() if n not in skipped)
-    for impl in ("fused", "explicit"):
-        train_case = cases[f"train {impl} eager"]
+    for name in ("fused", "explicit", "fused checkpoint"):
+        train_case = cases[f"train {name} eager"]
         assert train_case["sec_per_iter"] > 0 and train_case["amp"] == "bfloat16"
+    assert cases["train fused checkpoint eager"]["checkpoint_attention"] is True
     assert cases["inference bf16 eager"]["images_per_s"] > 0
     assert cases["inference fp32 compiled"]["max_abs_diff_vs_eager"] < 1e-3
     assert cases["decoder fused train"]["graph_breaks"] == 0
     assert cases["sync_bn"]["forward"].startswith("needs CUDA: SyncBatchNorm expected input")
-    heads = [c for c in report["sections"]["heads"]["cases"]]
-    assert len(heads) == 2 * 12  # 2 sizes x (3 attention modules + 3 decoders) x 2 passes
+    heads = report["sections"]["heads"]["cases"]
+    # 2 sizes x (3 attention modules x 2 passes + 3 decoders forward + 4 with backward)
+    assert len(heads) == 2 * 13
     # Every target is stated, none judged in a smoke run.
     judged = [r for r in report["summary"] if r["target"]]
     assert judged and {r["met"] for r in judged} <= {"n/a (smoke)", "not measured"}

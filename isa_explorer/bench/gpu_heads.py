@@ -2,8 +2,8 @@
 
 * ``heads`` -- the attention-module benchmark (:func:`isa_explorer.bench.attention.measure_case`:
   the context step alone, ``isa-fused`` / ``isa-explicit`` / ``dense-fused``) and the whole
-  decoder (:func:`isa_explorer.bench.decoder.measure_decoder` for the prepared forward,
-  :func:`measure_decoder_train` for the forward+backward of the plain one), at each feature
+  decoder (:func:`isa_explorer.bench.decoder.measure_decoder`: the prepared head's forward, the
+  plain head's training step, also with the relation blocks checkpointed), at each feature
   size of the plan, in this process (on CUDA the peak is ``max_memory_allocated`` after a
   reset, so no fresh process is needed);
 * ``token_budget`` -- the streamed inference path
@@ -20,17 +20,19 @@ from typing import Any
 import torch
 
 from isa_explorer.bench.attention import measure_case
-from isa_explorer.bench.decoder import DOWN_FACTOR, HEAD, build_decoder, measure_decoder
+from isa_explorer.bench.decoder import build_decoder, measure_decoder
 from isa_explorer.bench.gpu_plan import Case, Plan
 from isa_explorer.bench.measure import MiB, PeakMemory, median_ms, time_runs
-from isa_explorer.models.heads import DenseAttentionDecoder
-from isa_explorer.models.isa.decoder import ISADecoder
 from isa_explorer.models.isa.streaming import TOKEN_BUDGET, TOKEN_BUDGET_ACCELERATOR
 
 #: The modules of the attention benchmark (dense: through SDPA; its N x N affinity would not fit).
 ATTENTION_MODULES = ("isa-fused", "isa-explicit", "dense-fused")
-DECODER_PATHS = ("fused", "explicit", "dense")
 PASSES = ("forward", "forward+backward")
+#: Decoder paths per pass (``-checkpoint``: training only, the relation blocks checkpointed).
+DECODER_PATHS = {
+    "forward": ("fused", "explicit", "dense"),
+    "forward+backward": ("fused", "explicit", "dense", "fused-checkpoint"),
+}
 
 
 def _runs(plan: Plan, seconds: float = 0.0) -> tuple[int, int]:
@@ -42,47 +44,6 @@ def _runs(plan: Plan, seconds: float = 0.0) -> tuple[int, int]:
     return (1, 1) if seconds > 0.5 else (3, 1)
 
 
-def measure_decoder_train(
-    path: str,
-    size: tuple[int, int],
-    runs: int = 3,
-    warmup: int = 1,
-    device: str = "cpu",
-    head: dict[str, int] | None = None,
-) -> dict[str, Any]:
-    """Time and peak memory growth of one forward+backward of the plain decoder (training).
-
-    Args:
-        path: ``"fused"`` or ``"explicit"`` ISA, or ``"dense"`` (fused dense attention).
-        size: Feature map ``(h, w)``.
-        runs, warmup: Timed and untimed steps.
-        device: Where it runs.
-        head: Decoder sizes (``None``: the published head,
-            :data:`isa_explorer.bench.decoder.HEAD`).
-    """
-    cfg = dict(HEAD if head is None else head)
-    torch.manual_seed(0)
-    if path == "dense":
-        decoder = DenseAttentionDecoder(**cfg, attn_impl="fused")
-    else:
-        decoder = ISADecoder(**cfg, down_factor=DOWN_FACTOR, attn_impl=path)
-    decoder = decoder.to(device).train()
-    x = torch.randn(1, cfg["in_channels"], *size, device=device)  # (1, Cin, h, w)
-    grad = torch.randn(1, cfg["classes"], *size, device=device)  # d loss / d logits
-
-    def step() -> None:
-        decoder(x).backward(grad)
-
-    mem = PeakMemory(device).start()
-    times = time_runs(step, runs, warmup, device)
-    return {
-        "median_ms": round(median_ms(times), 2),
-        "times_ms": [round(1000 * t, 2) for t in times],
-        "peak_mib": round(mem.growth() / MiB, 1),
-        "memory_method": mem.method,
-    }
-
-
 def head_cases(plan: Plan, ctx: Any = None) -> list[Case]:
     """Attention modules and whole decoders, forward and forward+backward, at every size."""
     cases = []
@@ -91,15 +52,15 @@ def head_cases(plan: Plan, ctx: Any = None) -> list[Case]:
         # Dense attention grows as N^2: at 128x256 fp32 about 1.6 TFLOP a forward, 0.05 s on
         # an H200 (0.2 s with backward), 16x that at 256x512; ISA takes milliseconds.
         dense = (size[0] * size[1] / (128 * 256)) ** 2
-        for bench, names in (("attention", ATTENTION_MODULES), ("decoder", DECODER_PATHS)):
-            for name in names:
-                for p in PASSES:
-                    call = dense * (0.05 if p == "forward" else 0.2) if "dense" in name else 0.05
-                    runs, warmup = _runs(plan, call)
-                    measure = _attention_case if bench == "attention" else _decoder_case
-                    run = partial(measure, plan, name, size, p, runs, warmup)
-                    estimate = 0.5 if plan.smoke else 1 + call * (runs + warmup)
-                    cases.append(Case("heads", f"{bench} {name} {p} {tag}", run, estimate))
+        runs_of = [("attention", m, p) for m in ATTENTION_MODULES for p in PASSES]
+        runs_of += [("decoder", d, p) for p in PASSES for d in DECODER_PATHS[p]]
+        for bench, name, p in runs_of:
+            call = dense * (0.05 if p == "forward" else 0.2) if "dense" in name else 0.05
+            runs, warmup = _runs(plan, call)
+            measure = _attention_case if bench == "attention" else _decoder_case
+            run = partial(measure, plan, name, size, p, runs, warmup)
+            estimate = 0.5 if plan.smoke else 1 + call * (runs + warmup)
+            cases.append(Case("heads", f"{bench} {name} {p} {tag}", run, estimate))
     return cases
 
 
@@ -116,11 +77,9 @@ def _attention_case(
 def _decoder_case(
     plan: Plan, path: str, size: tuple[int, int], p: str, runs: int, warmup: int
 ) -> dict[str, Any]:
-    if p == "forward":
-        r = measure_decoder(path, size, runs, warmup, plan.device, plan.head)
-    else:
-        r = measure_decoder_train(path, size, runs, warmup, plan.device, plan.head)
-    for key in ("status", "path", "size", "positions"):
+    mode = "infer" if p == "forward" else "train"
+    r = measure_decoder(path, size, runs, warmup, plan.device, plan.head, mode)
+    for key in ("status", "path", "mode", "size", "positions"):
         r.pop(key, None)
     return {"bench": "decoder", "module": path, "pass": p, "size": list(size), **r}
 

@@ -107,6 +107,14 @@ def _head_rows(report: dict[str, Any]) -> list[dict]:
                     report, r <= ATTENTION_RATIO)  # fmt: skip
                 rows.append(_row("heads", f"{bench} fwd+bwd {tag}", f"fused / explicit {what}",
                                  r, ATTENTION_TARGET if judged else "", met))  # fmt: skip
+        p = "forward+backward"
+        a, b = (
+            by.get(("decoder", "fused-checkpoint", p, size)),
+            by.get(("decoder", "fused", p, size)),
+        )
+        for key, what in (("median_ms", "time"), ("peak_mib", "memory")):
+            rows.append(_row("heads", f"decoder fwd+bwd {tag}",
+                             f"fused-checkpoint / fused {what}", _ratio(a, b, key)))  # fmt: skip
     return rows
 
 

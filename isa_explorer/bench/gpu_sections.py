@@ -88,18 +88,24 @@ def _estimate(
 
 # -- 1. training through train() -------------------------------------------------------------
 def train_cases(plan: Plan, ctx: Context) -> list[Case]:
-    """Fused and explicit ISA, eager and compiled, bf16 autocast: one ``train()`` run each."""
+    """Fused and explicit ISA, eager and compiled, bf16 autocast: one ``train()`` run each;
+    and the fused one with the relation blocks checkpointed (``checkpoint_attention``)."""
+    compiled_too = (False, True) if plan.compile else (False,)
+    runs = [(impl, False, c) for c in compiled_too for impl in ("fused", "explicit")]
+    runs.insert(2, ("fused", True, False))  # (impl, checkpoint_attention, compile)
     cases = []
-    for compiled in (False, True) if plan.compile else (False,):
-        for impl in ("fused", "explicit"):
-            name = f"train {impl} {'compiled' if compiled else 'eager'}"
-            run = partial(_train_case, plan, ctx, impl, compiled, name)
-            estimate = _estimate(plan, compiled, full=(20, 75), smoke=(6, 25))
-            cases.append(Case("train", name, run, estimate, compiled))
+    for impl, checkpoint, compiled in runs:
+        tag = f"{impl} checkpoint" if checkpoint else impl
+        name = f"train {tag} {'compiled' if compiled else 'eager'}"
+        run = partial(_train_case, plan, ctx, impl, compiled, name, checkpoint)
+        estimate = _estimate(plan, compiled, full=(20, 75), smoke=(6, 25))
+        cases.append(Case("train", name, run, estimate, compiled))
     return cases
 
 
-def _train_case(plan: Plan, ctx: Context, impl: str, compiled: bool, name: str) -> dict[str, Any]:
+def _train_case(
+    plan: Plan, ctx: Context, impl: str, compiled: bool, name: str, checkpoint: bool = False
+) -> dict[str, Any]:
     n = plan.train_iters
     cfg = recipe_config(
         plan,
@@ -107,6 +113,7 @@ def _train_case(plan: Plan, ctx: Context, impl: str, compiled: bool, name: str) 
             f"data_root={ctx.cityscapes()}",
             f"model.decoder_attn_impl={impl}",
             f"compile={json.dumps(compiled)}",
+            f"checkpoint_attention={json.dumps(checkpoint)}",
             "amp=true",
             f"iters={n}",
             f"eval_interval={n}",
@@ -127,6 +134,7 @@ def _train_case(plan: Plan, ctx: Context, impl: str, compiled: bool, name: str) 
     return {
         "impl": impl,
         "compile": compiled,
+        "checkpoint_attention": checkpoint,
         "amp": str(amp_dtype(cfg, torch.device(plan.device))).replace("torch.", ""),
         "encoder": cfg.model["encoder_name"],
         "crop": list(cfg.crop_size),
