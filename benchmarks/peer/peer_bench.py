@@ -12,7 +12,8 @@ backward + ``zero_grad``).
 
 Kinds: ``mmseg``; ``fused`` and ``explicit`` (:class:`ISADecoder` with that ``attn_impl``);
 ``fused-checkpoint`` and ``explicit-checkpoint`` (training only: the relation blocks under
-activation checkpointing).
+activation checkpointing); ``fused-prepared`` (inference only: the decoder prepared for
+inference, as ``load_model(..., for_inference=True)`` gives it).
 
 Usage:
     python benchmarks/peer/peer_bench.py --sizes 64x128,128x256 --modes infer,train --rounds 3 \\
@@ -34,9 +35,16 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROJECT = os.environ.get("PROJECT_DIR", os.path.dirname(os.path.dirname(HERE)))
-KINDS = ("mmseg", "fused", "explicit", "fused-checkpoint", "explicit-checkpoint")
+KINDS = (
+    "mmseg",
+    "fused",
+    "explicit",
+    "fused-checkpoint",
+    "explicit-checkpoint",
+    "fused-prepared",
+)
 DEFAULT_KINDS = {
-    "infer": ("mmseg", "fused", "explicit"),
+    "infer": ("mmseg", "fused", "explicit", "fused-prepared"),
     "train": ("mmseg", "fused", "explicit", "fused-checkpoint"),
 }
 
@@ -83,10 +91,14 @@ def build(kind: str):
     sys.path.insert(0, PROJECT)
     from isa_explorer.models.isa.decoder import ISADecoder
 
-    impl = kind.removesuffix("-checkpoint")
+    impl = kind.removesuffix("-checkpoint").removesuffix("-prepared")
     torch.manual_seed(0)
     head = ISADecoder(2048, 19, channels=512, isa_channels=256, attn_impl=impl)
     head.checkpoint_relations = kind.endswith("-checkpoint")
+    if kind.endswith("-prepared"):  # the project's inference path (load_model(for_inference=True))
+        from isa_explorer.models.prepare import prepare_for_inference
+
+        head = prepare_for_inference(head.eval(), inplace=True)
     return head, (lambda h, x: h(x))
 
 

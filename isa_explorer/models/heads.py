@@ -55,7 +55,9 @@ class ContextHead(nn.Module, ABC):
     ) -> torch.Tensor | tuple[torch.Tensor, Attention]:
         """``(B, Cin, H, W) -> (B, channels, H, W)``: the map before dropout and classifier."""
         context, residual, attn = self.context(x, return_attention)
-        y = self.out_conv(torch.cat([context, residual], dim=1))  # (B, C, H, W)
+        both = torch.cat([context, residual], dim=1)  # (B, 2C, H, W)
+        del context, residual  # without autograd, freed before out_conv runs
+        y = self.out_conv(both)  # (B, C, H, W)
         return (y, attn) if return_attention else y
 
     def forward(

@@ -61,7 +61,9 @@ class _ReLUKeepingMask(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (mask,) = ctx.saved_tensors
-        return torch.where(mask, grad, 0.0)  # ReLU's own backward, bit for bit
+        # ReLU's own backward (grad where out > 0, else +0), bit for bit, on the mask as 0/1:
+        # several times faster than torch.where on a bool mask.
+        return torch.ops.aten.threshold_backward(grad, mask.to(grad.dtype), 0.5)
 
 
 class MaskReLU(nn.ReLU):
@@ -78,7 +80,7 @@ class MaskReLU(nn.ReLU):
         super().__init__(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
+        if torch.is_grad_enabled() and x.requires_grad and x.device.type != "meta":
             return _ReLUKeepingMask.apply(x)
         return torch.relu_(x)
 
@@ -242,8 +244,11 @@ class RelationBlock(nn.Module):
         """
         q, k = self.query_project(t), self.key_project(t)  # (B, L, Ck) each
         v = self.value_project(t)  # (B, L, C)
-        out = self.output_project(attention(q, k, v, self.scale, impl))
-        return (out, q.detach(), k.detach()) if return_qk else out
+        context = attention(q, k, v, self.scale, impl)  # (B, L, C)
+        if return_qk:
+            return self.output_project(context), q.detach(), k.detach()
+        del q, k, v  # without autograd, nothing else holds them: freed before the projection
+        return self.output_project(context)
 
 
 def checkpointed(block: nn.Module, t: torch.Tensor, impl: AttnImpl = "fused") -> torch.Tensor:

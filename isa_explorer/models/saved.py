@@ -128,6 +128,9 @@ class RecomputeSaved(torch.autograd.graph.saved_tensors_hooks):
         """
         storage = tensor.untyped_storage()
         whole = tensor.numel() * tensor.element_size() == storage.nbytes()
+        # Meta tensors (FLOP counting) have no addresses to tell them apart.
+        if tensor.device.type == "meta" or storage.data_ptr() == 0:
+            return False
         if not (tensor.is_contiguous() and tensor.storage_offset() == 0 and whole):
             return False
         ptr, recipe = storage.data_ptr(), _Recipe(rebuild)
@@ -141,6 +144,8 @@ class RecomputeSaved(torch.autograd.graph.saved_tensors_hooks):
     def _pack(self, t: torch.Tensor) -> _Saved:
         record = _Saved(t)
         ptr = t.untyped_storage().data_ptr()
+        if ptr == 0:  # meta or empty: nothing to tell apart, nothing to save
+            return record
         registered = self._recipes.get(ptr)
         # A live registered tensor owns its address; a dead one's address may be reused.
         if registered is not None and registered[0]() is not None:
