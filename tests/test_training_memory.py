@@ -193,3 +193,44 @@ def test_recompute_saved_refuses_a_tensor_modified_in_place():
     out.backward()
     expected = torch.autograd.grad((torch.relu(w @ w) ** 2).sum(), w)[0]
     torch.testing.assert_close(w.grad, expected, rtol=0, atol=0)
+
+
+def test_auto_picks_explicit_for_short_cpu_training_steps_and_fused_elsewhere():
+    from isa_explorer.models.layers import choose_impl
+    from isa_explorer.models.prepare import prepare_for_inference
+
+    v = torch.randn(4, 64, 64, requires_grad=True)  # 64 positions, 64 value channels
+    q = torch.randn(4, 64, 16, requires_grad=True)
+    assert choose_impl(q, v) == "explicit"  # training, affinities (64 x 64) <= values
+    assert choose_impl(q, v[:, :, :32]) == "fused"  # a sequence longer than the values
+    with torch.no_grad():
+        assert choose_impl(q, v) == "fused"  # inference
+    assert choose_impl(q.detach(), v.detach()) == "fused"  # nothing to train
+    # The head with "auto" computes what the chosen path computes: in training (explicit for
+    # both steps here: with 64 channels their sequences of 16 and 64 positions are short) and
+    # prepared for inference (streamed, as the fused path).
+    kw = dict(in_channels=24, classes=3, channels=64, isa_channels=CK)
+    torch.manual_seed(0)
+    auto = ISADecoder(**kw, attn_impl="auto").train()
+    explicit = ISADecoder(**kw, attn_impl="explicit").train()
+    explicit.load_state_dict(auto.state_dict())
+    x = torch.randn(1, 24, 32, 32)
+    ya, ga = _step(auto, x)
+    yb, gb = _step(explicit, x)
+    assert torch.equal(ya, yb) and all(torch.equal(ga[n], gb[n]) for n in ga)
+    fused = ISADecoder(**kw, attn_impl="fused").eval()
+    fused.load_state_dict(auto.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(
+            prepare_for_inference(auto.eval())(x), fused(x), rtol=1e-5, atol=1e-5
+        )
+    # ... through the streamed context, as the fused path.
+    from isa_explorer.models import prepare
+
+    calls = []
+    real = prepare.streamed_context
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(prepare, "streamed_context", lambda *a, **k: calls.append(1) or real(*a, **k))
+        with torch.no_grad():
+            prepare_for_inference(auto.eval())(x)
+    assert calls

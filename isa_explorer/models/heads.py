@@ -103,7 +103,7 @@ class DenseAttentionDecoder(ContextHead):
         channels: Head channels (512).
         isa_channels: Query/key channels (256).
         dropout: Dropout before the classifier.
-        attn_impl: ``"fused"`` or ``"explicit"``.
+        attn_impl: ``"fused"``, ``"explicit"`` or ``"auto"``.
     """
 
     def __init__(

@@ -30,7 +30,22 @@ from torch import nn
 
 from isa_explorer.models.saved import current as current_saved
 
-AttnImpl = Literal["fused", "explicit"]
+AttnImpl = Literal["fused", "explicit", "auto"]
+
+
+def choose_impl(q: torch.Tensor, v: torch.Tensor) -> str:
+    """What ``impl="auto"`` runs for ``q (B, L, Ck)``, ``v (B, L, Cv)``, chosen by measurement.
+
+    ``"explicit"`` for a training step on the CPU whose affinities are no larger than its
+    values (``L <= Cv``: the ISA head up to 128x256 feature maps): there the explicit softmax
+    and its backward beat the CPU flash kernel's backward (zeroed gradient buffers, the
+    expanded heads summed) by 3-4 % of the whole head's step (``results/peer_cpu.json``).
+    ``"fused"`` everywhere else: at inference, on GPUs (flash kernels), and for long sequences,
+    whose ``L x L`` affinities would outgrow everything else.
+    """
+    training = torch.is_grad_enabled() and (q.requires_grad or v.requires_grad)
+    short = q.shape[-2] <= v.shape[-1]
+    return "explicit" if training and short and q.device.type == "cpu" else "fused"
 
 
 class TokenConv2d(nn.Conv2d):
@@ -153,18 +168,23 @@ def attention(
     """Softmax attention of ``q (B, L, Ck)`` over ``k (B, L, Ck)``, ``v (B, L, Cv)``.
 
     ``fused`` calls ``F.scaled_dot_product_attention`` (see :func:`fused_attention_heads`).
-    ``explicit`` materialises the ``(B, L, L)`` affinity matrix.
+    ``explicit`` materialises the ``(B, L, L)`` affinity matrix. ``auto`` picks one of them
+    per call (:func:`choose_impl`).
 
     Returns:
         Context ``(B, L, Cv)``.
     """
+    if impl == "auto":
+        impl = choose_impl(q, v)
     if impl == "explicit":
         # Scaled after the product, as mmseg: no scaled copy of q for backward to keep.
         attn = torch.bmm(q, k.transpose(1, 2)).mul_(scale)  # (B, L, L)
         attn = attn.softmax(dim=-1)
         return torch.bmm(attn, v)
     if impl != "fused":
-        raise ValueError(f"unknown attention implementation {impl!r}: use 'fused' or 'explicit'")
+        raise ValueError(
+            f"unknown attention implementation {impl!r}: use 'fused', 'explicit' or 'auto'"
+        )
     o = fused_attention_heads(q, k, v, scale)  # (B, h, L, Ck)
     merged = _merge_heads(o)  # (B, L, h * Ck), a copy when h > 1
     saved = current_saved()
@@ -236,7 +256,7 @@ class RelationBlock(nn.Module):
 
         Args:
             t: Tokens ``(B, L, C)``.
-            impl: ``"fused"`` or ``"explicit"`` attention (:func:`attention`).
+            impl: ``"fused"``, ``"explicit"`` or ``"auto"`` attention (:func:`attention`).
             return_qk: Also return the detached queries and keys, ``(B, L, isa_channels)``.
 
         Returns:

@@ -119,7 +119,7 @@ class PreparedISADecoder(_PreparedContextHead):
         self, residual: torch.Tensor, return_attention: bool
     ) -> tuple[torch.Tensor, Attention | None]:
         grid = GroupGrid.of(*residual.shape[-2:], self.down_factor)
-        if self.attn_impl == "fused":
+        if self.attn_impl in ("fused", "auto"):  # inference: "auto" is fused (choose_impl)
             return streamed_context(self.steps, residual, grid, self.token_budget, return_attention)
         return isa_context(self.steps, residual, grid, self.attn_impl, return_attention)
 

@@ -266,7 +266,8 @@ class ISADecoder(ContextHead):
         down_factor: Local block size ``(lh, lw)`` (8, 8).
         order: ``"long-short"`` (the paper's) or ``"short-long"`` (ablation).
         dropout: Dropout before the classifier (0.1).
-        attn_impl: ``"fused"`` (scaled_dot_product_attention) or ``"explicit"``.
+        attn_impl: ``"fused"`` (scaled_dot_product_attention), ``"explicit"``, or ``"auto"``
+            (per call, by measurement: :func:`~isa_explorer.models.layers.choose_impl`).
 
     Attributes:
         checkpoint_relations: Activation checkpointing of the two relation blocks in training

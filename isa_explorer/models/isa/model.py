@@ -39,7 +39,8 @@ class ISANet(SegmentationModel):
         decoder_down_factor: ISA local block size (8, 8).
         decoder_order: ``"long-short"`` or ``"short-long"``.
         decoder_dropout: Dropout before the classifier.
-        decoder_attn_impl: ``"fused"`` (SDPA) or ``"explicit"`` (materialised affinities).
+        decoder_attn_impl: ``"fused"`` (SDPA), ``"explicit"`` (materialised affinities) or
+            ``"auto"`` (explicit for CPU training steps on maps up to 128x256, else fused).
         head: ``"isa"``, ``"dense"`` or ``"fcn"``.
         aux_head: Add mmseg's FCN auxiliary head on the second-to-last stage.
         aux_channels: Channels of the auxiliary head (256).
