@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from training_helpers import TINY, one_thread  # noqa: F401 (an autouse fixture)
 
 from isa_explorer.configs import get_config
 from isa_explorer.data.fake_cityscapes import write_fake_cityscapes
@@ -23,25 +24,6 @@ from isa_explorer.training import NonFiniteLossError, build_model, load_checkpoi
 
 ROOT = Path(__file__).resolve().parents[1]
 FIT = ROOT / "train" / "fit.py"
-
-#: A tiny synthetic-context run: ResNet-18 ISANet (output stride 16) on 96x192 scenes, batch 2.
-TINY = [
-    'model={"encoder_name": "resnet18", "encoder_weights": null, "encoder_output_stride": 16, '
-    '"classes": 7, "decoder_channels": 32, "decoder_isa_channels": 16}',
-    'synthetic={"train_length": 6, "val_length": 2, "train_seed": 0, "val_seed": 100, '
-    '"size": [96, 192]}',
-    "batch_size=2",
-    "log_interval=1",
-]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread, here and in subprocesses: fast on a shared CPU, same float sums."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _env() -> dict[str, str]:

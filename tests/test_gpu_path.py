@@ -23,6 +23,7 @@ import torch.distributed as dist
 from conftest import small_isanet
 from safetensors.torch import load_file
 from torch import nn
+from training_helpers import TINY, one_thread  # noqa: F401 (an autouse fixture)
 
 from isa_explorer.bench.decoder import measure_decoder
 from isa_explorer.bench.gpu import run_check
@@ -38,25 +39,6 @@ from isa_explorer.training import checkpoint, train
 from isa_explorer.training.steps import amp_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
-
-#: The tiny synthetic-context run of tests/test_fit.py: ResNet-18 ISANet on 96x192 scenes.
-TINY = [
-    'model={"encoder_name": "resnet18", "encoder_weights": null, "encoder_output_stride": 16, '
-    '"classes": 7, "decoder_channels": 32, "decoder_isa_channels": 16}',
-    'synthetic={"train_length": 6, "val_length": 2, "train_seed": 0, "val_seed": 100, '
-    '"size": [96, 192]}',
-    "batch_size=2",
-    "log_interval=1",
-]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the same float sums in every run of a test (bit-exact resume)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _final(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -254,13 +254,13 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 def format_row(r: dict[str, Any]) -> str:
     size = f"{r['size'][0]}x{r['size'][1]}"
     if r.get("status") != "ok":
-        return f"{size:>9} {r['path']:<15} {r.get('status')}: {r.get('error', '')}"
-    return f"{size:>9} {r['path']:<15} {r['median_ms']:>11.1f} {r['peak_mib']:>11.1f}"
+        return f"{size:>9} {r['path']:<19} {r.get('status')}: {r.get('error', '')}"
+    return f"{size:>9} {r['path']:<19} {r['median_ms']:>11.1f} {r['peak_mib']:>11.1f}"
 
 
 def format_table(report: dict[str, Any]) -> str:
     """The report as a text table."""
-    lines = [f"{'features':>9} {'path':<15} {'median ms':>11} {'peak MiB':>11}"]
+    lines = [f"{'features':>9} {'path':<19} {'median ms':>11} {'peak MiB':>11}"]
     lines += [format_row(r) for r in report["results"]]
     for size, r in report.get("ratios", {}).items():
         lines.append(
