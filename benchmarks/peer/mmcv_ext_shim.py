@@ -4,8 +4,9 @@ mmcv-lite ships mmcv/ops/*.py but not the compiled extension ``mmcv._ext``.
 mmseg's package __init__ chain imports ``mmcv.ops`` (point_sample, PSAMask,
 ...), which calls ``ext_loader.load_ext('_ext', [...])`` and asserts every
 listed symbol exists.  ISAHead itself never calls a compiled op (it only uses
-mmcv.cnn.ConvModule + plain torch), so we register a stub ``mmcv._ext`` whose
-every attribute is a function that raises if it is ever *called*.
+mmcv.cnn.ConvModule + plain torch), so ``install()`` registers a stand-in ``mmcv._ext`` whose
+every attribute is a function that raises a RuntimeError naming the op if it
+is ever *called*.
 
 Call ``install()`` BEFORE importing mmseg.  If a real compiled mmcv._ext is
 importable, nothing is changed.
@@ -18,14 +19,16 @@ import types
 USED_SHIM = False
 
 
-def _make_stub(name):
-    def _stub(*args, **kwargs):
-        raise NotImplementedError(
-            f"mmcv._ext.{name} is a shim stub (mmcv-lite has no compiled ops)"
+def _absent_op(name):
+    def _op(*args, **kwargs):
+        # ISAHead never calls a compiled op; anything that does needs the full mmcv build.
+        raise RuntimeError(
+            f"mmcv._ext.{name} is a compiled mmcv op, absent from mmcv-lite: install the full "
+            "mmcv build to run it (ISAHead, which this benchmark times, needs none)"
         )
 
-    _stub.__name__ = name
-    return _stub
+    _op.__name__ = name
+    return _op
 
 
 def install():
@@ -37,7 +40,7 @@ def install():
         pass
     mod = types.ModuleType("mmcv._ext")
     mod.__file__ = __file__
-    mod.__getattr__ = _make_stub  # PEP 562 module __getattr__
+    mod.__getattr__ = _absent_op  # PEP 562 module __getattr__
     sys.modules["mmcv._ext"] = mod
     import mmcv
 

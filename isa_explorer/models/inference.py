@@ -207,9 +207,9 @@ class PreparedRelation(nn.Module):
         q, k, v = qkv
         qkv.clear()
         qk = (q, k) if return_qk else None
-        if (
-            impl in ("fused", "auto")
-        ):  # inference: "auto" is the fused path (choose_impl)  # the output projection reads the value heads where they are
+        # Inference: "auto" is the fused path (layers.choose_impl). The output projection
+        # reads the value heads where they are.
+        if impl in ("fused", "auto"):
             heads = fused_attention_heads(q, k, v, self.scale)  # (B, h, L, C / h)
             del q, k, v
             out = linear_over_heads(heads, self.output.weight, self.output.bias).relu_()
