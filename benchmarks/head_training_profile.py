@@ -22,7 +22,6 @@ import contextlib
 import json
 import statistics
 import time
-from collections import Counter
 
 import torch
 from torch import nn
@@ -48,42 +47,10 @@ def step(head: nn.Module, x: torch.Tensor) -> None:
 
 
 def kept_for_backward(head: nn.Module, x: torch.Tensor) -> tuple[float, dict[str, float]]:
-    """MiB autograd keeps after a forward (each storage once; not the weights or the input),
-    and the same by the operation that keeps it."""
-    kept: dict[int, tuple[int, str]] = {}
-    skip = {p.untyped_storage().data_ptr() for p in head.parameters()}
-    skip.add(x.untyped_storage().data_ptr())
-    records = []
-
-    def note(t: torch.Tensor, holder: str) -> None:
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in skip and ptr not in kept:
-            kept[ptr] = (t.untyped_storage().nbytes(), holder)
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        note(t, t.grad_fn.name() if t.grad_fn is not None else "input of an op")
-        return t
-
-    inner = saved.RecomputeSaved._pack
-
-    def recording(self, t):
-        records.append((inner(self, t), t.grad_fn.name() if t.grad_fn is not None else "-"))
-        return records[-1][0]
-
-    saved.RecomputeSaved._pack = recording
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            y = head(x)
-    finally:
-        saved.RecomputeSaved._pack = inner
-    for record, holder in records:
-        if record.tensor is not None:
-            note(record.tensor, holder)
-    del y
-    by: Counter[str] = Counter()
-    for n, holder in kept.values():
-        by[holder] += n / MiB
-    return sum(n for n, _ in kept.values()) / MiB, dict(by.most_common(12))
+    """MiB autograd keeps after a forward, in all and by the operation that keeps it."""
+    by = saved.kept_for_backward(head, x)
+    top = sorted(by.items(), key=lambda kv: -kv[1])[:12]
+    return sum(by.values()) / MiB, {k: v / MiB for k, v in top}
 
 
 # -- the savings, each undone by patching the former code back in -----------------------------

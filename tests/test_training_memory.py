@@ -15,34 +15,9 @@ from isa_explorer.models.isa.decoder import ISADecoder
 from isa_explorer.models.layers import ConvBNReLU, MaskReLU
 
 
-def _saved_bytes(module: nn.Module, x: torch.Tensor, monkeypatch=None) -> int:
-    """Bytes autograd keeps for backward after ``module(x)`` (storages counted once; the
-    parameters and the input excluded), including what the decoder's own saved-tensor hooks
-    (:class:`RecomputeSaved`) keep rather than rebuild."""
-    kept: dict[int, int] = {}
-    skip = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    skip.add(x.untyped_storage().data_ptr())
-    records = []
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    inner_pack = saved.RecomputeSaved._pack
-
-    def recording_pack(self, t):
-        records.append(inner_pack(self, t))
-        return records[-1]
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(saved.RecomputeSaved, "_pack", recording_pack)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            y = module(x)
-        for r in records:  # the ones that still hold their tensor after the forward
-            if r.tensor is not None:
-                kept[r.tensor.untyped_storage().data_ptr()] = r.tensor.untyped_storage().nbytes()
-    del y
-    return sum(n for ptr, n in kept.items() if ptr not in skip)
+def _saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
+    """Bytes autograd keeps for backward after ``module(x)`` (:func:`saved.kept_for_backward`)."""
+    return sum(saved.kept_for_backward(module, x).values())
 
 
 def _step(module: nn.Module, x: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, dict]:

@@ -143,6 +143,9 @@ class RecomputeSaved(torch.autograd.graph.saved_tensors_hooks):
 
     def _pack(self, t: torch.Tensor) -> _Saved:
         record = _Saved(t)
+        observed = getattr(_LOCAL, "observed", None)
+        if observed is not None:  # kept_for_backward is counting
+            observed.append((record, t.grad_fn.name() if t.grad_fn is not None else "input"))
         ptr = t.untyped_storage().data_ptr()
         if ptr == 0:  # meta or empty: nothing to tell apart, nothing to save
             return record
@@ -165,3 +168,37 @@ def active(module: torch.nn.Module) -> bool:
     """Whether ``module`` should rebuild cheap saved tensors: training with autograd, not under
     ``torch.compile``."""
     return module.training and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
+def kept_for_backward(module: torch.nn.Module, *inputs: torch.Tensor) -> dict[str, int]:
+    """Bytes autograd keeps for backward after ``module(*inputs)``, by the operation whose
+    output each kept tensor is (``"input"`` for leaves): what :class:`RecomputeSaved` keeps
+    included, what it rebuilds not. Each storage counts once; the module's parameters and
+    ``inputs`` are left out. For measuring and testing memory (exact, unlike a process's RSS).
+    """
+    kept: dict[int, tuple[int, str]] = {}
+    skip = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    skip.update(x.untyped_storage().data_ptr() for x in inputs)
+
+    def note(t: torch.Tensor, holder: str) -> None:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            kept.setdefault(storage.data_ptr(), (storage.nbytes(), holder))
+
+    def pack(t: torch.Tensor) -> torch.Tensor:  # what is saved outside RecomputeSaved
+        note(t, t.grad_fn.name() if t.grad_fn is not None else "input")
+        return t
+
+    _LOCAL.observed = observed = []
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            module(*inputs)
+    finally:
+        del _LOCAL.observed
+    for record, holder in observed:
+        if record.tensor is not None:  # kept, not rebuilt
+            note(record.tensor, holder)
+    by: dict[str, int] = {}
+    for nbytes, holder in kept.values():
+        by[holder] = by.get(holder, 0) + nbytes
+    return by
