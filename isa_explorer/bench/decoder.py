@@ -74,10 +74,11 @@ def build_decoder(path: str, head: dict[str, int] | None = None, mode: str = "in
     if checkpoint and mode != "train":
         raise ValueError(f"{path!r} is a training path (checkpointing keeps nothing at inference)")
     cfg = dict(HEAD if head is None else head)
-    impl = path.removesuffix("-checkpoint").removeprefix("dense-")
     if path.startswith("dense"):
-        decoder = DenseAttentionDecoder(**cfg, attn_impl="fused" if impl == "dense" else impl)
+        impl = "explicit" if path == "dense-explicit" else "fused"
+        decoder = DenseAttentionDecoder(**cfg, attn_impl=impl)
     else:
+        impl = path.removesuffix("-checkpoint")  # fused or explicit
         decoder = ISADecoder(**cfg, down_factor=DOWN_FACTOR, attn_impl=impl)
         decoder.checkpoint_relations = checkpoint
     if mode == "train":
