@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from functools import partial
 from typing import Any
 
@@ -21,7 +20,7 @@ import torch
 
 from isa_explorer.bench.attention import measure_case
 from isa_explorer.bench.decoder import build_decoder, measure_decoder
-from isa_explorer.bench.gpu_plan import Case, Plan
+from isa_explorer.bench.gpu_plan import Case, Plan, autocast
 from isa_explorer.bench.measure import MiB, PeakMemory, median_ms, time_runs
 from isa_explorer.models.isa.streaming import TOKEN_BUDGET, TOKEN_BUDGET_ACCELERATOR
 
@@ -104,14 +103,9 @@ def _budget_case(plan: Plan, dtype: str, budget: int) -> dict[str, Any]:
     decoder.token_budget = budget
     cin = decoder.in_conv.conv.in_channels
     x = torch.randn(1, cin, *plan.budget_feature, device=device)  # (1, Cin, h, w)
-    autocast = (
-        partial(torch.autocast, device.type, dtype=torch.bfloat16)
-        if dtype == "bf16"
-        else contextlib.nullcontext
-    )
 
     def call() -> torch.Tensor:
-        with torch.inference_mode(), autocast():
+        with torch.inference_mode(), autocast(device, dtype):
             return decoder(x)
 
     mem = PeakMemory(device).start()

@@ -8,10 +8,13 @@ is one measurement, run and recorded on its own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 #: The published recipe the training section runs.
 RECIPE = "isanet_r50-d8_4xb2-40k_cityscapes-512x1024"
@@ -168,3 +171,10 @@ class Case:
     run: Callable[[], dict[str, Any]]
     estimate_s: float = 5.0
     compiled: bool = False
+
+
+def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """The context a case of ``dtype`` (``"bf16"`` or ``"fp32"``) runs in on ``device``."""
+    if dtype == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

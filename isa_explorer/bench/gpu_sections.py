@@ -10,7 +10,6 @@ channels-last. The head benchmarks and the token-budget sweep are in
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import gc
 import json
@@ -27,7 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from isa_explorer.bench.decoder import HEAD
-from isa_explorer.bench.gpu_plan import RECIPE, Case, Plan
+from isa_explorer.bench.gpu_plan import RECIPE, Case, Plan, autocast
 from isa_explorer.bench.graph_breaks import graph_breaks, graphs_over_sizes
 from isa_explorer.bench.measure import MiB, PeakMemory, time_runs
 from isa_explorer.configs import TrainConfig, get_config
@@ -71,12 +70,6 @@ def recipe_config(plan: Plan, extra: tuple[str, ...] = ()) -> TrainConfig:
     sizes = (f"scale={json.dumps(list(plan.scale))}", f"crop_size={json.dumps(list(plan.crop))}")
     overrides = ("model.encoder_weights=none", *sizes, *plan.model_overrides, *extra)
     return get_config(RECIPE, overrides)
-
-
-def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    if dtype == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _estimate(
@@ -177,7 +170,7 @@ def _inference_case(plan: Plan, dtype: str, compiled: bool) -> dict[str, Any]:
     fn = torch.compile(model) if compiled else model
 
     def call(f: nn.Module = fn) -> torch.Tensor:
-        with torch.inference_mode(), _autocast(device, dtype):
+        with torch.inference_mode(), autocast(device, dtype):
             return f(x)
 
     t0 = time.perf_counter()
