@@ -66,3 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"isa-explorer {__version__}")
         return 0
     return dispatch(COMMANDS, argv, "isa-explorer")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

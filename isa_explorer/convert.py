@@ -271,3 +271,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "isa-explorer convert") 
     print(report)
     print(f"saved to {args.out_dir} (ISANet.from_pretrained({str(args.out_dir)!r}))")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

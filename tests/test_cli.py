@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
+import isa_explorer
 from isa_explorer import cli
 from isa_explorer.bench.cli import BENCHMARKS
 from isa_explorer.experiments.cli import EXPERIMENTS
@@ -57,3 +61,85 @@ def test_a_command_whose_extra_is_missing_says_how_to_install_it(monkeypatch, ca
     assert cli.main(["app", "--help"]) == 1
     err = capsys.readouterr().err
     assert "isa-explorer app needs 'gradio'" in err and "isa-explorer[all]" in err
+
+
+PACKAGE = Path(cli.__file__).resolve().parent
+
+
+def _defines_main(path: Path) -> bool:
+    tree = ast.parse(path.read_text())
+    return any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body)
+
+
+def _runs_main(path: Path) -> bool:
+    """Whether the module ends in ``if __name__ == "__main__":`` that calls ``main``."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test):
+            calls = [n for n in ast.walk(node) if isinstance(n, ast.Call)]
+            return any(ast.unparse(c.func) == "main" for c in calls)
+    return False
+
+
+def runnable_modules() -> list[str]:
+    """``python -m`` names of every module with a ``main`` and every package with a __main__."""
+    names = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        if parts[-1] == "__main__":
+            names.append(".".join(parts[:-1]))
+        elif _defines_main(path):
+            names.append(".".join(parts))
+    return names
+
+
+def test_every_module_with_a_main_runs_it():
+    """``python -m MODULE`` of a module that has ``main()`` must not exit 0 having done nothing."""
+    silent = [
+        str(p.relative_to(PACKAGE.parent))
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if _defines_main(p) and not _runs_main(p)
+    ]
+    assert not silent, f"main() defined but never run under python -m: {silent}"
+    assert len(runnable_modules()) >= 20 and "isa_explorer.convert" in runnable_modules()
+
+
+@pytest.mark.slow
+def test_python_dash_m_help_of_every_runnable_module():
+    """Each runnable module answers ``--help`` with its usage (exit 0), none prints nothing."""
+
+    def help_of(name: str) -> tuple[str, subprocess.CompletedProcess]:
+        cmd = [sys.executable, "-m", name, "--help"]
+        return name, subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        done = list(pool.map(help_of, runnable_modules()))
+    bad = {
+        name: f"exit {p.returncode}: {(p.stdout + p.stderr).strip()[-300:]!r}"
+        for name, p in done
+        if p.returncode != 0 or not p.stdout.startswith("usage:")
+    }
+    assert not bad, bad
+
+
+def test_help_and_the_package_import_need_no_torch():
+    """``isa-explorer --help`` and ``import isa_explorer`` stay light (lazy top level, PEP 562);
+    the first use of a model name imports it, and ``isa_explorer.models`` registers isanet."""
+    light = (
+        "import sys, contextlib, io\n"
+        "import isa_explorer\n"
+        "from isa_explorer.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['--help']); main(['bench', '--help']); main(['experiment', '--help'])\n"
+        "heavy = sorted(m for m in ('torch', 'gradio', 'numpy', 'segmentation_models_pytorch')"
+        " if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "import segmentation_models_pytorch as smp\n"
+        "assert 'isanet' not in smp.MODEL_ARCHITECTURES_MAPPING\n"
+        "from isa_explorer import ISANet\n"
+        "assert smp.MODEL_ARCHITECTURES_MAPPING['isanet'] is ISANet is isa_explorer.ISANet\n"
+        "assert 'load_model' in dir(isa_explorer)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", light], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with pytest.raises(AttributeError, match="has no attribute 'load_modle'"):
+        _ = isa_explorer.load_modle

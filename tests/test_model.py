@@ -4,7 +4,7 @@ import segmentation_models_pytorch as smp
 import torch
 from conftest import small_isanet
 
-import isa_explorer  # noqa: F401  (registers "isanet" with smp)
+import isa_explorer.models  # noqa: F401  (registers "isanet" with smp)
 from isa_explorer import ISANet
 
 

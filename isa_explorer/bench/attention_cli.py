@@ -147,3 +147,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         plot_results(results, f)
     print(f"wrote {args.out}, {figures[0].name}, {figures[1].name}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from isa_explorer.cli import dispatch
@@ -20,4 +21,8 @@ BENCHMARKS = {
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "isa-explorer bench") -> int:
-    return dispatch(BENCHMARKS, argv or [], prog, "benchmark")
+    return dispatch(BENCHMARKS, sys.argv[1:] if argv is None else argv, prog, "benchmark")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -315,3 +315,7 @@ def main(argv: list[str] | None = None, prog: str = "isa-explorer bench decoder"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

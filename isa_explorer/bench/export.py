@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -118,3 +119,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "isa-explorer bench expo
             args.out.write_text(json.dumps(report, indent=2) + "\n")  # after each model
     print(f"wrote {args.out}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

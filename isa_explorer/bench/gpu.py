@@ -223,3 +223,7 @@ def main(argv: list[str] | None = None, prog: str = "isa-explorer bench gpu") ->
     print(f"wrote {out} and {out.with_suffix('.md')}")
     cases = [c for section in report["sections"].values() for c in section["cases"]]
     return 1 if any(c["status"] == "failed" for c in cases) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

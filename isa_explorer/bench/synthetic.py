@@ -77,3 +77,7 @@ def main(argv: list[str] | None = None, prog: str = "isa-explorer bench syntheti
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,6 +9,7 @@ line of stdout.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import os
@@ -51,9 +52,17 @@ def run_worker(kind: str, spec: dict[str, Any], timeout: float | None = None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    kind, spec = sys.argv[1:3] if argv is None else argv
-    module, function = WORKERS[kind].split(":")
-    result = getattr(importlib.import_module(module), function)(json.loads(spec))
+    """``python -m isa_explorer.bench.worker KIND SPEC``: one case, its JSON result on stdout."""
+    parser = argparse.ArgumentParser(
+        prog="python -m isa_explorer.bench.worker",
+        description="Run one benchmark case in this process and print its JSON result (the "
+        "benchmarks start it, one fresh process per case).",
+    )
+    parser.add_argument("kind", choices=list(WORKERS), help="what to measure")
+    parser.add_argument("spec", help="the case, as a JSON object")
+    args = parser.parse_args(argv)
+    module, function = WORKERS[args.kind].split(":")
+    result = getattr(importlib.import_module(module), function)(json.loads(args.spec))
     print(json.dumps(result))
     return 0
 

@@ -223,3 +223,7 @@ def run(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(_json_safe(record), indent=2) + "\n")
         print(f"metrics written to {args.json}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

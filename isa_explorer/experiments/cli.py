@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from isa_explorer.cli import dispatch
@@ -19,4 +20,8 @@ EXPERIMENTS = {
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "isa-explorer experiment") -> int:
-    return dispatch(EXPERIMENTS, argv or [], prog, "experiment")
+    return dispatch(EXPERIMENTS, sys.argv[1:] if argv is None else argv, prog, "experiment")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -308,3 +308,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "isa-explorer experiment
     print(table)
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

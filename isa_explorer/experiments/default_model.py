@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -148,3 +149,7 @@ def main(
     print(json.dumps(info["held_out"], indent=2))
     print(f"cue attention by class {info['cue_attention']['by_class']}; wrote {args.out}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

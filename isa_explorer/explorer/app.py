@@ -9,14 +9,21 @@ the Gradio UI.
 
 Limits: uploads up to ``MAX_FILE_SIZE``; images need sides of at least 32 px and are resized
 down to a longest side of 2048 px; the analysed images of at most ``--max-sessions`` sessions
-(``--max-cache-mb`` MiB in all) are kept, least recently used first out. API: ``predict``
-``(image) -> (overlay, json)`` and ``attention`` ``(image, x, y) -> json`` (gradio_client).
+(``--max-cache-mb`` MiB in all) are kept, least recently used first out.
+
+API (gradio_client; parameters by keyword or in this order): ``/predict`` ``(image) ->
+(overlay, json)`` and ``/attention`` ``(image, x, y) -> json``, where ``x`` is the pixel column
+and ``y`` the row, whole numbers (``3.5`` is refused, not rounded). Every size in the JSON is
+``{"width": W, "height": H}`` (``size``; ``image_size``, ``feature_size``); points are ``[x,
+y]``; ``maps`` are nested lists rows first, ``maps[name][row][column]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
+from pathlib import Path
 
 import gradio as gr
 
@@ -332,3 +339,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         **launch_kwargs(args.host, args.port, args.share)
     )
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -58,3 +58,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "isa-explorer export") -
         f"{'class ids' if args.argmax else 'logits'}) in {time.perf_counter() - start:.1f} s"
     )
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -166,3 +166,7 @@ def main(argv: list[str] | None = None, prog: str = "isa-explorer fit") -> int:
             f"peak memory {result['peak_memory_bytes'] / 2**20:.0f} MiB; run dir {run_dir}"
         )
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

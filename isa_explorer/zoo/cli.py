@@ -96,3 +96,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "isa-explorer zoo") -> i
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
