@@ -129,9 +129,10 @@ def test_sdpa_kernels_are_counted_like_the_matmuls_they_replace():
     """The CPU flash kernel SDPA dispatches to counts as Q K^T and A V, forward and backward."""
     import torch.nn.functional as F
 
-    from isa_explorer.bench import register_sdpa_formulas
+    from isa_explorer.bench.flops import register_sdpa_formulas
 
-    assert register_sdpa_formulas() == []  # registered once, at import; a second call is a no-op
+    register_sdpa_formulas()
+    assert register_sdpa_formulas() == []  # registered once; a second call is a no-op
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 40, 16, requires_grad=True) for _ in range(3))
     with FlopCounterMode(display=False) as fused:

@@ -10,24 +10,7 @@
   budget, ``torch.compile`` graph breaks and SyncBatchNorm on CUDA (``--smoke``: the CPU).
 
 They share :mod:`~isa_explorer.bench.measure` (timing, peak memory, system info, sizes) and
-one worker protocol for fresh processes (:mod:`~isa_explorer.bench.worker`).
+one worker protocol for fresh processes (:mod:`~isa_explorer.bench.worker`); the FLOP counts
+use torch's counter with the formulas of :mod:`~isa_explorer.bench.flops`. Importing this
+package imports nothing else (``isa-explorer bench --help`` needs no torch).
 """
-
-from isa_explorer.bench.flops import register_sdpa_formulas
-from isa_explorer.bench.measure import (
-    PeakMemory,
-    available_memory,
-    system_info,
-    time_runs,
-)
-
-__all__ = [
-    "PeakMemory",
-    "available_memory",
-    "register_sdpa_formulas",
-    "system_info",
-    "time_runs",
-]
-
-# FlopCounterMode counts the CPU flash-attention kernel too (see bench/flops.py).
-register_sdpa_formulas()

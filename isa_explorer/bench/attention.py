@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from isa_explorer.bench.analytic import MODULES, PASSES, analytic_costs, auto_group
+from isa_explorer.bench.flops import register_sdpa_formulas
 from isa_explorer.bench.measure import (
     MiB,
     PeakMemory,
@@ -117,6 +118,7 @@ def count_flops(
     allocating, so cases too large to run are counted too; the counts equal those taken on the
     CPU (checked in the tests).
     """
+    register_sdpa_formulas()  # the CPU flash kernel counts as the matmuls it replaces
     m = AttentionModule(module, channels, isa_channels, group).to("meta")
     x = torch.randn(1, channels, *size, device="meta", requires_grad=passes != "forward")
     with FlopCounterMode(display=False) as counter:

@@ -9,7 +9,8 @@ are torch's own SDPA counts (``sdpa_flop_count``, ``sdpa_backward_flop_count``: 
 memory-efficient and cuDNN kernels. An op that torch already counts is left alone, so a
 torch release that adds its own formula keeps it.
 
-Importing :mod:`isa_explorer.bench` registers them (idempotent).
+``count_flops`` (:mod:`isa_explorer.bench.attention`) registers them before it counts
+(idempotent).
 """
 
 from __future__ import annotations
