@@ -22,7 +22,7 @@
 # - the size of the affinities: `N^2` for dense attention, `N (N / P + P)` for ISA with groups
 #   of `P` positions, and the group size that minimises it (`P = sqrt(N)`);
 # - FLOPs of the whole attention step (affinities *and* the 1x1 projections), counted two ways:
-#   by formula (`isa_explorer.benchmark.analytic_costs`) and by PyTorch's
+#   by formula (`isa_explorer.bench.analytic.analytic_costs`) and by PyTorch's
 #   `torch.utils.flop_counter` on the meta device (`count_flops`);
 # - measured time and peak memory of the four paths -- ISA and dense, each with materialised
 #   affinities (`explicit`) and through the fused `scaled_dot_product_attention` kernel
