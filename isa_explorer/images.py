@@ -7,10 +7,14 @@ read images through :func:`read_rgb` (files) or :func:`to_rgb8` (decoded images 
 * grey and palette images are expanded to RGB; transparent ones are composited over white;
 * 16-bit images are scaled to 8 bits (``/ 257``), float images in ``0..1`` by 255, other
   ranges stretched to 0-255; each change is recorded in ``notes`` for the user;
-* images of more than :data:`MAX_PIXELS` are refused before they are decoded.
+* animated images (GIF, WebP, APNG) are read as their first frame, and the note says so;
+* images of more than :data:`MAX_PIXELS` are refused before they are decoded; empty files are
+  named as empty.
 
 Problems raise :class:`CorruptFileError` (a ``ValueError``) naming the file and the fix, or
-``FileNotFoundError``.
+``FileNotFoundError``. The messages are the same wherever an image is read (the app, its API,
+``isa-explorer predict``), so they speak of "the file" or "this image", never of an upload.
+:func:`check_sides` is the one lower bound on an image's sides for the models' inputs.
 """
 
 from __future__ import annotations
@@ -24,10 +28,25 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+#: The image formats read, by name, with their file name suffixes.
+FORMATS: dict[str, tuple[str, ...]] = {
+    "PNG": (".png",),
+    "JPEG": (".jpg", ".jpeg"),
+    "WebP": (".webp",),
+    "BMP": (".bmp",),
+    "TIFF": (".tif", ".tiff"),
+    "GIF": (".gif",),
+    "PPM": (".ppm",),
+}
+#: The formats as said to users: "PNG, JPEG, WebP, BMP, TIFF, GIF or PPM".
+FORMAT_NAMES = ", ".join(list(FORMATS)[:-1]) + f" or {list(FORMATS)[-1]}"
 #: File name suffixes treated as images when a folder is given.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm")
+IMAGE_EXTENSIONS = tuple(suffix for suffixes in FORMATS.values() for suffix in suffixes)
 #: Images with more pixels than this are refused before decoding (decompression bombs).
 MAX_PIXELS = 80_000_000
+#: Smallest side, in pixels, of an image given to a model (its features need a few cells per
+#: side); the app, its API and ``isa-explorer predict`` refuse smaller images.
+MIN_SIDE = 32
 
 
 class CorruptFileError(ValueError):
@@ -36,6 +55,10 @@ class CorruptFileError(ValueError):
 
 class ImageArrayError(ValueError):
     """An array or image mode that is not an image this project can convert."""
+
+
+class ImageSizeError(ValueError):
+    """A readable image too small for a model (a side under :data:`MIN_SIDE` pixels)."""
 
 
 def read_rgb(path: str | Path, notes: list[str] | None = None) -> np.ndarray:
@@ -77,6 +100,8 @@ def _decode(path: str | Path, convert: Callable[[Image.Image], np.ndarray]) -> n
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no image file at {path}")
+    if path.stat().st_size == 0:
+        raise CorruptFileError(f"{path.name!r} is empty (0 bytes); use a {FORMAT_NAMES} image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -87,22 +112,21 @@ def _decode(path: str | Path, convert: Callable[[Image.Image], np.ndarray]) -> n
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
         # PIL refuses the header's size before the file is decoded; its message has the count.
         found = re.search(r"\((\d+) pixels\)", str(err))
-        size = f"{int(found.group(1)) / 1e6:.0f} MP" if found else "more pixels than PIL allows"
+        size = f"{int(found.group(1)) / 1e6:.0f} MP" if found else "too many pixels"
         raise CorruptFileError(
-            f"{path.name!r} is {size}, more than the {MAX_PIXELS / 1e6:.0f} MP this app "
-            "decodes; downscale it first"
+            f"{path.name!r} is {size}, more than the {MAX_PIXELS / 1e6:.0f} MP limit; "
+            "downscale it first"
         ) from None
     except UnidentifiedImageError:
         raise CorruptFileError(
-            f"{path.name!r} is not an image PIL can read; upload a PNG, JPEG, WebP, BMP or TIFF "
-            "image"
+            f"{path.name!r} is not an image in a readable format; use a {FORMAT_NAMES} image"
         ) from None
     except (OSError, SyntaxError, ValueError) as err:
         if isinstance(err, CorruptFileError):
             raise
         raise CorruptFileError(
             f"{path.name!r} looks like an image but could not be decoded ({err}); the file is "
-            "probably truncated or corrupt: save it again and re-upload"
+            "probably truncated or corrupt: save it again"
         ) from None
 
 
@@ -117,30 +141,42 @@ def bands_to_rgb8(bands: np.ndarray) -> np.ndarray:
     return out.transpose(1, 2, 0)
 
 
-def read_image(path: str | Path) -> torch.Tensor:
+def read_image(path: str | Path, notes: list[str] | None = None) -> torch.Tensor:
     """Read an image file as models take it: ``uint8`` RGB ``(3, H, W)`` (see :func:`read_rgb`).
+
+    Args:
+        path: The image file.
+        notes: When given, what was changed on the way is appended (for the user).
 
     Raises:
         FileNotFoundError: No file at ``path``.
         CorruptFileError: The message names the file and says what to do.
     """
-    try:
-        rgb = read_rgb(path)
-    except CorruptFileError as err:
-        raise CorruptFileError(
-            f"cannot read image {path}: {err}. The file is corrupt, truncated or not an image; "
-            "re-save it as PNG/JPEG or remove it"
-        ) from None
+    rgb = read_rgb(path, notes)
     return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
 
 
-def check_pixels(size: tuple[int, int], name: str = "the image") -> None:
+def check_pixels(size: tuple[int, int], name: str = "this image") -> None:
     """Refuse ``(W, H)`` above :data:`MAX_PIXELS` before decoding."""
     w, h = size
     if w * h > MAX_PIXELS:
         raise CorruptFileError(
             f"{name} is {w}x{h} pixels ({w * h / 1e6:.0f} MP), more than the "
-            f"{MAX_PIXELS / 1e6:.0f} MP this app decodes; downscale it first"
+            f"{MAX_PIXELS / 1e6:.0f} MP limit; downscale it first"
+        )
+
+
+def check_sides(size: tuple[int, int], name: str = "this image") -> None:
+    """Refuse an image of ``(W, H)`` pixels with a side under :data:`MIN_SIDE`.
+
+    Raises:
+        ImageSizeError: Naming the size, the limit and the fix.
+    """
+    w, h = size
+    if min(w, h) < MIN_SIDE:
+        raise ImageSizeError(
+            f"{name} is {w}x{h} pixels; both sides must be at least {MIN_SIDE} pixels for the "
+            "model: use a larger image"
         )
 
 
@@ -159,6 +195,8 @@ def to_rgb8(image: Image.Image | np.ndarray, notes: list[str] | None = None) -> 
     if isinstance(image, np.ndarray):
         return _array_to_rgb(image, notes)
     im = image
+    if getattr(im, "is_animated", False):  # opened at its first frame
+        notes.append(f"animated image: the first of its {im.n_frames} frames is used")
     orientation = im.getexif().get(0x0112, 1)  # EXIF Orientation tag
     if orientation not in (1, None):
         im = ImageOps.exif_transpose(im)

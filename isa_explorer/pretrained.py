@@ -14,12 +14,27 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from isa_explorer.data.info import SYNTHETIC_INFO
 from isa_explorer.models.isa.model import ISANet
 from isa_explorer.models.prepare import prepare_for_inference
 
 #: The model shipped with the package: ISANet (timm ResNet-10-T, output stride 8) trained with
 #: ``train/fit.py --config synthetic-context`` (see its MODEL_CARD.md).
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "default_model"
+#: Said wherever a model of the synthetic scenes meets a real image (the app, ``predict``).
+SYNTHETIC_ONLY = (
+    "This model knows the synthetic scenes' classes only (coloured objects and cues), so a "
+    "photo comes back in those classes. For real images use a released model: "
+    "`python app.py --checkpoint cityscapes-r50` (street scenes, 19 classes) or "
+    "`--checkpoint ade20k-r50` (150 classes), the same with `isa-explorer predict`; "
+    "`isa-explorer zoo list` shows all 16."
+)
+
+
+def knows_synthetic_classes_only(class_names: list[str] | tuple[str, ...]) -> bool:
+    """Whether a model's classes are the synthetic context scenes' (the default model's)."""
+    return tuple(class_names) == SYNTHETIC_INFO.class_names
+
 
 _WEIGHTS = "model.safetensors"
 _RUN_SUBDIRS = ("best", "final")  # what train/fit.py writes inside a run directory

@@ -4,6 +4,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,7 @@ def test_read_image_converts_grey_palette_alpha_and_16_bit(tmp_path):
 
 def test_read_image_names_corrupt_and_missing_files(tmp_path):
     (tmp_path / "noise.png").write_bytes(os.urandom(200))
-    with pytest.raises(CorruptFileError, match=r"noise\.png.*corrupt"):
+    with pytest.raises(CorruptFileError, match=r"noise\.png. is not an image in a readable"):
         read_image(tmp_path / "noise.png")
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)).save(
         tmp_path / "full.png"
@@ -168,8 +169,8 @@ def load_cli():
 def test_predict_cli_on_a_folder_skips_the_corrupt_file(tiny_checkpoint, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
-    Image.fromarray(halves(24, 32)).save(images / "a.png")
-    Image.fromarray(np.full((20, 28), 90, np.uint8)).save(images / "b.jpg")
+    Image.fromarray(halves(32, 40)).save(images / "a.png")
+    Image.fromarray(np.full((36, 44), 90, np.uint8)).save(images / "b.jpg")
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     (images / "notes.txt").write_text("not an image, not listed")
     out = tmp_path / "out"
@@ -188,15 +189,15 @@ def test_predict_cli_on_a_folder_skips_the_corrupt_file(tiny_checkpoint, tmp_pat
     assert written == [f"{s}_{k}.png" for s in "ab" for k in ("colour", "labels", "overlay")]
     labels = np.array(Image.open(out / "a_labels.png"))
     colour = np.array(Image.open(out / "a_colour.png"))
-    assert labels.shape == (24, 32) and colour.shape == (24, 32, 3) and labels.max() < 3
+    assert labels.shape == (32, 40) and colour.shape == (32, 40, 3) and labels.max() < 3
     assert (colour == np.array(PALETTE, np.uint8)[labels]).all()
-    assert np.array(Image.open(out / "b_overlay.png")).shape == (20, 28, 3)
+    assert np.array(Image.open(out / "b_overlay.png")).shape == (36, 44, 3)
 
 
 def test_predict_cli_glob_and_errors(tiny_checkpoint, tmp_path, capsys):
     cli = load_cli()
-    Image.fromarray(halves()).save(tmp_path / "x.png")
-    Image.fromarray(halves()).save(tmp_path / "x.jpg")
+    Image.fromarray(halves(32, 48)).save(tmp_path / "x.png")
+    Image.fromarray(halves(32, 48)).save(tmp_path / "x.jpg")
     args = ["--checkpoint", str(tiny_checkpoint), "--device", "cpu"]
     assert cli.main([str(tmp_path / "x.*"), "--out", str(tmp_path / "o"), *args]) == 0
     assert (tmp_path / "o" / "x_png_labels.png").is_file()  # same stem: extension added
@@ -206,3 +207,64 @@ def test_predict_cli_glob_and_errors(tiny_checkpoint, tmp_path, capsys):
     (tmp_path / "bad.png").write_bytes(b"garbage")
     assert cli.main([str(tmp_path / "bad.png"), "--out", str(tmp_path / "o"), *args]) == 1
     assert "bad.png" in capsys.readouterr().err
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR chunk claiming ``width x height`` (8-bit RGB), then IEND."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data).to_bytes(4, "big")
+        return len(data).to_bytes(4, "big") + kind + data + crc
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_predict_cli_refuses_what_the_app_refuses_in_the_same_words(
+    tiny_checkpoint, tmp_path, capsys
+):
+    """One reader, one set of limits and messages: predict and the app say the same."""
+    from isa_explorer.explorer.images import ImageInputError, load_image_file
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(folder / "dot.png")
+    Image.fromarray(np.zeros((300, 2, 3), np.uint8)).save(folder / "thin.png")
+    (folder / "huge.png").write_bytes(_png_header(60_000, 60_000))
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.jpg").write_bytes(b"<html>not found</html>")
+    frames = [Image.fromarray(np.full((40, 48, 3), v, np.uint8)) for v in (0, 255)]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:])
+    Image.fromarray(halves(40, 48)).save(folder / "ok.png")
+    args = ["--checkpoint", str(tiny_checkpoint), "--device", "cpu"]
+    assert load_cli().main([str(folder), "--out", str(tmp_path / "out"), *args]) == 0
+    out, err = capsys.readouterr()
+    assert "2 image(s) segmented" in out and "5 skipped" in out
+    assert (tmp_path / "out" / "anim_labels.png").is_file()
+    assert "anim.gif: animated image: the first of its 2 frames is used" in err
+    for name in ("dot.png", "thin.png", "huge.png", "empty.png", "text.jpg"):
+        with pytest.raises(ImageInputError) as refused:  # what the app says of the same file
+            load_image_file(folder / name)
+        assert f"skipped {folder / name}: {refused.value}" in err
+    assert "'thin.png' is 2x300 pixels; both sides must be at least 32 pixels" in err
+    assert "'empty.png' is empty (0 bytes)" in err
+    huge = next(line for line in err.splitlines() if "huge.png:" in line)
+    assert "more than the 80 MP limit" in huge and "corrupt" not in huge
+    for word in ("upload", "PIL", "this app"):
+        assert word not in err
+    assert "synthetic" not in err  # this model has classes of its own
+
+
+def test_predict_cli_says_the_synthetic_model_knows_synthetic_classes_only(tmp_path, capsys):
+    from conftest import small_isanet
+
+    from isa_explorer.data.info import SYNTHETIC_INFO
+
+    torch.manual_seed(0)
+    names = SYNTHETIC_INFO.class_names
+    small_isanet(classes=len(names), class_names=names).save_pretrained(tmp_path / "synthetic")
+    Image.fromarray(halves(40, 48)).save(tmp_path / "photo.png")
+    args = ["--checkpoint", str(tmp_path / "synthetic"), "--device", "cpu"]
+    assert load_cli().main([str(tmp_path / "photo.png"), "--out", str(tmp_path / "o"), *args]) == 0
+    err = capsys.readouterr().err
+    assert "knows the synthetic scenes' classes only" in err and "cityscapes-r50" in err

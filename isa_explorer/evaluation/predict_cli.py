@@ -8,8 +8,12 @@ Examples:
 
 For every input ``NAME.ext`` it writes ``NAME_colour.png`` (classes in the model's palette),
 ``NAME_overlay.png`` (the mask blended over the image) and ``NAME_labels.png`` (class ids as
-grey values, 16-bit beyond 255 classes) into ``--out``. Unreadable files are reported and
-skipped; the others are still processed.
+grey values, 16-bit beyond 255 classes) into ``--out``. Images are read by the app's reader,
+with its limits and messages (:mod:`isa_explorer.images`): sides of at least 32 pixels, at
+most 80 MP; what was converted on the way (EXIF rotation, grey, alpha, the first frame of an
+animation) is said per file. Unreadable or too small files are reported and skipped; the others
+are still processed. Unlike the app, which resizes images to a longest side of 2048 px for
+interactive speed, predict segments each image at its own size (or ``--scale``).
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ from isa_explorer.images import (
     IMAGE_EXTENSIONS,
     CorruptFileError,
     bands_to_rgb8,
+    check_sides,
     read_bands,
     read_image,
 )
 from isa_explorer.palette import colourise, overlay, palette_of
-from isa_explorer.pretrained import load_model
+from isa_explorer.pretrained import SYNTHETIC_ONLY, knows_synthetic_classes_only, load_model
 
 
 def parse_args(
@@ -108,6 +113,8 @@ def main(argv: list[str] | None = None, prog: str = "isa-explorer predict") -> i
     args.out.mkdir(parents=True, exist_ok=True)
     palette = palette_of(model)
     raw = getattr(model, "image_mode", "rgb") == "raw"
+    if knows_synthetic_classes_only(getattr(model, "class_names", ())):
+        print(f"note: {SYNTHETIC_ONLY}", file=sys.stderr)
     options = dict(
         mode=args.mode,
         crop_size=tuple(args.crop),
@@ -120,12 +127,16 @@ def main(argv: list[str] | None = None, prog: str = "isa-explorer predict") -> i
     for path, name in zip(
         tqdm(files, desc="predict", unit="image"), output_stems(files), strict=True
     ):
+        notes: list[str] = []
         try:
             if raw:  # the model takes the file's own bands; the overlay shows a stretched view
                 image = torch.from_numpy(read_bands(path))
                 shown = torch.from_numpy(bands_to_rgb8(image.numpy())).permute(2, 0, 1)
             else:
-                image = shown = read_image(path)
+                image = shown = read_image(path, notes)
+            check_sides((image.shape[-1], image.shape[-2]), repr(path.name))
+            if notes:
+                tqdm.write(f"{path}: {'; '.join(notes)}", file=sys.stderr)
             labels = predict_image(model, image, **options)
         except (CorruptFileError, FileNotFoundError, ValueError) as err:
             tqdm.write(f"skipped {path}: {err}", file=sys.stderr)
@@ -140,3 +151,7 @@ def main(argv: list[str] | None = None, prog: str = "isa-explorer predict") -> i
     for path in skipped:
         print(f"  skipped {path}", file=sys.stderr)
     return 0 if done > 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

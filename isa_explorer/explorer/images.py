@@ -2,9 +2,10 @@
 
 Every image becomes an ``(H, W, 3)`` uint8 RGB array: EXIF rotation applied, grey / palette /
 CMYK converted, alpha composited on white, 16-bit and float images rescaled to 8 bits, by the
-project's one reader (:mod:`isa_explorer.images`). Images
-with a side under :data:`MIN_SIDE` are refused; images whose longest side exceeds
-:data:`MAX_SIDE` are resized down (aspect kept). Problems raise :class:`ImageInputError` with a
+project's one reader (:mod:`isa_explorer.images`), with its limits and messages, the same as
+``isa-explorer predict``'s: images with a side under :data:`MIN_SIDE` are refused. The app
+also resizes images whose longest side exceeds :data:`MAX_SIDE` down (aspect kept), to bound
+the time and memory of an interactive request. Problems raise :class:`ImageInputError` with a
 message meant for the user.
 """
 
@@ -17,20 +18,23 @@ import numpy as np
 from PIL import Image
 
 from isa_explorer.images import (
+    FORMAT_NAMES,
     MAX_PIXELS,
+    MIN_SIDE,
     CorruptFileError,
     ImageArrayError,
+    ImageSizeError,
     check_pixels,
+    check_sides,
     read_rgb,
     to_rgb8,
 )
 
-#: Smallest accepted side in pixels (the model's features need a few cells per side).
-MIN_SIDE = 32
 #: Longest side kept; larger images are resized down to it (CPU time and memory per image).
 MAX_SIDE = 2048
 
 __all__ = [
+    "FORMAT_NAMES",
     "MAX_PIXELS",
     "MAX_SIDE",
     "MIN_SIDE",
@@ -72,13 +76,13 @@ def load_image_file(path: str | Path) -> PreparedImage:
     """
     path = Path(path)
     if not path.is_file():
-        raise ImageInputError("no image file was received; upload a PNG, JPEG or WebP image")
+        raise ImageInputError(f"no image file was received; upload a {FORMAT_NAMES} image")
     notes: list[str] = []
     try:
         rgb = read_rgb(path, notes)
     except CorruptFileError as err:
         raise ImageInputError(str(err)) from None
-    return _checked(rgb, notes)
+    return _checked(rgb, notes, repr(path.name))
 
 
 def prepare_image(image: Image.Image | np.ndarray | None) -> PreparedImage:
@@ -108,14 +112,13 @@ def prepare_image(image: Image.Image | np.ndarray | None) -> PreparedImage:
     return _checked(rgb, notes)
 
 
-def _checked(rgb: np.ndarray, notes: list[str]) -> PreparedImage:
+def _checked(rgb: np.ndarray, notes: list[str], name: str = "this image") -> PreparedImage:
     """Refuse sides under :data:`MIN_SIDE`; resize a longest side over :data:`MAX_SIDE`."""
     h, w = rgb.shape[:2]
-    if min(h, w) < MIN_SIDE:
-        raise ImageInputError(
-            f"the image is {w}x{h} pixels; both sides must be at least {MIN_SIDE} pixels "
-            "(upload a larger image)"
-        )
+    try:
+        check_sides((w, h), name)
+    except ImageSizeError as err:
+        raise ImageInputError(str(err)) from None
     if max(h, w) > MAX_SIDE:
         scale = MAX_SIDE / max(h, w)
         size = (max(MIN_SIDE, round(w * scale)), max(MIN_SIDE, round(h * scale)))

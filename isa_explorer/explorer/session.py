@@ -19,20 +19,20 @@ import numpy as np
 import torch
 
 from isa_explorer.attention import AttentionCache, capture_attention
-from isa_explorer.data.synthetic import SYNTHETIC_INFO, SyntheticConfig
+from isa_explorer.data.synthetic import SyntheticConfig
 from isa_explorer.models.isa.model import ISANet
 from isa_explorer.models.prepare import prepare_for_inference
 from isa_explorer.palette import palette_or_default
-from isa_explorer.pretrained import DEFAULT_MODEL_DIR, load_model, read_config, resolve_model_dir
+from isa_explorer.pretrained import (
+    DEFAULT_MODEL_DIR,
+    SYNTHETIC_ONLY,
+    knows_synthetic_classes_only,
+    load_model,
+    read_config,
+    resolve_model_dir,
+)
 from isa_explorer.zoo import ZooEntry, read_entry
 
-#: Said when the synthetic default model meets a real image.
-SYNTHETIC_ONLY = (
-    "This model knows the synthetic scenes' classes only (coloured objects and cues), so a "
-    "photo comes back in those classes. For real images start the app on a released model: "
-    "`python app.py --checkpoint cityscapes-r50` (street scenes, 19 classes) or "
-    "`--checkpoint ade20k-r50` (150 classes); `isa-explorer zoo list` shows all 16."
-)
 #: Training size of models whose directory does not record one (the default model's).
 DEFAULT_TRAIN_SIZE = SyntheticConfig.size
 _SIZE_KEYS = ("train_size", "crop_size", "image_size")
@@ -126,7 +126,7 @@ class ExplorerModel:
     @property
     def is_synthetic(self) -> bool:
         """Whether the model was trained on the synthetic context scenes (examples available)."""
-        return tuple(self.class_names) == SYNTHETIC_INFO.class_names
+        return knows_synthetic_classes_only(self.class_names)
 
     @property
     def has_attention(self) -> bool:

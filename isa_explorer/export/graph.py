@@ -25,10 +25,9 @@ import torch.fx.experimental._config as fx_config
 from torch import nn
 from torch.export import Dim, ExportedProgram
 
+from isa_explorer.images import MIN_SIDE  # the smallest side any model input may have
 from isa_explorer.models.isa.model import ISANet
 
-#: Smallest image side an exported model takes (its feature map is then 4 cells).
-MIN_SIDE = 32
 #: Largest side the dynamic shapes declare (a 64k-pixel side would need ~100 GB anyway).
 MAX_SIDE = 16384
 MAX_BATCH = 1024
