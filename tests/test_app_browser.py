@@ -1,7 +1,12 @@
-"""A real browser (headless Chromium via Playwright) loads an example and clicks a pixel."""
+"""A real browser (headless Chromium via Playwright) loads an example and clicks a pixel.
+
+The Explore and Efficiency tabs are photographed at a wide and a narrow window, and at each no
+label may overflow its box or run under a toolbar button.
+"""
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -11,6 +16,10 @@ import torch
 from isa_explorer.explorer import Explorer, ExplorerModel, app
 
 CHROMIUM = Path("/usr/bin/chromium")
+#: Window widths of the screenshots and layout checks, and their height.
+WIDTHS, HEIGHT = (1400, 900), 1000
+#: The README's screenshot of the Explore tab (1400 px wide, after a click).
+DOCS_SHOT = Path(__file__).resolve().parents[1] / "docs" / "app_explore.jpg"
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.filterwarnings("ignore:::gradio.queueing"),
@@ -57,7 +66,7 @@ def browser():
 
 
 def _open(browser, url):
-    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page = browser.new_page(viewport={"width": WIDTHS[0], "height": HEIGHT})
     # Not "networkidle": the app keeps a heartbeat stream open (demo.unload needs it).
     page.goto(url, wait_until="load", timeout=60_000)
     page.locator("#load-example").wait_for(state="visible", timeout=60_000)
@@ -69,12 +78,82 @@ def page(browser, url):
     return _open(browser, url)
 
 
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    """Where the screenshots go (``--basetemp`` keeps them in a known place)."""
+    return tmp_path_factory.mktemp("screens")
+
+
+# Problems of the visible blocks: a label wider than its box, a label under one of its block's
+# toolbar buttons, or a label over a plot (it would hide the figure's title).
+_CLIPPED_LABELS = """() => {
+  const shown = (e) => e.checkVisibility() && e.getBoundingClientRect().width > 0;
+  const meet = (a, b) => a.left < b.right - 1 && b.left < a.right - 1
+    && a.top < b.bottom - 1 && b.top < a.bottom - 1;
+  const problems = [];
+  for (const block of document.querySelectorAll('.block')) {
+    if (!shown(block)) continue;
+    const own = (sel) => [...block.querySelectorAll(sel)]
+      .filter((e) => e.closest('.block') === block && shown(e));
+    const buttons = own('.icon-button-wrapper button').map((b) => b.getBoundingClientRect());
+    const plots = own('[data-testid="matplotlib"] img').map((i) => i.getBoundingClientRect());
+    for (const label of own('label[data-testid="block-label"]')) {
+      const box = label.getBoundingClientRect();
+      const what = `${block.id || 'a block'}: label "${label.innerText.trim()}"`;
+      if (label.scrollWidth > label.clientWidth + 1) problems.push(`${what} is cut`);
+      if (buttons.some((b) => meet(box, b))) problems.push(`${what} runs under a button`);
+      if (plots.some((p) => meet(box, p))) problems.push(`${what} covers the figure`);
+    }
+  }
+  return problems;
+}"""
+
+
+def _screenshots(page, shots: Path, name: str) -> list[Path]:
+    """Screenshots of the page at every width of ``WIDTHS``, each after the layout checks."""
+    paths = []
+    for width in WIDTHS:
+        page.set_viewport_size({"width": width, "height": HEIGHT})
+        page.wait_for_timeout(500)  # the layout follows the window
+        assert page.evaluate(_CLIPPED_LABELS) == [], f"{name} at {width} px"
+        paths.append(shots / f"{name}_{width}.png")
+        page.screenshot(path=str(paths[-1]), full_page=True)
+        assert paths[-1].stat().st_size > 10_000
+    page.set_viewport_size({"width": WIDTHS[0], "height": HEIGHT})
+    return paths
+
+
+def _images_shown(page) -> list[str]:
+    """The ids of the Explore tab's images that show something."""
+    return page.evaluate(
+        "() => ['prediction', 'map-long', 'map-short', 'map-combined']"
+        ".filter(id => document.querySelector(`#${id} img`))"
+    )
+
+
+def _settle(page) -> None:
+    """Wait until no event is pending (every progress indicator hidden)."""
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=\"status-tracker\"]')]"
+        ".every(t => t.classList.contains('hide'))",
+        timeout=60_000,
+    )
+
+
+def _upload(page, path: Path) -> None:
+    clear = page.locator("#upload button[aria-label='Clear']")
+    if clear.count():  # a previous upload is still shown
+        clear.first.click()
+        page.wait_for_function("() => !document.querySelector('#prediction img')")
+    page.locator("#upload input[type=file]").set_input_files(str(path))
+
+
 def test_click_before_loading_an_image_says_what_to_do(page):
     page.locator("#prediction").click()  # an empty image: nothing to select, no crash
     assert "Pick an example" in page.locator("#status").inner_text()
 
 
-def test_example_then_click_shows_the_three_attention_maps(page, tmp_path):
+def test_example_then_click_shows_the_three_attention_maps(page, shots):
     page.locator("#load-example").click()
     image = page.locator("#prediction img")
     image.wait_for(state="visible", timeout=60_000)
@@ -98,9 +177,13 @@ def test_example_then_click_shows_the_three_attention_maps(page, tmp_path):
     x, y = (int(v) for v in query.split("(x=")[1].split(")")[0].replace("y=", "").split(", "))
     assert abs(x - 102) <= 2 and abs(y - 77) <= 2, query
     assert "Most attended cells" in page.locator("#regions").inner_text()
-    shot = tmp_path / "explorer.png"
-    page.screenshot(path=str(shot), full_page=True)
-    assert shot.stat().st_size > 10_000
+    assert [page.locator(f"#map-{n} label").inner_text().strip() for n in ("long", "short")] == [
+        "Long-range",
+        "Short-range",
+    ]
+    assert "same offset in every 8x8 block" in page.locator("#maps-help").inner_text()
+    _screenshots(page, shots, "explore")
+    page.screenshot(path=str(DOCS_SHOT), type="jpeg", quality=85, full_page=True)
 
 
 def test_attribution_of_the_clicked_pixel_appears(page):
@@ -124,7 +207,7 @@ def test_a_corrupt_upload_gives_a_clear_status_message(page, tmp_path):
         timeout=60_000,
     )
     status = page.locator("#status").inner_text()
-    assert "not an image PIL can read" in status and "Traceback" not in status
+    assert "not an image in a readable format" in status and "Traceback" not in status
 
 
 def test_efficiency_tab_shows_the_committed_results_or_how_to_make_them(page):
@@ -138,23 +221,93 @@ def test_efficiency_tab_shows_the_committed_results_or_how_to_make_them(page):
     page.get_by_role("tab", name="Explore").click()
 
 
-def test_an_uploaded_16_bit_grey_image_is_converted_and_predicted(page, tmp_path):
+def test_the_live_benchmark_runs_what_its_button_promises(page, shots):
+    from isa_explorer.bench.analytic import MODULES
+
+    page.get_by_role("tab", name="Efficiency").click()
+    button = page.locator("#live-benchmark")
+    promised = set(re.findall(r"\d+x\d+", button.inner_text()))
+    assert "512x1024" in promised
+    button.click()
+    page.wait_for_function(
+        "() => document.querySelector('#live-plot img')?.naturalWidth > 0", timeout=300_000
+    )
+    rows = page.evaluate(
+        "() => [...document.querySelectorAll('#live-text tbody tr')]"
+        ".map(r => [...r.cells].map(c => c.innerText.trim()))"
+    )
+    ran = {(row[0], row[2]) for row in rows if row[3] == "ok"}
+    assert ran == {(m, size) for m in MODULES for size in promised}, rows
+    assert not any(row[-1] in ("0.0", "0") for row in rows)  # unmeasured: "< 1 (not measured)"
+    _screenshots(page, shots, "efficiency")
+    page.get_by_role("tab", name="Explore").click()
+
+
+def test_an_uploaded_16_bit_grey_image_is_converted_and_predicted(page, tmp_path, shots):
     import numpy as np
     from PIL import Image
 
     path = tmp_path / "deep.png"
     deep = np.linspace(0, 65535, 96 * 160).reshape(96, 160).astype(np.uint16)
     Image.fromarray(deep).save(path)
-    clear = page.locator("#upload button[aria-label='Clear']")
-    if clear.count():  # a previous upload is still shown
-        clear.first.click()
-    page.locator("#upload input[type=file]").set_input_files(str(path))
+    _upload(page, path)
     page.wait_for_function(
         "() => document.querySelector('#status')?.innerText.includes('Loaded upload')",
         timeout=60_000,
     )
     status = page.locator("#status").inner_text()
     assert "160x96" in status and "16-bit" in status and "grey" in status
+    _screenshots(page, shots, "explore_upload")  # a file in the box: its clear button shows
+
+
+def test_a_failed_upload_after_a_photo_leaves_nothing_of_the_photo(page, tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rgb = np.random.default_rng(1).integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    photo, truncated, data = tmp_path / "photo.png", tmp_path / "truncated.png", io.BytesIO()
+    Image.fromarray(rgb).save(photo)
+    Image.fromarray(rgb).save(data, "PNG")
+    truncated.write_bytes(data.getvalue()[: len(data.getvalue()) // 2])
+    _upload(page, photo)
+    page.wait_for_function(
+        "() => document.querySelector('#status')?.innerText.includes('Loaded upload photo.png')"
+        " && document.querySelector('#prediction img')?.naturalWidth > 0",
+        timeout=60_000,
+    )
+    box = page.locator("#prediction img").bounding_box()
+    page.mouse.click(box["x"] + 0.5 * box["width"], box["y"] + 0.5 * box["height"])
+    page.locator("#map-combined img").wait_for(state="visible", timeout=60_000)
+    # Clearing the file box takes its image away...
+    page.locator("#upload button[aria-label='Clear']").click()
+    page.wait_for_function("() => !document.querySelector('#map-combined img')", timeout=30_000)
+    assert _images_shown(page) == []
+    assert page.locator("#status").inner_text().strip() == "Pick an example or upload an image."
+    # ...and a file that fails to load shows no image either, only the problem.
+    page.locator("#upload input[type=file]").set_input_files(str(truncated))
+    page.wait_for_function(
+        "() => document.querySelector('#status')?.innerText.includes('Problem')", timeout=60_000
+    )
+    _settle(page)
+    assert "truncated" in page.locator("#status").inner_text()
+    assert "truncated" in page.locator("#upload").inner_text()  # the file box names the file
+    for part in ("#query", "#regions", "#legend"):
+        assert page.locator(part).inner_text().strip() == "", part
+    # Redrawing (the grid checkbox) finds no stored image to draw: the photo is gone.
+    page.get_by_text("Show feature cells and 8x8 blocks").click()
+    page.wait_for_timeout(500)
+    _settle(page)
+    assert _images_shown(page) == []
+    page.get_by_text("Show feature cells and 8x8 blocks").click()
+    # An example replaces the failed file: the file box no longer names it.
+    page.locator("#load-example").click()
+    page.wait_for_function(
+        "() => document.querySelector('#status')?.innerText.includes('Loaded example')",
+        timeout=60_000,
+    )
+    assert "truncated" not in page.locator("#upload").inner_text()
 
 
 def test_closing_a_tab_frees_its_analysed_image(browser, url, explorer):

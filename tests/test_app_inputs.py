@@ -34,7 +34,7 @@ def _scene(w: int = 96, h: int = 64) -> np.ndarray:
 def test_a_text_file_is_not_an_image(explorer, tmp_path):
     path = tmp_path / "notes.png"
     path.write_text("these are not pixels")
-    with pytest.raises(ExplorerError, match="not an image PIL can read; upload a PNG"):
+    with pytest.raises(ExplorerError, match="not an image in a readable format; use a PNG"):
         explorer.load_file("u", path)
 
 
@@ -155,6 +155,69 @@ def test_clicks_outside_the_image(explorer):
         api_fns.attention_summary(explorer, state, None, 2)
 
 
+_BAD_COORDINATES = [
+    (3.5, r"must be whole numbers, got x=3.5: coordinates are not rounded; send x=3 or x=4"),
+    (np.float32(7.25), r"must be whole numbers, got x=7.25: .*send x=7 or x=8"),
+    (float("nan"), r"x must be finite, got nan; send a whole number 0 <= x < 96, e.g. x=48"),
+    (float("inf"), r"x must be finite, got inf; send a whole number 0 <= x < 96"),
+    (float("-inf"), r"x must be finite, got -inf"),
+    ("5", r"x must be a number, got '5' \(str\); send a whole number 0 <= x < 96"),
+    ("abc", r"x must be a number, got 'abc' \(str\)"),
+    (True, r"x must be a number, got True \(bool\)"),
+    (np.bool_(False), r"x must be a number, got .*False.* \(bool_?\)"),
+    (None, r"give both pixel coordinates x and y: x is missing; send a whole number"),
+    (-1, r"pixel \(x=-1, y=5\) is outside the 96x64 image: use 0 <= x < 96 and 0 <= y < 64"),
+    (96, r"pixel \(x=96, y=5\) is outside the 96x64 image"),
+    (10**30, r"is outside the 96x64 image"),
+    (1e300, r"is outside the 96x64 image"),
+]
+
+
+@pytest.mark.parametrize(("x", "message"), _BAD_COORDINATES)
+def test_bad_coordinates_name_the_problem_and_the_fix(explorer, x, message):
+    state = explorer.load_image("coords", _scene())
+    with pytest.raises(ExplorerError, match=message):
+        explorer.attention(state, x, 5)
+    with pytest.raises(ExplorerError, match=message):
+        api_fns.attention_summary(explorer, state, x, 5)
+    with pytest.raises(ExplorerError, match=message):
+        explorer.click("coords", x, 5)
+
+
+@pytest.mark.parametrize(
+    ("y", "message"),
+    [
+        (2.5, r"got y=2.5: coordinates are not rounded; send y=2 or y=3"),
+        (float("nan"), r"y must be finite, got nan; send a whole number 0 <= y < 64, e.g. y=32"),
+        ("7", r"y must be a number, got '7' \(str\)"),
+        (None, r"y is missing"),
+        (64, r"pixel \(x=5, y=64\) is outside the 96x64 image"),
+    ],
+)
+def test_the_row_is_checked_like_the_column(explorer, y, message):
+    state = explorer.load_image("coords", _scene())
+    with pytest.raises(ExplorerError, match=message):
+        api_fns.attention_summary(explorer, state, 5, y)
+
+
+@pytest.mark.parametrize("x", [5, 5.0, np.int64(5), np.float32(5.0), np.uint8(5)])
+def test_whole_numbers_of_any_numeric_type_are_accepted(explorer, x):
+    state = explorer.load_image("coords", _scene())
+    assert explorer.attention(state, x, 7).query == (5, 7)
+    out = api_fns.attention_summary(explorer, state, x, 7)
+    assert out["query"] == [5, 7] and isinstance(out["query"][0], int)
+
+
+def test_api_sizes_are_width_and_height(explorer):
+    state = explorer.load_image("tall", _scene(96, 136))  # 96 wide, 136 high
+    assert api_fns.predict_summary(explorer, state)["size"] == {"width": 96, "height": 136}
+    out = api_fns.attention_summary(explorer, state, 95, 135)
+    assert out["image_size"] == {"width": 96, "height": 136}
+    assert out["feature_size"] == {"width": 12, "height": 17}
+    assert out["feature_cell"] == [11, 16]
+    assert np.asarray(out["maps"]["combined"]).shape == (17, 12)  # rows first
+
+
 def test_ui_callbacks_turn_errors_into_a_status_line_not_a_traceback():
     from isa_explorer.explorer.ui import guard
 
@@ -194,3 +257,51 @@ def test_building_the_app_loads_no_weights():
     assert not ex.model.loaded  # loaded by the first request
     names = {d.api_name for d in demo.fns.values() if d.api_name}
     assert {"predict", "attention"} <= names
+
+
+def test_an_animated_gif_says_its_first_frame_is_used(explorer, tmp_path):
+    frames = [Image.fromarray(np.full((40, 48, 3), v, np.uint8)) for v in (10, 200, 90)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    state = explorer.load_file("u", tmp_path / "anim.gif")
+    assert "animated image: the first of its 3 frames is used" in state.source
+    assert state.rgb.shape == (40, 48, 3) and int(state.rgb.max()) == 10  # frame 0 only
+
+
+def test_the_readers_messages_name_the_file_not_the_library(explorer, tmp_path):
+    """Empty, foreign, truncated and tiny files: one sentence each, in the app's words."""
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "page.jpg").write_bytes(b"<html>502</html>")
+    Image.fromarray(_scene(200, 100)).save(tmp_path / "cut.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "cut.png").read_bytes()[:3000])
+    Image.fromarray(_scene(300, 2)).save(tmp_path / "thin.png")
+    said = {}
+    for name in ("empty.png", "page.jpg", "cut.png", "thin.png"):
+        with pytest.raises(ExplorerError) as err:
+            explorer.load_file("u", tmp_path / name)
+        said[name] = str(err.value)
+    assert said["empty.png"].startswith("'empty.png' is empty (0 bytes)")
+    assert said["thin.png"].startswith("'thin.png' is 300x2 pixels; both sides must be")
+    for text in said.values():
+        assert "PIL" not in text and "upload" not in text and "Traceback" not in text
+        assert (
+            "PNG, JPEG, WebP, BMP, TIFF, GIF or PPM" in text
+            or "pixels" in text
+            or ("truncated or corrupt" in text)
+        )
+
+
+def test_the_upload_label_lists_the_formats_that_are_read(tmp_path):
+    """The label names the formats once (FORMAT_NAMES), and each one named is read."""
+    from isa_explorer.images import FORMAT_NAMES, FORMATS
+
+    demo = app.build_app(explorer=Explorer(ExplorerModel()))
+    upload = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "upload")
+    assert FORMAT_NAMES in upload.label and "PNG/JPEG/WebP" not in upload.label
+    rgb = _scene(48, 40)
+    for name, suffixes in FORMATS.items():
+        path = tmp_path / f"scene{suffixes[0]}"
+        Image.fromarray(rgb).save(path, lossless=True)  # WebP lossless; ignored by the others
+        prepared = load_image_file(path)
+        assert prepared.rgb.shape == (40, 48, 3), name
+        if name not in ("JPEG", "GIF"):  # lossy or palette-quantised
+            assert np.array_equal(prepared.rgb, rgb), name

@@ -136,7 +136,7 @@ def test_api_summary_is_json_ready(explorer):
     state = api_fns.analyse_cached(explorer, rgb)
     assert api_fns.analyse_cached(explorer, rgb.copy()) is state  # same pixels: one forward
     out = api_fns.attention_summary(explorer, state, 12, 100)
-    assert out["query"] == [12, 100] and out["feature_size"] == [16, 32]
+    assert out["query"] == [12, 100] and out["feature_size"] == {"width": 32, "height": 16}
     for name in ("long", "short", "combined"):
         assert np.asarray(out["maps"][name]).shape == (16, 32)
         assert out["sums"][name] == pytest.approx(1.0, abs=1e-4)
@@ -230,48 +230,6 @@ def test_integrated_gradients_is_bounded_and_normalised(tmp_path):
     assert "n_steps=1" in b.note and b.pixel == (599, 299)  # steps clamped to 1..32
 
 
-def test_efficiency_committed_results_missing_say_how_to_make_them(tmp_path):
-    pytest.importorskip("isa_explorer.bench.attention")
-    from isa_explorer.explorer import efficiency
-
-    with pytest.raises(efficiency.EfficiencyUnavailable, match="isa-explorer bench attention"):
-        efficiency.committed_report(tmp_path / "none.json")
-
-
-@pytest.mark.filterwarnings("ignore:No artists with labels")
-def test_efficiency_live_run_and_report_round_trip(tmp_path):
-    bench = pytest.importorskip("isa_explorer.bench.attention")
-    import json
-
-    from isa_explorer.explorer import efficiency
-
-    small = dict(channels=32, isa_channels=16, subprocess=False)
-    fig, text = efficiency.live_run(resolutions=((64, 128), (128, 256)), **small)
-    rows = [line for line in text.splitlines() if line.startswith("| ") and "forward" in line]
-    assert len(rows) == 2 * len(bench.MODULES)
-    assert len(fig.axes) == 2
-    # A live run with a budget of zero seconds stops after its smallest resolution.
-    _, text = efficiency.live_run(resolutions=((128, 256), (64, 128)), budget_seconds=0, **small)
-    assert "not started" in text and "128x256" in text.split("not started")[1]
-    results = bench.run_benchmark([(64, 128)], ["isa-fused"], ["forward"], **small, runs=1)
-    path = tmp_path / "report.json"
-    path.write_text(json.dumps({"system": {"cpu": "test"}, "config": {}, "results": results}))
-    fig, text = efficiency.committed_report(path)
-    assert "report.json" in text and "| isa-fused | forward | 64x128 | 8x16 | ok |" in text
-
-
-def test_only_one_live_benchmark_runs_at_a_time():
-    pytest.importorskip("isa_explorer.bench.attention")
-    from isa_explorer.explorer import efficiency
-
-    assert efficiency._live_lock.acquire(blocking=False)
-    try:
-        with pytest.raises(efficiency.EfficiencyUnavailable, match="already running"):
-            efficiency.live_run(resolutions=((64, 128),))
-    finally:
-        efficiency._live_lock.release()
-
-
 def test_concurrent_analyses_keep_their_own_features(explorer, monkeypatch):
     """Two threads analyse two images on one model at the same time, with no lock."""
     import threading
@@ -346,3 +304,63 @@ def test_the_default_model_says_it_knows_synthetic_classes_only():
     assert em.is_synthetic and em.zoo_entry is None
     for text in (em.upload_note, em.summary):
         assert "synthetic" in text and "python app.py --checkpoint cityscapes-r50" in text
+
+
+def _screen_after(demo, screen: dict, trigger, event: str, session: str) -> dict:
+    """Run the callbacks of ``trigger``'s ``event`` and their ``.then`` chain as Gradio would:
+    inputs read from ``screen`` (component -> shown value), updates written back; a skipped
+    output keeps its value."""
+    from types import SimpleNamespace
+
+    fns = list(demo.fns.values())
+    chain = [f for f in fns if (trigger._id, event) in f.targets]
+    while chain and (nxt := [f for f in fns if f.trigger_after == chain[-1]._id]):
+        chain += nxt[:1]
+    assert chain, f"nothing listens to {event}"
+    for f in chain:
+        args = [screen.get(c, c.value) for c in f.inputs]
+        out = f.fn(*args, request=SimpleNamespace(session_hash=session))
+        out = out if isinstance(out, tuple) else (out,)
+        for c, value in zip(f.outputs, out, strict=True):
+            if not (isinstance(value, dict) and value.get("__type__") == "update"):  # gr.skip()
+                screen[c] = value
+    return screen
+
+
+@pytest.mark.filterwarnings("ignore:.*truncated:UserWarning")
+def test_a_failed_upload_or_a_cleared_file_leaves_no_stale_image(explorer, tmp_path):
+    """Photo, click, then a truncated PNG: nothing of the photo stays, on screen or stored."""
+    import io
+
+    from PIL import Image
+
+    from isa_explorer.explorer.app import build_app
+
+    demo = build_app(explorer=explorer)
+    blocks = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    upload, shown = blocks["upload"], ["prediction", "legend", "query", "regions"]
+    shown += [f"map-{n}" for n in ("long", "short", "combined")]
+    photo, truncated = tmp_path / "photo.png", tmp_path / "truncated.png"
+    Image.fromarray(explorer.example_image(4).rgb).save(photo)
+    data = io.BytesIO()
+    Image.fromarray(explorer.example_image(5).rgb).save(data, "PNG")
+    truncated.write_bytes(data.getvalue()[: len(data.getvalue()) // 2])
+    for then in ("upload", "clear"):  # a bad file straight away, or the file box cleared first
+        screen = _screen_after(demo, {upload: str(photo)}, upload, "upload", then)
+        assert "Loaded upload photo.png" in screen[blocks["status"]]
+        explorer.click(then, 100, 60)  # what a click on the prediction does
+        if then == "clear":
+            screen = _screen_after(demo, screen, upload, "clear", then)
+            assert screen[blocks["status"]] == "Pick an example or upload an image."
+            assert then not in explorer.store
+        screen[upload] = str(truncated)
+        screen = _screen_after(demo, screen, upload, "upload", then)
+        assert screen[blocks["status"]].startswith("**Problem:**")
+        assert "truncated" in screen[blocks["status"]]
+        values = {n: screen[blocks[n]] for n in shown}
+        stale = [n for n, v in values.items() if not (v is None or isinstance(v, str) and not v)]
+        assert stale == [], f"{then}: still shown after a failed upload: {stale}"
+        with pytest.raises(ExplorerError, match="no image loaded"):
+            explorer.click_display(then, 10, 10)
+    screen = _screen_after(demo, screen, blocks["load-example"], "click", "upload")
+    assert screen[upload] is None and "Loaded example" in screen[blocks["status"]]

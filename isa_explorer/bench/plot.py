@@ -9,6 +9,7 @@ from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 COLORS = {
     "isa-explicit": "tab:blue",
@@ -17,6 +18,21 @@ COLORS = {
     "dense-fused": "tab:orange",
 }
 STYLES = {"forward": ("o", "-"), "forward+backward": ("s", ":")}
+#: Peaks are recorded to 0.1 MiB: a smaller one (0.0) was not measured and is never drawn.
+MIN_PEAK_MIB = 0.1
+
+
+def measured_peak(result: dict[str, Any], min_peak_mib: float = MIN_PEAK_MIB) -> float | None:
+    """The peak memory of a case in MiB, or ``None`` if it was not measured or is too small.
+
+    Args:
+        result: One result dict of a benchmark run.
+        min_peak_mib: Resolution of the measurement: smaller peaks (0 included) say nothing.
+    """
+    peak = result.get("peak_mib")
+    if result.get("status") != "ok" or peak is None or peak < max(min_peak_mib, 1e-9):
+        return None
+    return float(peak)
 
 
 def _results(results: Sequence[dict[str, Any]] | dict[str, Any]) -> list[dict[str, Any]]:
@@ -27,6 +43,7 @@ def plot_results(
     results: Sequence[dict[str, Any]] | dict[str, Any],
     path_or_ax: str | Path | Sequence[Axes] | None = None,
     passes: Sequence[str] = ("forward", "forward+backward"),
+    min_peak_mib: float = MIN_PEAK_MIB,
 ) -> Figure:
     """Plot measured peak memory and time (markers) beside the analytic curves (dashed).
 
@@ -35,18 +52,21 @@ def plot_results(
     The x axis is the number of feature positions, labelled with the input resolution.
 
     Args:
-        results: Result dicts of :func:`isa_explorer.benchmark.run_benchmark`, or a report
-            from :func:`isa_explorer.benchmark.load_results`.
+        results: Result dicts of :func:`isa_explorer.bench.attention.run_benchmark`, or a report
+            from :func:`isa_explorer.bench.attention.load_results`.
         path_or_ax: A file to save (format from the suffix: ``.png``, ``.svg``, ...), two
             Axes ``(memory, time)`` to draw into, or ``None``.
         passes: Which passes to draw.
+        min_peak_mib: Peaks below this (the measurement's resolution) are left out of the
+            memory plot, never drawn at a floor; a note in the plot counts them.
 
     Returns:
         The figure.
     """
     rows = _results(results)
-    if isinstance(path_or_ax, str | Path) or path_or_ax is None:
-        fig = Figure(figsize=(12, 4.8), layout="constrained")  # no pyplot: no global state
+    own_figure = isinstance(path_or_ax, str | Path) or path_or_ax is None
+    if own_figure:
+        fig = Figure(figsize=(12, 5.4), layout="constrained")  # no pyplot: no global state
         axes = fig.subplots(1, 2)
     else:
         axes = list(path_or_ax)
@@ -54,6 +74,7 @@ def plot_results(
             raise ValueError("path_or_ax: give a file path or two Axes (memory, time)")
         fig = axes[0].figure
     ax_mem, ax_time = axes
+    not_drawn = 0
     for module, color in COLORS.items():
         for p in passes:
             cases = sorted(
@@ -63,40 +84,44 @@ def plot_results(
             if not cases:
                 continue
             marker, line = STYLES[p]
-            label = f"{module} {'fwd' if p == 'forward' else 'fwd+bwd'}"
+            style = dict(marker=marker, ls=line, color=color)
+            style["label"] = f"{module} {'fwd' if p == 'forward' else 'fwd+bwd'}"
             n_all = [r["positions"] for r in cases]
-            ax_mem.plot(
-                n_all,
-                [r["analytic"]["predicted_peak_mib"] for r in cases],
-                "--",
-                color=color,
-                alpha=0.45,
-                lw=1,
-            )
+            predicted_mib = [r["analytic"]["predicted_peak_mib"] for r in cases]
+            ax_mem.plot(n_all, predicted_mib, "--", color=color, alpha=0.45, lw=1)
             ok = [r for r in cases if r.get("status") == "ok"]
             if not ok:
                 continue
-            n_ok = [r["positions"] for r in ok]
-            ax_mem.plot(
-                n_ok,
-                [max(r["peak_mib"], 0.1) for r in ok],
-                marker=marker,
-                ls=line,
-                color=color,
-                label=label,
-            )
+            peaks = [(r["positions"], measured_peak(r, min_peak_mib)) for r in ok]
+            drawn = [(n, mib) for n, mib in peaks if mib is not None]
+            not_drawn += len(peaks) - len(drawn)
+            if drawn:
+                ax_mem.plot(*zip(*drawn, strict=True), **style)
             rate = statistics.median(r["median_ms"] / r["flops"] for r in ok)
-            ax_time.plot(
-                n_all,
-                [r["analytic"]["flops"] * rate for r in cases],
-                "--",
-                color=color,
-                alpha=0.45,
-                lw=1,
-            )
-            ax_time.plot(
-                n_ok, [r["median_ms"] for r in ok], marker=marker, ls=line, color=color, label=label
-            )
+            predicted_ms = [r["analytic"]["flops"] * rate for r in cases]
+            ax_time.plot(n_all, predicted_ms, "--", color=color, alpha=0.45, lw=1)
+            ax_time.plot([r["positions"] for r in ok], [r["median_ms"] for r in ok], **style)
+    _axes_layout(ax_mem, ax_time, rows)
+    if not_drawn:
+        note = f"{not_drawn} peak(s) under {min_peak_mib:g} MiB: not measured, not drawn"
+        ax_mem.text(0.98, 0.02, note, transform=ax_mem.transAxes, ha="right", fontsize=8)
+    handles = ax_time.get_legend_handles_labels()[0] + [
+        Line2D([], [], color="0.35", marker="o", label="measured"),
+        Line2D([], [], color="0.35", ls="--", alpha=0.6, label="analytic (dashed)"),
+    ]
+    if own_figure:  # below both plots: the curves keep the whole axes
+        ncol = len(handles) if len(handles) <= 6 else (len(handles) + 1) // 2
+        fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=8)
+    else:
+        ax_time.legend(handles=handles, fontsize=8, loc="upper left")
+    if isinstance(path_or_ax, str | Path):
+        Path(path_or_ax).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path_or_ax, dpi=120)
+    return fig
+
+
+def _axes_layout(ax_mem: Axes, ax_time: Axes, rows: list[dict[str, Any]]) -> None:
+    """Log-log axes with the input resolutions as ticks, and short titles."""
     ticks = sorted({(r["positions"], tuple(r["resolution"])) for r in rows})
     for ax, ylabel in ((ax_mem, "peak memory growth (MiB)"), (ax_time, "median time (ms)")):
         ax.set_xscale("log")
@@ -106,10 +131,5 @@ def plot_results(
         ax.set_xlabel("input resolution (feature positions at 1/8)")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="major", alpha=0.3)
-    ax_mem.set_title("Peak memory: measured (markers), analytic model (dashed)")
-    ax_time.set_title("Time: measured (markers), analytic FLOPs x measured rate (dashed)")
-    ax_time.legend(fontsize=8, loc="upper left")
-    if isinstance(path_or_ax, str | Path):
-        Path(path_or_ax).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path_or_ax, dpi=120)
-    return fig
+    ax_mem.set_title("Peak memory")
+    ax_time.set_title("Time per pass")

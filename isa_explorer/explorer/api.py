@@ -2,6 +2,9 @@
 
 Each call takes an image; the analysed image is kept in the explorer's store under a key made
 from its pixels, so repeated queries on the same image run the network once.
+
+Sizes in the answers are objects ``{"width": W, "height": H}``; points are ``[x, y]`` (column,
+row); 2-D maps are nested lists, rows first: ``maps[name][row][column]``.
 """
 
 from __future__ import annotations
@@ -49,12 +52,24 @@ def analyse_cached(
     return state
 
 
+def size_dict(hw: tuple[int, int]) -> dict[str, int]:
+    """``(height, width)`` -> ``{"width": W, "height": H}``: the one size format of the API."""
+    h, w = hw
+    return {"width": int(w), "height": int(h)}
+
+
 def predict_summary(explorer: Explorer, state: ImageState) -> dict:
-    """JSON-ready description of a prediction: size, classes and the share of each."""
+    """JSON-ready description of a prediction: size, classes and the share of each.
+
+    Returns:
+        ``size`` ``{"width", "height"}`` of the analysed image (after any resize),
+        ``class_names``, ``palette`` (RGB per class), ``class_fractions`` ``{name: share}``
+        and ``notes`` (conversions applied to the image).
+    """
     names = explorer.model.class_names
     counts = np.bincount(state.labels.ravel(), minlength=len(names)) / state.labels.size
     return {
-        "size": list(state.size),
+        "size": size_dict(state.size),
         "class_names": names,
         "palette": explorer.model.palette.tolist(),
         "class_fractions": {n: round(float(f), 6) for n, f in zip(names, counts, strict=True)},
@@ -62,28 +77,34 @@ def predict_summary(explorer: Explorer, state: ImageState) -> dict:
     }
 
 
-def attention_summary(explorer: Explorer, state: ImageState, x: float, y: float) -> dict:
+def attention_summary(explorer: Explorer, state: ImageState, x: object, y: object) -> dict:
     """JSON-ready attention maps of image pixel ``(x, y)`` on the feature grid.
 
+    Args:
+        explorer: The app's explorer.
+        state: The analysed image.
+        x: Pixel column, a whole number ``0 <= x < width`` (never rounded).
+        y: Pixel row, a whole number ``0 <= y < height``.
+
     Returns:
-        ``query`` ``[x, y]``, ``feature_cell`` ``[fx, fy]``, ``feature_size`` ``[h, w]``,
-        ``stride``, ``head``, ``predicted_class``, ``confidence``, ``maps`` (``{name: h x w
-        nested lists}``: ``long``/``short``/``combined`` or ``dense``) and ``sums``.
+        ``query`` ``[x, y]``, ``feature_cell`` ``[fx, fy]``, ``image_size`` and
+        ``feature_size`` (``{"width", "height"}``), ``stride``, ``head``, ``predicted_class``,
+        ``confidence``, ``maps`` (``{name: nested lists, rows first}``, ``maps[name][fy][fx]``:
+        ``long``/``short``/``combined`` or ``dense``) and ``sums``.
+
+    Raises:
+        ExplorerError: A coordinate missing, not a whole number or outside the image.
     """
-    if x is None or y is None:
-        raise ExplorerError("give both pixel coordinates x and y")
-    if float(x) != int(x) or float(y) != int(y):
-        raise ExplorerError(f"pixel coordinates must be whole numbers, got ({x}, {y})")
-    maps = explorer.attention(state, int(x), int(y))
+    maps = explorer.attention(state, x, y)
     qx, qy = maps.query
     label = int(state.labels[qy, qx])
     return {
         "query": [qx, qy],
         "feature_cell": list(maps.query_feature),
-        "feature_size": list(state.cache.feature_size),
+        "feature_size": size_dict(state.cache.feature_size),
         "stride": state.cache.stride,
         "head": state.cache.head,
-        "image_size": list(state.size),
+        "image_size": size_dict(state.size),
         "predicted_class": explorer.model.class_names[label],
         "confidence": round(float(state.confidence[qy, qx]), 6),
         "maps": {k: v.numpy().round(8).tolist() for k, v in maps.maps.items()},

@@ -37,7 +37,7 @@ from isa_explorer.explorer import (
 )
 from isa_explorer.explorer import api as api_fns
 from isa_explorer.explorer.handlers import CONTEXTS, MAP_TITLES, NUM_EXAMPLES
-from isa_explorer.explorer.images import MAX_SIDE, MIN_SIDE
+from isa_explorer.explorer.images import FORMAT_NAMES, MAX_SIDE, MIN_SIDE
 from isa_explorer.explorer.ui import api_guard, guard, session_key
 from isa_explorer.pretrained import model_card
 
@@ -46,6 +46,20 @@ MAX_FILE_SIZE = "20mb"
 #: Encoding of the images drawn for the browser: JPEG costs ~3 ms per 512x1024 image, PNG 30-100.
 DISPLAY_FORMAT = "jpeg"
 _MAP_SLOTS = ("long", "short", "combined")
+#: The maps' labels are their names, "Long-range (same offset ...)" -> "Long-range": a long
+#: label runs under the image's toolbar buttons. What each shows is said in a caption above.
+_MAP_LABELS = {n: title.partition(" (")[0] for n, title in MAP_TITLES.items()}
+_MAP_CAPTION = "; ".join(
+    f"**{_MAP_LABELS[n]}**: {MAP_TITLES[n].partition(' (')[2].removesuffix(')')}"
+    for n in _MAP_SLOTS
+)
+_DENSE_CAPTION = (
+    f"**{_MAP_LABELS['dense']}**: this model's head gives one map, over every position."
+)
+#: The status line before any image is loaded (and once the file box is cleared).
+_START = "Pick an example or upload an image."
+#: Toolbar of the images: no share button (nothing to share from a local server).
+_IMAGE_BUTTONS = ["download", "fullscreen"]
 _INTRO = """# ISA Explorer
 Interlaced Sparse Self-Attention splits attention over an image into two sparse steps: a
 **long-range** step among positions that lie 8 feature cells apart (one per 8x8 block), then a
@@ -103,33 +117,41 @@ def build_app(
                         )
                     upload = gr.File(
                         label=(
-                            f"...or upload an image (PNG/JPEG/WebP, at most {MAX_FILE_SIZE}; "
-                            f"sides >= {MIN_SIDE} px; longest side resized to {MAX_SIDE})"
+                            f"...or upload an image: {FORMAT_NAMES}, at most {MAX_FILE_SIZE}, "
+                            f"sides of at least {MIN_SIDE} px (the longest side is resized to "
+                            f"{MAX_SIDE} px)"
                         ),
                         file_types=["image"],
                         type="filepath",
                         elem_id="upload",
+                        show_label=False,  # the clear button would cover a label: text above
+                        render=False,
                     )
+                    gr.Markdown(upload.label, elem_id="upload-help")
+                    upload.render()
                     opacity = gr.Slider(0.0, 1.0, 0.6, step=0.05, label="Overlay opacity")
                     show_grid = gr.Checkbox(
                         False, label="Show feature cells and 8x8 blocks (interlacing)"
                     )
-                    status = gr.Markdown("Pick an example or upload an image.", elem_id="status")
+                    status = gr.Markdown(_START, elem_id="status")
                 with gr.Column(scale=2):
                     pred = gr.Image(
                         label="Prediction (click a pixel)",
                         interactive=False,
                         format=DISPLAY_FORMAT,
+                        buttons=_IMAGE_BUTTONS,
                         elem_id="prediction",
                     )
                     legend = gr.HTML(elem_id="legend")
             query_md = gr.Markdown(elem_id="query")
+            gr.Markdown(_DENSE_CAPTION if em.head == "dense" else _MAP_CAPTION, elem_id="maps-help")
             with gr.Row():
                 slots = [
                     gr.Image(
-                        label=MAP_TITLES[n],
+                        label=_MAP_LABELS[n],
                         interactive=False,
                         format=DISPLAY_FORMAT,
+                        buttons=_IMAGE_BUTTONS,
                         elem_id=f"map-{n}",
                     )
                     for n in _MAP_SLOTS
@@ -166,30 +188,43 @@ def build_app(
             gr.Markdown(
                 "Peak memory and time of ISA against dense self-attention as the input grows "
                 "(the published head: 512 channels, 256 query/key channels, 8x8 groups, "
-                "features at 1/8 of the input)."
+                "features at 1/8 of the input). Markers are measured; dashed lines are the "
+                "analytic memory model and the analytic FLOPs at each module's measured speed."
             )
-            committed_plot = gr.Plot(label="Committed CPU results", format="png")
+            # No plot labels: a label badge sits over the top left of the figure.
+            gr.Markdown("### Committed CPU results")
+            committed_plot = gr.Plot(show_label=False, format="png", elem_id="committed-plot")
             committed_text = gr.Markdown("Open this tab to load the committed results.")
-            live_button = gr.Button(
-                f"Run a small live benchmark (forward pass, inputs up to "
-                f"{efficiency.LIVE_RESOLUTIONS[-1][0]}x{efficiency.LIVE_RESOLUTIONS[-1][1]}, "
-                f"about {efficiency.LIVE_BUDGET_SECONDS:.0f} s at most)",
-                elem_id="live-benchmark",
-            )
-            live_plot = gr.Plot(label="Live run", format="png")
+            gr.Markdown("### Live run\n\n" + efficiency.live_description())
+            live_button = gr.Button(efficiency.live_button_text(), elem_id="live-benchmark")
+            live_plot = gr.Plot(show_label=False, format="png", elem_id="live-plot")
             live_text = gr.Markdown(elem_id="live-text")
 
         # -- callbacks ------------------------------------------------------------------------
         load_outputs = [pred, legend, status, *slots, query_md, regions]
 
-        @guard(len(load_outputs), status_index=2)
+        def cleared_outputs(message: str) -> tuple:
+            """No image: prediction, legend, maps, query and regions empty; ``message``."""
+            return (None, "", message, *[None] * len(slots), "", "")
+
+        @guard(len(load_outputs) + 1, status_index=2)
         def on_example(index, context, request: gr.Request):
-            return loaded_outputs(ex.load_example(session_key(request), int(index), context))
+            state = ex.load_example(session_key(request), int(index), context)
+            return (*loaded_outputs(state), None)  # the file box no longer names what is shown
+
+        def on_new_file(path, request: gr.Request):
+            """A new file replaces the image at once: the old one's results and stored state go
+            before the new one is analysed, so a file that fails leaves no stale image."""
+            ex.store.discard(session_key(request))
+            return cleared_outputs(f"Analysing {Path(path).name if path else 'the upload'}...")
+
+        def on_clear(request: gr.Request):
+            """Clearing the file box removes its image too (a click then asks for an image)."""
+            ex.store.discard(session_key(request))
+            return cleared_outputs(_START)
 
         @guard(len(load_outputs), status_index=2)
         def on_upload(path, request: gr.Request):
-            if path is None:  # the file was cleared
-                return tuple([gr.skip()] * len(load_outputs))
             return loaded_outputs(ex.load_file(session_key(request), path), em.upload_note)
 
         click_outputs = [pred, *slots, query_md, regions, status]
@@ -199,7 +234,7 @@ def build_app(
             fx, fy = result.cell
             panels = [result.panels.get(n) for n in _MAP_SLOTS]
             if "dense" in result.panels:
-                panels = [None, None, gr.Image(result.panels["dense"], label=MAP_TITLES["dense"])]
+                panels = [None, None, gr.Image(result.panels["dense"], label=_MAP_LABELS["dense"])]
             query = (
                 f"**Query** pixel (x={x}, y={y}), feature cell ({fx}, {fy}): predicted "
                 f"**{result.class_name}** (p = {result.confidence:.2f})."
@@ -252,12 +287,13 @@ def build_app(
         explain_button.click(
             on_explain, [target, method, n_steps, opacity], [attr_image, attr_text], **vis
         )
-        ex_button.click(on_example, [ex_index, ex_context], load_outputs, **vis).then(
+        ex_button.click(on_example, [ex_index, ex_context], [*load_outputs, upload], **vis).then(
             on_view, [opacity, show_grid], click_outputs, **vis
         )
-        upload.upload(on_upload, [upload], load_outputs, **vis).then(
-            on_view, [opacity, show_grid], click_outputs, **vis
-        )
+        upload.upload(on_new_file, [upload], load_outputs, **vis).then(
+            on_upload, [upload], load_outputs, **vis
+        ).then(on_view, [opacity, show_grid], click_outputs, **vis)
+        upload.clear(on_clear, None, load_outputs, **vis)
         pred.select(on_select, [opacity, show_grid], click_outputs, **vis)
         opacity.release(on_view, [opacity, show_grid], click_outputs, **vis)
         show_grid.change(on_view, [opacity, show_grid], click_outputs, **vis)
@@ -273,32 +309,36 @@ def build_app(
 
 
 def _api_endpoints(ex: Explorer) -> None:
-    """Hidden components behind the ``predict`` and ``attention`` API endpoints."""
+    """Hidden components behind the ``predict`` and ``attention`` API endpoints.
+
+    gradio_client names the parameters after the functions' own (``image``, ``x``, ``y``).
+    """
     with gr.Row(visible=False):
         # A file, not gr.Image: Gradio would decode a gr.Image upload before the project sees
         # it, so a corrupt file would give clients a bare exception instead of our message.
-        image = gr.File(type="filepath", label="image")
-        x = gr.Number(label="x", precision=0)
-        y = gr.Number(label="y", precision=0)
+        image_in = gr.File(type="filepath", label="image")
+        # No precision: Gradio would round 3.5 to 4 before the explorer could refuse it.
+        x_in = gr.Number(label="x (pixel column)")
+        y_in = gr.Number(label="y (pixel row)")
         overlay = gr.Image(label="prediction overlay", format="png")
         info = gr.JSON(label="prediction")
         maps = gr.JSON(label="attention maps")
         predict_button, attention_button = gr.Button("predict"), gr.Button("attention")
 
     @api_guard
-    def predict(path):
+    def predict(image):
         """Prediction overlay and per-class pixel shares of an image file."""
-        state = api_fns.analyse_cached(ex, path)
+        state = api_fns.analyse_cached(ex, image)
         return ex.prediction_view(state, 0.5), api_fns.predict_summary(ex, state)
 
     @api_guard
-    def attention(path, qx, qy):
+    def attention(image, x, y):
         """Long-range, short-range and combined attention maps (feature grid) of pixel (x, y)."""
-        state = api_fns.analyse_cached(ex, path)
-        return api_fns.attention_summary(ex, state, qx, qy)
+        state = api_fns.analyse_cached(ex, image)
+        return api_fns.attention_summary(ex, state, x, y)
 
-    predict_button.click(predict, [image], [overlay, info], api_name="predict")
-    attention_button.click(attention, [image, x, y], [maps], api_name="attention")
+    predict_button.click(predict, [image_in], [overlay, info], api_name="predict")
+    attention_button.click(attention, [image_in, x_in, y_in], [maps], api_name="attention")
 
 
 def launch_kwargs(host: str = "127.0.0.1", port: int | None = None, share: bool = False) -> dict:

@@ -1,6 +1,6 @@
 """The Efficiency tab: memory and time of ISA vs dense attention against the resolution.
 
-Shows the committed CPU measurement of :mod:`isa_explorer.benchmark` and runs a small live
+Shows the committed CPU measurement of :mod:`isa_explorer.bench.attention` and runs a small live
 measurement on request, bounded in sizes, passes and seconds, one run at a time per server.
 The benchmark module is imported only when the tab is used.
 """
@@ -14,14 +14,23 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-#: Inputs of the live run (feature maps at 1/8): small enough for seconds on a CPU.
+#: Inputs of the live run (feature maps at 1/8), all run unless the time budget runs out.
 LIVE_RESOLUTIONS = ((128, 256), (256, 512), (512, 1024))
-#: Longest predicted time of one pass in the live run; longer cases are skipped.
-LIVE_MAX_SECONDS = 1.0
-#: Once a live run has taken this long, its larger resolutions are not started.
-LIVE_BUDGET_SECONDS = 20.0
+#: Speed assumed for the live run's time estimate (a 2-core CPU manages about this).
+LIVE_ESTIMATE_GFLOPS = 20.0
+#: Cases estimated under this many seconds per pass give the median of 2 runs after 1 warm-up;
+#: longer ones run once, without warm-up (the smaller sizes before them warmed the kernels).
+LIVE_REPEAT_SECONDS = 0.25
+#: Cases the benchmark predicts (at its default rate) to take longer per pass are skipped: a
+#: guard for larger ``resolutions`` than the defaults, which all stay well below it.
+LIVE_MAX_SECONDS = 30.0
+#: Once a live run has taken this long (a busy server), its larger resolutions are not started.
+LIVE_BUDGET_SECONDS = 60.0
 #: Channels of the live run (the published head's, as the committed results).
 LIVE_CHANNELS, LIVE_ISA_CHANNELS = 512, 256
+#: In-process, peak RSS growth under 1 MiB cannot be told from the allocator reusing memory
+#: freed earlier by the server: such peaks are reported as not measured and not drawn.
+LIVE_MIN_PEAK_MIB = 1.0
 
 _live_lock = threading.Lock()
 
@@ -63,6 +72,59 @@ def committed_report(path: str | Path | None = None) -> tuple[Figure, str]:
     return fig, header + results_table(report["results"])
 
 
+def _size(res: tuple[int, int]) -> str:
+    return f"{res[0]}x{res[1]}"
+
+
+def live_plan(
+    resolutions: tuple[tuple[int, int], ...] = LIVE_RESOLUTIONS,
+    channels: int = LIVE_CHANNELS,
+    isa_channels: int = LIVE_ISA_CHANNELS,
+) -> list[dict[str, Any]]:
+    """The cases of a live run, smallest input first, with their repeats and time estimate.
+
+    Returns:
+        One dict per case: ``resolution``, ``module``, ``estimate_s`` (one pass, analytic FLOPs
+        at :data:`LIVE_ESTIMATE_GFLOPS`), ``runs`` and ``warmup``.
+    """
+    from isa_explorer.bench.analytic import MODULES, analytic_costs
+
+    plan = []
+    for res in sorted(resolutions, key=lambda r: r[0] * r[1]):
+        costs = analytic_costs(res[0] // 8, res[1] // 8, 8, channels, isa_channels)
+        for module in MODULES:
+            seconds = costs[module]["flops"]["forward"] / (LIVE_ESTIMATE_GFLOPS * 1e9)
+            runs, warmup = (2, 1) if seconds < LIVE_REPEAT_SECONDS else (1, 0)
+            case = dict(resolution=tuple(res), module=module, estimate_s=seconds)
+            plan.append(case | dict(runs=runs, warmup=warmup))
+    return plan
+
+
+def live_button_text(resolutions: tuple[tuple[int, int], ...] = LIVE_RESOLUTIONS) -> str:
+    """What the live run's button promises: its inputs and its estimated duration."""
+    plan = live_plan(resolutions)
+    seconds = sum(c["estimate_s"] * (c["runs"] + c["warmup"]) for c in plan)
+    sizes = sorted({c["resolution"] for c in plan}, key=lambda r: r[0] * r[1])
+    names = [_size(r) for r in sizes]
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return (
+        f"Run a live benchmark now (forward pass of ISA and dense attention at {listed}, "
+        f"about {max(5, 5 * round(seconds / 5)):.0f} s)"
+    )
+
+
+def live_description() -> str:
+    """Markdown above the live run's button: how it measures and when it stops early."""
+    return (
+        f"The live run times each module's forward pass on this server's CPU: the median of 2 "
+        f"runs after 1 warm-up for cases estimated under {LIVE_REPEAT_SECONDS:g} s, one run "
+        f"otherwise. Its time estimate assumes {LIVE_ESTIMATE_GFLOPS:g} GFLOP/s; no larger input "
+        f"starts after {LIVE_BUDGET_SECONDS:g} s (a busy server). Peak memory is the growth of "
+        f"the server's resident memory (approximate): under {LIVE_MIN_PEAK_MIB:g} MiB it is not "
+        "measured, shown as such and not drawn."
+    )
+
+
 def live_run(
     resolutions: tuple[tuple[int, int], ...] = LIVE_RESOLUTIONS,
     max_seconds: float = LIVE_MAX_SECONDS,
@@ -73,15 +135,16 @@ def live_run(
 ) -> tuple[Figure, str]:
     """Measure the four attention modules (forward pass) at small sizes, now.
 
-    Only one live run executes at a time; a concurrent request is refused. Resolutions run
-    from the smallest; once ``budget_seconds`` have passed, the larger ones are not started.
-    In-process (the default), peak memory is the growth of the server's resident memory during
-    the case: approximate (other requests and the allocator's reuse blur it), unlike the
-    committed results, measured in a fresh process per case.
+    Runs the cases of :func:`live_plan`. Only one live run executes at a time; a concurrent
+    request is refused. Resolutions run from the smallest; once ``budget_seconds`` have passed,
+    the larger ones are not started. In-process (the default), peak memory is the growth of the
+    server's resident memory during the case: approximate (other requests and the allocator's
+    reuse blur it; peaks under :data:`LIVE_MIN_PEAK_MIB` are reported as not measured), unlike
+    the committed results, measured in a fresh process per case.
 
     Args:
         resolutions: Input sizes ``(H, W)``.
-        max_seconds: Skip cases predicted to take longer per pass.
+        max_seconds: Skip cases the benchmark predicts to take longer per pass.
         budget_seconds: Time after which no further resolution is started.
         subprocess: Each case in a fresh process (exact peak memory, seconds more per case).
         channels: Head channels; isa_channels: query/key channels.
@@ -92,58 +155,81 @@ def live_run(
     bench = _benchmark()
     if not _live_lock.acquire(blocking=False):
         raise EfficiencyUnavailable("a live benchmark is already running; try again shortly")
+    shape = dict(channels=channels, isa_channels=isa_channels)
     try:
         start, results, not_run = time.perf_counter(), [], []
-        for res in sorted(resolutions, key=lambda r: r[0] * r[1]):
-            if time.perf_counter() - start > budget_seconds:
-                not_run.append(f"{res[0]}x{res[1]}")
+        plan = live_plan(resolutions, **shape)
+        for res in dict.fromkeys(c["resolution"] for c in plan):  # smallest first
+            if results and time.perf_counter() - start > budget_seconds:
+                not_run.append(_size(res))
                 continue
-            results += bench.run_benchmark(
-                resolutions=[tuple(res)],
-                modules=list(bench.MODULES),
-                passes=["forward"],
-                group=8,
-                device="cpu",
-                max_seconds=max_seconds,
-                subprocess=subprocess,
-                runs=2,
-                warmup=1,
-                channels=channels,
-                isa_channels=isa_channels,
-            )
+            for case in (c for c in plan if c["resolution"] == res):
+                results += bench.run_benchmark(
+                    resolutions=[res],
+                    modules=[case["module"]],
+                    passes=["forward"],
+                    group=8,
+                    device="cpu",
+                    max_seconds=max_seconds,
+                    subprocess=subprocess,
+                    runs=case["runs"],
+                    warmup=case["warmup"],
+                    **shape,
+                )
         seconds = time.perf_counter() - start
     finally:
         _live_lock.release()
-    fig = bench.plot_results(results, passes=("forward",))
+    min_peak = _plot().MIN_PEAK_MIB if subprocess else LIVE_MIN_PEAK_MIB
+    fig = bench.plot_results(results, passes=("forward",), min_peak_mib=min_peak)
     memory = "fresh process per case" if subprocess else "in-process RSS growth, approximate"
+    stopped = f"; not started (time budget {budget_seconds:g} s): {', '.join(not_run)}"
     header = (
-        f"**Live run** on this server's CPU (which may be busy): forward pass, median of 2 runs "
-        f"after 1 warm-up, cases predicted over {max_seconds:g} s per pass skipped, memory "
-        f"{memory}; {seconds:.0f} s in all"
-        + (
-            f"; not started (time budget {budget_seconds:g} s): {', '.join(not_run)}"
-            if not_run
-            else ""
-        )
-        + ".\n\n"
+        f"**Live run** on this server's CPU (which may be busy): forward pass, the median of 2 "
+        f"runs after 1 warm-up (under {LIVE_REPEAT_SECONDS:g} s estimated) or 1 run, memory "
+        f"{memory}; {seconds:.0f} s in all{stopped if not_run else ''}.\n\n"
     )
-    return fig, header + results_table(results)
+    return fig, header + results_table(results, min_peak)
 
 
-def results_table(results: list[dict[str, Any]]) -> str:
-    """Markdown table: module, pass, resolution, status, time and peak memory per case."""
+def _plot():
+    """The benchmark's plotting module (:mod:`isa_explorer.bench.plot`)."""
+    from isa_explorer.bench import plot
+
+    return plot
+
+
+def results_table(results: list[dict[str, Any]], min_peak_mib: float | None = None) -> str:
+    """Markdown table: module, pass, input, status, repeats, time and peak memory per case.
+
+    The reasons of cases that did not run follow the table, which stays narrow.
+
+    Args:
+        results: Result dicts of a benchmark run.
+        min_peak_mib: Resolution of the peak memory (default the record's, 0.1 MiB): a smaller
+            peak reads ``< resolution (not measured)``, never ``0.0``.
+    """
+    plot = _plot()
+    min_peak_mib = plot.MIN_PEAK_MIB if min_peak_mib is None else min_peak_mib
     lines = [
-        "| module | pass | input | feature | status | median ms | peak MiB |",
+        "*input*: image size (feature map at 1/8); *runs*: timed + warm-up; *ms*: median per "
+        "pass; *MiB*: peak memory growth.",
+        "",
+        "| module | pass | input | status | runs | ms | MiB |",
         "|---|---|---|---|---|---|---|",
     ]
+    reasons = []
     for r in results:
-        res, feat = r.get("resolution", ["?", "?"]), r.get("feature", ["?", "?"])
-        ok = r.get("status") == "ok"
-        status = r.get("status", "?") + ("" if ok else f": {r.get('reason', '')}")
-        ms = f"{r['median_ms']:.1f}" if ok else "-"
-        mib = f"{r['peak_mib']:.1f}" if ok else "-"
-        lines.append(
-            f"| {r.get('module')} | {r.get('pass')} | {res[0]}x{res[1]} | {feat[0]}x{feat[1]} "
-            f"| {status} | {ms} | {mib} |"
-        )
+        res = r.get("resolution", ["?", "?"])
+        passes = {"forward": "fwd", "forward+backward": "fwd+bwd"}.get(r.get("pass"), r.get("pass"))
+        case = f"{r.get('module')} | {passes} | {res[0]}x{res[1]}"
+        if r.get("status") != "ok":
+            lines.append(f"| {case} | {r.get('status', '?')} | - | - | - |")
+            reasons.append(f"- {case.replace(' | ', ' ')}: {r.get('reason', 'no reason given')}")
+            continue
+        peak = plot.measured_peak(r, min_peak_mib)
+        mib = f"{peak:.1f}" if peak is not None else f"< {min_peak_mib:g} (not measured)"
+        runs = f"{r.get('runs', '?')} + {r.get('warmup', 0)}"
+        lines.append(f"| {case} | ok | {runs} | {r['median_ms']:.1f} | {mib} |")
+    if reasons:
+        lines += ["", "Not run:", "", *reasons]
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from isa_explorer.attention import AttentionMaps, query_maps
 from isa_explorer.data.synthetic import generate
 from isa_explorer.explorer import render
 from isa_explorer.explorer.images import (
+    FORMAT_NAMES,
     ImageInputError,
     PreparedImage,
     load_image_file,
@@ -97,14 +98,13 @@ class Explorer:
 
     def load_example(self, key: str, index: int, context: str = "as drawn") -> ImageState:
         """Analyse example ``index`` for session ``key``."""
-        h, w = self.model.train_size
-        src = f"example {int(index)} ({context}, {w}x{h})"
+        src = f"example {int(index)} ({context})"  # its size is said with every image's
         return self._analyse(key, self.example_image(index, context), src)
 
     def load_file(self, key: str, path: str | Path | None) -> ImageState:
         """Analyse an uploaded file for session ``key``."""
         if path is None:
-            raise ExplorerError("no file received; upload a PNG, JPEG or WebP image")
+            raise ExplorerError(f"no file received; upload a {FORMAT_NAMES} image")
         try:
             prepared = load_image_file(path)
         except ImageInputError as err:
@@ -202,17 +202,48 @@ class Explorer:
         return self.render_click(state, maps, opacity, show_grid, top_k)
 
     def attention(self, state: ImageState, x: int, y: int) -> AttentionMaps:
-        """The attention maps of image pixel ``(x, y)`` from the cached queries/keys."""
+        """The attention maps of image pixel ``(x, y)`` from the cached queries/keys.
+
+        Args:
+            state: An analysed image.
+            x: Column of the pixel, a whole number ``0 <= x < width`` (``5`` or ``5.0``; never
+                rounded: ``3.5``, NaN, infinities, strings and booleans are refused).
+            y: Row of the pixel, a whole number ``0 <= y < height``.
+
+        Raises:
+            ExplorerError: The model has no attention maps, or a coordinate is missing, not a
+                whole number or outside the image (the message names it and the fix).
+        """
         if state.cache is None:
             raise ExplorerError(
                 f"this model's {self.model.head!r} head has no attention maps; load an "
                 "ISA or dense-attention model (--checkpoint)"
             )
         h, w = state.size
-        try:
-            x, y = int(x), int(y)
-        except (TypeError, ValueError):
-            raise ExplorerError(f"pixel coordinates must be integers, got ({x}, {y})") from None
+        coords = []
+        for name, value, limit in (("x", x, w), ("y", y, h)):
+            fix = f"send a whole number 0 <= {name} < {limit}, e.g. {name}={limit // 2}"
+            if value is None:
+                raise ExplorerError(
+                    f"give both pixel coordinates x and y: {name} is missing; {fix}"
+                )
+            if isinstance(value, bool | np.bool_) or not isinstance(
+                value, int | float | np.integer | np.floating
+            ):
+                raise ExplorerError(
+                    f"pixel coordinate {name} must be a number, got {value!r} "
+                    f"({type(value).__name__}); {fix}"
+                )
+            if isinstance(value, float | np.floating) and not np.isfinite(value):
+                raise ExplorerError(f"pixel coordinate {name} must be finite, got {value}; {fix}")
+            if value != int(value):
+                raise ExplorerError(
+                    f"pixel coordinates must be whole numbers, got {name}={value}: coordinates "
+                    f"are not rounded; send {name}={int(np.floor(value))} or "
+                    f"{name}={int(np.ceil(value))}"
+                )
+            coords.append(int(value))
+        x, y = coords
         if not (0 <= x < w and 0 <= y < h):
             raise ExplorerError(
                 f"pixel (x={x}, y={y}) is outside the {w}x{h} image: use 0 <= x < {w} and "
