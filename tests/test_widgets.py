@@ -151,3 +151,26 @@ def test_a_bad_upload_is_reported_on_the_figure_and_leaves_no_file(attention_vie
     assert view.state is state  # nothing replaced
     assert view.fig._suptitle.get_text().startswith("holiday.png: ")
     assert set(Path(tempfile.gettempdir()).glob("tmp*.png")) == before
+
+
+def test_the_live_canvas_leaves_its_toolbar_a_strip_left_of_the_panels(monkeypatch):
+    pytest.importorskip("ipympl")
+    from isa_explorer.explorer.widgets import base
+
+    monkeypatch.setattr(base, "in_kernel", lambda: True)  # ipympl's canvas, as in JupyterLab
+    fig, axes = base.new_figure(1, 5, (13, 2.0))
+    assert fig.canvas.toolbar_position == "left"
+    for ax in axes:
+        ax.imshow(np.zeros((8, 8)))
+        ax.set_axis_off()
+
+    def leftmost_px() -> float:  # the first panel's left edge in screen pixels
+        fig.canvas.draw()
+        return min(ax.get_window_extent().x0 for ax in axes) * base.LIVE_DPI / fig.dpi
+
+    assert leftmost_px() >= base.TOOLBAR_STRIP_PX
+    fig.set_size_inches(20, 2.0)  # the canvas resized in the page: laid out again
+    fig.canvas.callbacks.process("resize_event", SimpleNamespace(name="resize_event"))
+    left = fig.get_layout_engine().get()["rect"][0]  # the strip, as a fraction of the width
+    assert left * 20 * base.LIVE_DPI == pytest.approx(base.TOOLBAR_STRIP_PX)
+    assert leftmost_px() >= base.TOOLBAR_STRIP_PX

@@ -9,6 +9,9 @@ from typing import Any
 from matplotlib.figure import Figure
 
 LIVE_DPI = 80  # the live canvas's resolution: five panels fit a notebook's width
+# ipympl draws its toolbar over the canvas (a floating column of 34 px buttons, 3 px from the
+# left edge, shown while the pointer is on the figure): the axes are laid out right of it.
+TOOLBAR_STRIP_PX = 44
 
 
 def _widgets():
@@ -44,7 +47,21 @@ def new_figure(nrows: int, ncols: int, figsize: tuple[float, float]) -> tuple[Fi
         canvas = Canvas(fig)
         FigureManager(canvas, id(fig))
         canvas.header_visible = False  # no "Figure <number>" line
+        canvas.toolbar_position = "left"  # over the strip that keep_toolbar_strip leaves free
+        keep_toolbar_strip(fig)
+        canvas.mpl_connect("resize_event", lambda _event: keep_toolbar_strip(fig))
     return fig, axes
+
+
+def keep_toolbar_strip(fig: Figure) -> None:
+    """Leave the canvas's left ``TOOLBAR_STRIP_PX`` pixels to ipympl's toolbar.
+
+    The toolbar floats over the canvas, so without the strip it covers the left edge of the
+    first panel whenever the pointer is on the figure (e.g. right after a click). The strip is
+    kept in screen pixels: a resize of the canvas lays the figure out again.
+    """
+    left = min(TOOLBAR_STRIP_PX / (fig.get_figwidth() * LIVE_DPI), 0.25)
+    fig.get_layout_engine().set(rect=(left, 0.0, 1.0 - left, 1.0))
 
 
 def snapshot_png(fig: Figure) -> bytes:
