@@ -31,6 +31,7 @@ from torch import nn
 
 from isa_explorer.models.isa.decoder import GroupGrid
 from isa_explorer.models.isa.model import ISANet
+from isa_explorer.models.layers import eval_mode
 
 
 def pixel_cells(pixels: int, cells: int, align_corners: bool = False) -> np.ndarray:
@@ -184,8 +185,11 @@ def capture_attention(
     """Run ``model`` once and keep what :func:`query_maps` needs.
 
     Nothing is written on the model: the queries and keys come back from its forward
-    (``return_attention=True``), so several threads may capture on one model at once. The
-    model may be plain or prepared for inference (:func:`~isa_explorer.models.prepare_for_inference`).
+    (``return_attention=True``), so several threads may capture on one eval-mode model at
+    once. The model may be plain or prepared for inference
+    (:func:`~isa_explorer.models.prepare_for_inference`). It runs in eval mode: a model in
+    training mode is switched to eval for the capture and back after it (as
+    :meth:`ISANet.predict` does), so it is left in the mode it was in.
 
     Args:
         model: An :class:`ISANet` with an ``"isa"`` or ``"dense"`` head, or a bare
@@ -221,9 +225,8 @@ def capture_attention(
             raise ValueError(f"expected one feature map (1, C, h, w), got {tuple(image.shape)}")
         stride = 8 if stride is None else stride
         image_size = (image.shape[-2] * stride, image.shape[-1] * stride)
-        if decoder.training:  # as ISANet.predict: probes are of the eval-mode model
-            decoder.eval()
-        logits, attn = decoder(image, return_attention=True)  # (1, K, h, w)
+        with eval_mode(decoder):  # as ISANet.predict: probes are of the eval-mode model
+            logits, attn = decoder(image, return_attention=True)  # (1, K, h, w)
         logits = F.interpolate(logits, size=image_size, mode="bilinear", align_corners=False)
     grid = attn.get("grid")
     # (Ck, hp, wp) maps, contiguous: the probes view them as (Ck, gh, lh, gw, lw).

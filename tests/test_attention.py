@@ -76,3 +76,26 @@ def test_dense_head_probe_and_errors():
         capture_attention(small_isanet(head="fcn").eval(), torch.rand(3, 64, 64))
     with pytest.raises(ValueError, match="one RGB image"):
         capture_attention(small_isanet().eval(), torch.rand(2, 3, 64, 64))
+
+
+def test_capture_leaves_the_model_in_the_mode_it_was_in():
+    """A model in training mode is probed in eval mode and handed back in training mode."""
+    from isa_explorer.models.isa.decoder import ISADecoder
+
+    torch.manual_seed(0)
+    model = small_isanet()
+    model.encoder.eval()  # parts in different modes stay so
+    modes = {name: m.training for name, m in model.named_modules()}
+    image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)
+    cache = capture_attention(model, image)
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    expected = capture_attention(model.eval(), image)  # the eval-mode model's probe
+    torch.testing.assert_close(cache.logits, expected.logits, atol=0, rtol=0)
+
+    decoder = ISADecoder(16, 3, channels=8, isa_channels=8)
+    assert decoder.training
+    x = torch.randn(1, 16, 12, 20)
+    cache = capture_attention(decoder, x)
+    assert decoder.training and all(m.training for m in decoder.modules())
+    expected = capture_attention(decoder.eval(), x)
+    torch.testing.assert_close(cache.logits, expected.logits, atol=0, rtol=0)

@@ -38,6 +38,18 @@ def test_any_input_size_runs_at_its_own_size():
         torch.testing.assert_close(m.predict(x), m(x), atol=0, rtol=0)
 
 
+def test_predict_runs_in_eval_mode_and_leaves_the_mode_as_it_was():
+    torch.manual_seed(0)
+    m = small_isanet()
+    m.encoder.eval()  # parts in different modes stay so
+    modes = {name: module.training for name, module in m.named_modules()}
+    x = torch.randn(1, 3, 64, 96)
+    out = m.predict(x)
+    assert {name: module.training for name, module in m.named_modules()} == modes
+    torch.testing.assert_close(out, m.eval().predict(x), atol=0, rtol=0)  # eval-mode logits
+    assert not m.training  # and an eval-mode model stays in eval mode
+
+
 def test_from_pretrained_round_trip_is_identical(tmp_path):
     torch.manual_seed(0)
     m = small_isanet(

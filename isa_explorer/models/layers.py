@@ -313,3 +313,29 @@ def _frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
             m.momentum = momentum
             if count is not None:
                 m.num_batches_tracked.fill_(count)
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode inside the block, and every submodule's mode as it was after.
+
+    Each submodule's ``training`` flag is put back on its own, so a model whose parts were in
+    different modes (a frozen encoder's norms in eval, say) is left exactly as found. A module
+    already in eval mode is not touched, so several threads may run one such model at once.
+
+    Args:
+        module: The module to run in eval mode.
+
+    Yields:
+        ``module``, in eval mode.
+    """
+    modes = [(m, m.training) for m in module.modules()]
+    if not any(training for _, training in modes):
+        yield module
+        return
+    try:
+        module.eval()
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training

@@ -13,7 +13,7 @@ from segmentation_models_pytorch.encoders import get_encoder
 
 from isa_explorer.models.heads import DenseAttentionDecoder, FCNHead
 from isa_explorer.models.isa.decoder import ISADecoder, Order
-from isa_explorer.models.layers import AttnImpl
+from isa_explorer.models.layers import AttnImpl, eval_mode
 
 Head = Literal["isa", "dense", "fcn"]
 
@@ -202,10 +202,14 @@ class ISANet(SegmentationModel):
     def predict(
         self, x: torch.Tensor, return_attention: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, dict]:
-        """:meth:`forward` in eval mode without autograd: the same logits, for any input size."""
-        if self.training:
-            self.eval()
-        return self(x, return_attention=return_attention)
+        """:meth:`forward` in eval mode without autograd: the same logits, for any input size.
+
+        The model runs in eval mode and is left in the mode it was in: a model in training
+        mode is switched to eval for the call and back after it (unlike smp's
+        ``SegmentationModel.predict``, which leaves the model in eval mode).
+        """
+        with eval_mode(self):
+            return self(x, return_attention=return_attention)
 
     def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
         """smp's ``save_pretrained``; refused for a model prepared for inference."""
