@@ -1,7 +1,7 @@
 """The GPU path on the CPU: bf16 autocast training and exact resume, torch.compile against
 eager, channels_last, SyncBatchNorm, and the GPU check's smoke run.
 
-Everything runs through the code ``train/fit.py`` and ``isa-explorer bench gpu`` run; only
+Everything runs through the code ``train/fit.py`` and ``benchmarks/gpu/run.py`` run; only
 the parts that need CUDA (SyncBatchNorm's synchronised forward, NCCL) are left to the GPU
 check, and the test below shows why they cannot run here.
 """
@@ -26,9 +26,6 @@ from torch import nn
 from training_helpers import TINY, one_thread  # noqa: F401 (an autouse fixture)
 
 from isa_explorer.bench.decoder import measure_decoder
-from isa_explorer.bench.gpu import run_check
-from isa_explorer.bench.gpu_plan import Case, smoke_plan
-from isa_explorer.bench.graph_breaks import graph_breaks
 from isa_explorer.configs import get_config
 from isa_explorer.data import build_dataset
 from isa_explorer.data.fake_cityscapes import FULL_SIZE, write_fake_cityscapes
@@ -39,6 +36,12 @@ from isa_explorer.training import checkpoint, train
 from isa_explorer.training.steps import amp_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The GPU check: a script of the repository whose modules import one another by name.
+GPU_CHECK = ROOT / "benchmarks" / "gpu"
+sys.path.insert(0, str(GPU_CHECK))
+from graph_breaks import graph_breaks  # noqa: E402
+from plan import Case, smoke_plan  # noqa: E402
+from run import _run_case, run_check  # noqa: E402
 
 
 def _final(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -251,6 +254,16 @@ def test_sync_batchnorm_forward_needs_cuda_so_cpu_processes_keep_batchnorm(tmp_p
 
 
 # -- the GPU check -----------------------------------------------------------------------------
+def test_the_gpu_check_is_a_script_of_the_repository_not_of_the_package():
+    from isa_explorer.bench import cli
+
+    assert "gpu" not in cli.BENCHMARKS
+    package = Path(cli.__file__).parents[1]
+    moved = ("bench/gpu*.py", "bench/graph_breaks.py")
+    assert not [p for pattern in moved for p in package.glob(pattern)]
+    assert (GPU_CHECK / "run.py").is_file() and (GPU_CHECK / "deps.py").is_file()
+
+
 def test_fake_cityscapes_at_full_size_reads_as_cityscapes(tmp_path):
     root = write_fake_cityscapes(tmp_path / "cs", {"val": 1}, FULL_SIZE)
     image, mask = build_dataset("cityscapes", root, "val")[0]
@@ -262,12 +275,14 @@ def test_fake_cityscapes_at_full_size_reads_as_cityscapes(tmp_path):
 #: Packages the GPU machine lacks (besides segmentation-models-pytorch, carried there) that
 #: the package uses elsewhere: the smoke run must not import them.
 ABSENT_ON_THE_GPU_MACHINE = ("matplotlib", "gradio", "captum", "onnxruntime", "onnxscript")
-#: ``python -m isa_explorer ...``, then the top-level modules it imported, as JSON.
+#: ``python benchmarks/gpu/run.py ...``, then the top-level modules it imported, as JSON.
 _RUN = """
-import json, runpy, sys
+import json, os, runpy, sys
 modules = sys.argv.pop()
+sys.argv = sys.argv[1:]  # [SCRIPT, ARGS...], as ``python SCRIPT ARGS...`` sees them
+sys.path.insert(0, os.path.dirname(sys.argv[0]))  # as ``python SCRIPT`` puts its folder first
 try:
-    runpy.run_module("isa_explorer", run_name="__main__", alter_sys=True)
+    runpy.run_path(sys.argv[0], run_name="__main__")
 finally:
     with open(modules, "w") as f:
         json.dump(sorted({m.split(".")[0] for m in sys.modules}), f)
@@ -278,7 +293,8 @@ finally:
 def test_gpu_check_smoke_runs_end_to_end_without_what_the_gpu_machine_lacks(tmp_path):
     out = tmp_path / "gpu_check.json"
     modules = tmp_path / "modules.json"
-    cmd = [sys.executable, "-c", _RUN, "bench", "gpu", "--smoke", "--out", str(out), str(modules)]
+    script = str(GPU_CHECK / "run.py")
+    cmd = [sys.executable, "-c", _RUN, script, "--smoke", "--out", str(out), str(modules)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     imported = set(json.loads(modules.read_text()))
@@ -322,8 +338,6 @@ def test_gpu_check_records_failures_and_cases_past_the_time_limit(tmp_path):
     assert records[-1]["status"] == "skipped" and "time limit" in records[-1]["reason"]
     assert json.loads(out.read_text())["sections"]["token_budget"]["cases"] == records
     # A case that raises is recorded with its error; the run goes on.
-    from isa_explorer.bench.gpu import _run_case
-
     bad = Case("heads", "bad path", partial(measure_decoder, "no-such-path", (8, 16)))
     record = _run_case(bad, plan, 0.0, None)
     assert record["status"] == "failed" and "unknown path 'no-such-path'" in record["error"]

@@ -114,6 +114,10 @@ def test_a_non_editable_install_loads_the_default_model(tmp_path):
         metadata = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "isa_explorer/py.typed" in names
     assert "isa_explorer/assets/default_model/model.safetensors" in names
+    # Scripts of the repository (the GPU check, tests' helpers) are not installed.
+    assert not [
+        n for n in names if n.startswith(("benchmarks/", "tests/", "isa_explorer/bench/gpu"))
+    ]
     assert "Requires-Dist: torch>=2.11" in metadata
     assert 'Requires-Dist: gradio>=6.19; extra == "app"' in metadata
     with zipfile.ZipFile(wheel) as zf:

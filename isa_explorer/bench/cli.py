@@ -16,7 +16,6 @@ BENCHMARKS = {
     "click": ("isa_explorer.bench.click", "the app's server-side latency of one click"),
     "synthetic": ("isa_explorer.bench.synthetic", "speed of the synthetic scene generator"),
     "export": ("isa_explorer.bench.export", "ONNX / torch.export vs eager: exactness, CPU latency"),
-    "gpu": ("isa_explorer.bench.gpu", "the CUDA path: training, inference, heads, compile"),
 }
 
 

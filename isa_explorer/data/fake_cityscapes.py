@@ -6,7 +6,7 @@ so :class:`~isa_explorer.data.cityscapes.CityscapesDataset` and ``train/fit.py -
 read it like the real data. Each scene is road (labelId 7, train id 0) with one car block
 (labelId 26, train id 13) whose pixels are brighter; the images are seeded noise, so a run
 over them has no meaning beyond its cost (the published 1024x2048 size runs the published
-recipe at full cost: ``isa-explorer bench gpu``).
+recipe at full cost: the GPU check, ``python benchmarks/gpu/run.py``).
 """
 
 from __future__ import annotations

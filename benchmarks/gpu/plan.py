@@ -1,4 +1,4 @@
-"""Sizes and cases of the GPU check (:mod:`isa_explorer.bench.gpu`): the full run and ``--smoke``.
+"""Sizes and cases of the GPU check (``run.py``): the full run and ``--smoke``.
 
 A :class:`Plan` holds every size the sections use; :func:`full_plan` is the published setting
 (R-50-D8, 512x1024 training crops, 1024x2048 images, 64x128 to 256x512 feature maps) and

@@ -20,9 +20,9 @@ import torch
 
 from isa_explorer.bench.attention import measure_case
 from isa_explorer.bench.decoder import build_decoder, measure_decoder
-from isa_explorer.bench.gpu_plan import Case, Plan, autocast
 from isa_explorer.bench.measure import MiB, PeakMemory, median_ms, time_runs
 from isa_explorer.models.isa.streaming import TOKEN_BUDGET, TOKEN_BUDGET_ACCELERATOR
+from plan import Case, Plan, autocast
 
 #: The modules of the attention benchmark (dense: through SDPA; its N x N affinity would not fit).
 ATTENTION_MODULES = ("isa-fused", "isa-explicit", "dense-fused")

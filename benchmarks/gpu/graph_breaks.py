@@ -3,7 +3,7 @@
 :func:`graph_breaks` runs ``torch._dynamo.explain`` (graph capture only, no code generation,
 so it is quick on any device); :func:`graphs_over_sizes` compiles with the ``eager`` backend
 (capture only) and counts the graphs dynamo makes as the input size changes. Both are used by
-the tests and by the GPU check (``isa-explorer bench gpu``).
+the tests and by the GPU check (``benchmarks/gpu/run.py``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The GPU check's summary rows, each against its target, and its markdown report.
 
-:func:`summarize` turns the cases of a report (:mod:`isa_explorer.bench.gpu`) into rows of
+:func:`summarize` turns the cases of a report (``run.py``) into rows of
 ``section, case, measurement, value, target, met``; ``met`` is ``"met"`` / ``"not met"`` on a
 GPU, ``"n/a (smoke)"`` in a smoke run, ``"not measured"`` where the case did not run and
 empty where a row has no target. :func:`markdown` writes them as tables.

@@ -1,4 +1,5 @@
-"""The GPU check: ``isa-explorer bench gpu``, the CUDA path measured in one short run.
+#!/usr/bin/env python
+"""The GPU check: the CUDA path measured in one short run.
 
 Sections (``--sections``), each a list of cases that run and are recorded one at a time:
 
@@ -20,6 +21,16 @@ keeps what it measured; a case that fails records its error and the check goes o
 would end past ``--time-limit`` are recorded as skipped. ``--smoke`` runs the same code at tiny
 sizes on the CPU (targets are then not judged). How to run it on a GPU machine without a
 package registry: ``docs/gpu_check.md``.
+
+The modules beside this script hold the sizes (``plan.py``), the sections (``sections.py``,
+``heads.py``), the summary and markdown (``report.py``) and dynamo's graph counts
+(``graph_breaks.py``); they import one another by name, which works because Python puts this
+script's folder first on ``sys.path``.
+
+Usage, from the repository root (the package installed, or on ``PYTHONPATH``)::
+
+    python benchmarks/gpu/run.py            # -> results/gpu_check.json and .md
+    python benchmarks/gpu/run.py --smoke    # tiny sizes on the CPU -> results/gpu_check_smoke.json
 """
 
 from __future__ import annotations
@@ -37,10 +48,12 @@ from typing import Any
 
 import torch
 
-from isa_explorer.bench.gpu_heads import budget_cases, head_cases
-from isa_explorer.bench.gpu_plan import Case, Plan, full_plan, smoke_plan
-from isa_explorer.bench.gpu_report import markdown, summarize
-from isa_explorer.bench.gpu_sections import (
+from heads import budget_cases, head_cases
+from isa_explorer.bench.measure import system_info
+from isa_explorer.training.logs import jsonable
+from plan import Case, Plan, full_plan, smoke_plan
+from report import markdown, summarize
+from sections import (
     Context,
     free,
     graph_break_cases,
@@ -48,8 +61,6 @@ from isa_explorer.bench.gpu_sections import (
     sync_bn_cases,
     train_cases,
 )
-from isa_explorer.bench.measure import system_info
-from isa_explorer.training.logs import jsonable
 
 #: Section name -> builder of its cases, in report order.
 SECTIONS: dict[str, Callable[[Plan, Context], list[Case]]] = {
@@ -187,7 +198,8 @@ def run_check(
     return report
 
 
-def main(argv: list[str] | None = None, prog: str = "isa-explorer bench gpu") -> int:
+def main(argv: list[str] | None = None, prog: str = "python benchmarks/gpu/run.py") -> int:
+    """Parse the command line, run the check, print the markdown; 1 if a case failed."""
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (a rehearsal)")
     p.add_argument(

@@ -1,11 +1,11 @@
 """The training, inference, graph-break and SyncBatchNorm sections of the GPU check.
 
-Each ``*_cases`` function returns the :class:`~isa_explorer.bench.gpu_plan.Case` list of one
+Each ``*_cases`` function returns the :class:`plan.Case` list of one
 section. Training goes through :func:`isa_explorer.training.train` (what ``train/fit.py``
 runs) with the published recipe; inference runs the model as ``load_model(...,
 for_inference=True)`` returns it (:func:`~isa_explorer.models.prepare.prepare_for_inference`),
 channels-last. The head benchmarks and the token-budget sweep are in
-:mod:`~isa_explorer.bench.gpu_heads`.
+``heads.py``.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from graph_breaks import graph_breaks, graphs_over_sizes
 from isa_explorer.bench.decoder import HEAD
-from isa_explorer.bench.gpu_plan import RECIPE, Case, Plan, autocast
-from isa_explorer.bench.graph_breaks import graph_breaks, graphs_over_sizes
 from isa_explorer.bench.measure import MiB, PeakMemory, time_runs
 from isa_explorer.configs import TrainConfig, get_config
 from isa_explorer.data.fake_cityscapes import write_fake_cityscapes
@@ -35,6 +34,7 @@ from isa_explorer.models.isa.decoder import ISADecoder
 from isa_explorer.models.prepare import prepare_for_inference
 from isa_explorer.training import build_model, train
 from isa_explorer.training.steps import amp_dtype
+from plan import RECIPE, Case, Plan, autocast
 
 GiB = 2**30
 

@@ -1,8 +1,9 @@
+#!/usr/bin/env python
 """Build ``.gpu_deps/``: what the GPU check needs beyond a GPU machine's own packages.
 
 A GPU machine with torch, torchvision, timm (and its huggingface_hub), safetensors, tqdm,
 tensorboard, pillow and onnx but no package registry lacks only segmentation-models-pytorch,
-which is pure Python. ``python -m isa_explorer.bench.gpu_deps`` installs the version installed
+which is pure Python. ``python benchmarks/gpu/deps.py`` installs the version installed
 here into ``.gpu_deps/`` (``pip install --no-deps --target``), checks that nothing in it is
 compiled, and prints its size and the command that runs the check there with it on
 ``PYTHONPATH`` (``docs/gpu_check.md``). The folder is git-ignored; it travels with the
@@ -23,7 +24,7 @@ PACKAGES = ("segmentation-models-pytorch",)
 #: Suffixes of compiled files, which would tie the folder to one Python and platform.
 COMPILED = (".so", ".pyd", ".dylib")
 DEVICE_COMMAND = (
-    "PYTHONUNBUFFERED=1 PYTHONPATH=.gpu_deps:. python3 -m isa_explorer bench gpu "
+    "PYTHONUNBUFFERED=1 PYTHONPATH=.gpu_deps:. python3 benchmarks/gpu/run.py "
     "--out $OUT/gpu_check.json"
 )
 
@@ -51,7 +52,8 @@ def build(target: Path, packages: tuple[str, ...] = PACKAGES) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m isa_explorer.bench.gpu_deps", description=__doc__)
+    """Build the folder; print its size and the command to run on the GPU machine."""
+    p = argparse.ArgumentParser(prog="python benchmarks/gpu/deps.py", description=__doc__)
     p.add_argument("--target", type=Path, default=Path(".gpu_deps"))
     args = p.parse_args(argv)
     size = build(args.target)
