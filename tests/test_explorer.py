@@ -364,3 +364,15 @@ def test_a_failed_upload_or_a_cleared_file_leaves_no_stale_image(explorer, tmp_p
             explorer.click_display(then, 10, 10)
     screen = _screen_after(demo, screen, blocks["load-example"], "click", "upload")
     assert screen[upload] is None and "Loaded example" in screen[blocks["status"]]
+
+
+def test_the_example_status_line_says_the_size_once(explorer):
+    from isa_explorer.explorer.app import build_app
+
+    demo = build_app(explorer=explorer)
+    blocks = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    screen = _screen_after(demo, {}, blocks["load-example"], "click", "status-line")
+    status = screen[blocks["status"]]
+    h, w = explorer.model.train_size
+    assert status.startswith(f"Loaded example 0 (as drawn): {w}x{h} pixels.")
+    assert status.count(f"{w}x{h}") == 1

@@ -23,14 +23,15 @@ from isa_explorer.training.cli import main as fit_main
 
 
 def _raw_dataset(root: Path, count: int = 3) -> dict[str, np.ndarray]:
-    """16-bit grey slices (values up to 4000) with index masks; returns the written images."""
+    """16-bit grey slices (values up to 4000; 40x32, the smallest side a model takes is 32) with
+    index masks; returns the written images."""
     write_classes(root)
     written = {}
     for split, n in (("train", count), ("val", 1)):
         for i in range(n):
             rng = np.random.default_rng(10 * i + len(split))
-            slice16 = rng.integers(0, 4000, (20, 24)).astype(np.uint16)
-            ids = labels(20, 24, i)
+            slice16 = rng.integers(0, 4000, (32, 40)).astype(np.uint16)
+            ids = labels(32, 40, i)
             ids[5:9, 5:9] = np.arange(16).reshape(4, 4) % 3
             for sub in ("images", "masks"):
                 (root / sub / split).mkdir(parents=True, exist_ok=True)
@@ -96,6 +97,6 @@ def test_a_model_of_raw_slices_trains_predicts_and_carries_its_normalisation(tmp
         == 0
     )
     labels = np.array(Image.open(out / "s0_labels.png"))
-    assert labels.shape == (20, 24) and labels.max() < 3
+    assert labels.shape == (32, 40) and labels.max() < 3
     with pytest.raises(ValueError, match="raw 1-band images.*train/predict.py"):
         ExplorerModel(run)
