@@ -1,5 +1,6 @@
 """Shared test helpers: small models and the mmseg fixtures."""
 
+import zlib
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,15 @@ def small_isanet(**kwargs):
     )
     params.update(kwargs)
     return ISANet(**params)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR chunk claiming ``width x height`` (8-bit RGB), then IEND: a
+    file whose header announces an image too large to decode."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data).to_bytes(4, "big")
+        return len(data).to_bytes(4, "big") + kind + data + crc
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")

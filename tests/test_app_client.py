@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import socket
-import zlib
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import torch
+from conftest import png_header
 from PIL import Image
 
 from isa_explorer.data.synthetic import generate
@@ -170,18 +170,6 @@ def test_paths_not_uploaded_through_gradio_are_never_read(server):
     assert "event: error" in stream and "event: complete" not in stream
 
 
-def _png_header(width: int, height: int) -> bytes:
-    """A PNG signature and IHDR chunk claiming ``width x height`` (8-bit RGB), then IEND."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
-        )
-
-    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
-
-
 def _bad_files(tmp_path: Path, scene: Path) -> dict[str, tuple[Path, str]]:
     """Hostile uploads and the message the project gives for each (as the browser path does)."""
     files = {
@@ -199,7 +187,7 @@ def _bad_files(tmp_path: Path, scene: Path) -> dict[str, tuple[Path, str]]:
         ),
         "60000x60000 header": (
             "huge.png",
-            _png_header(60000, 60000),
+            png_header(60000, 60000),
             r"'huge.png' is 3600 MP, more than the 80 MP limit; downscale it",
         ),
     }

@@ -4,12 +4,12 @@ import importlib.util
 import os
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import png_header
 from PIL import Image
 from torch import nn
 
@@ -209,17 +209,6 @@ def test_predict_cli_glob_and_errors(tiny_checkpoint, tmp_path, capsys):
     assert "bad.png" in capsys.readouterr().err
 
 
-def _png_header(width: int, height: int) -> bytes:
-    """A PNG signature and IHDR chunk claiming ``width x height`` (8-bit RGB), then IEND."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data).to_bytes(4, "big")
-        return len(data).to_bytes(4, "big") + kind + data + crc
-
-    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
-
-
 def test_predict_cli_refuses_what_the_app_refuses_in_the_same_words(
     tiny_checkpoint, tmp_path, capsys
 ):
@@ -230,7 +219,7 @@ def test_predict_cli_refuses_what_the_app_refuses_in_the_same_words(
     folder.mkdir()
     Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(folder / "dot.png")
     Image.fromarray(np.zeros((300, 2, 3), np.uint8)).save(folder / "thin.png")
-    (folder / "huge.png").write_bytes(_png_header(60_000, 60_000))
+    (folder / "huge.png").write_bytes(png_header(60_000, 60_000))
     (folder / "empty.png").write_bytes(b"")
     (folder / "text.jpg").write_bytes(b"<html>not found</html>")
     frames = [Image.fromarray(np.full((40, 48, 3), v, np.uint8)) for v in (0, 255)]
