@@ -4,12 +4,16 @@
 Runs the published head (2048 -> 512 / 256 -> 19 classes, batch 1) in train mode, forward +
 mean-square loss + backward, in one process on 2 threads:
 
-1. ``torch.profiler`` (``profile_memory=True``) of one step of the fused and the explicit path:
-   the operators by self CPU time, and the memory autograd keeps for backward, by what keeps
-   it;
-2. an ablation of the savings, each one undone in turn (the former code, patched back in):
-   what backward keeps (MiB, counted tensor by tensor: exact) and the step time (median of
-   ``--steps`` steps, the variants interleaved so machine noise hits all alike).
+1. ``torch.profiler`` (``profile_memory=True``) of one step of the fused and the explicit path
+   (the relation blocks selectively checkpointed, as shipped) and of the fused path with the
+   blocks fully checkpointed: the operators by self CPU time, and the memory kept for
+   backward, by what keeps it;
+2. an ablation of the savings, each one undone in turn (the former code, patched back in;
+   selective checkpointing of the relation blocks switched off, or replaced by full
+   checkpointing): what backward keeps (MiB, counted tensor by tensor by
+   ``tests/memory_probe.py``, selective checkpointing's cache included: exact) and the step
+   time (median of ``--steps`` steps, the variants interleaved so machine noise hits all
+   alike).
 
 Usage:
     python benchmarks/head_training_profile.py --size 64x128 --out results/head_profile_64x128.json
@@ -21,20 +25,26 @@ import argparse
 import contextlib
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from isa_explorer.models import saved
 from isa_explorer.models.isa import decoder as isa_decoder
 from isa_explorer.models.isa.decoder import ISADecoder
 from isa_explorer.models.layers import ConvBNReLU, MaskReLU
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from memory_probe import kept_for_backward as probe  # noqa: E402
 
 MiB = 2**20
 
 
 def build(impl: str, checkpoint: bool = False) -> ISADecoder:
+    """The published head in train mode; ``checkpoint``: full checkpointing of the blocks
+    (else selective, the default)."""
     torch.manual_seed(0)
     head = ISADecoder(2048, 19, channels=512, isa_channels=256, attn_impl=impl).train()
     head.checkpoint_relations = checkpoint
@@ -48,7 +58,7 @@ def step(head: nn.Module, x: torch.Tensor) -> None:
 
 def kept_for_backward(head: nn.Module, x: torch.Tensor) -> tuple[float, dict[str, float]]:
     """MiB autograd keeps after a forward, in all and by the operation that keeps it."""
-    by = saved.kept_for_backward(head, x)
+    by = probe(head, x)
     top = sorted(by.items(), key=lambda kv: -kv[1])[:12]
     return sum(by.values()) / MiB, {k: v / MiB for k, v in top}
 
@@ -84,9 +94,12 @@ def undone(change: str, head: nn.Module):
                 if isinstance(m, ConvBNReLU) and isinstance(m.act, MaskReLU):
                     mp.append((m, "act", m.act))
                     m.act = nn.ReLU(inplace=True)
-        elif change == "no rebuilt tensors (autograd keeps all)":
-            mp.append((saved, "active", saved.active))
-            saved.active = lambda module: False
+        elif change == "no selective checkpointing (plain blocks)":
+            mp.append((head, "selective_checkpoint", head.selective_checkpoint))
+            head.selective_checkpoint = False
+        elif change == "full checkpointing instead of selective":
+            mp.append((head, "checkpoint_relations", head.checkpoint_relations))
+            head.checkpoint_relations = True
         elif change != "none (as shipped)":
             raise ValueError(change)
         yield
@@ -100,7 +113,8 @@ CHANGES = (
     "ReLU in place on a view (CopySlices in backward)",
     "swapped tokens as a strided view (each projection copies)",
     "ReLU keeps its output, not a mask",
-    "no rebuilt tensors (autograd keeps all)",
+    "no selective checkpointing (plain blocks)",
+    "full checkpointing instead of selective",
 )
 
 

@@ -186,14 +186,14 @@ def capture_attention(
 
     Nothing is written on the model: the queries and keys come back from its forward
     (``return_attention=True``), so several threads may capture on one eval-mode model at
-    once. The model may be plain or prepared for inference
-    (:func:`~isa_explorer.models.prepare_for_inference`). It runs in eval mode: a model in
+    once. The model may be plain or fused for inference
+    (:func:`~isa_explorer.models.fuse_for_inference`). It runs in eval mode: a model in
     training mode is switched to eval for the capture and back after it (as
     :meth:`ISANet.predict` does), so it is left in the mode it was in.
 
     Args:
         model: An :class:`ISANet` with an ``"isa"`` or ``"dense"`` head, or a bare
-            :class:`ISADecoder` / :class:`DenseAttentionDecoder` (plain or prepared).
+            :class:`ISADecoder` / :class:`DenseAttentionDecoder` (plain or fused).
         image: For an ``ISANet``: one RGB image ``(3, H, W)`` or ``(1, 3, H, W)``, 0-255
             (uint8 or float). For a bare decoder: its input feature map ``(1, Cin, h, w)``.
         stride: Bare decoders only: pixels per feature cell of the image the features stand
@@ -207,7 +207,7 @@ def capture_attention(
     """
     is_net = isinstance(model, ISANet)
     decoder = model.decoder if is_net else model
-    order = getattr(decoder, "order", None)  # ISA heads, plain or prepared
+    order = getattr(decoder, "order", None)  # ISA heads
     if not hasattr(decoder, "global_relation") and not hasattr(decoder, "relation"):
         name = model.head if is_net else type(decoder).__name__
         raise ValueError(f"the model's {name!r} head has no attention to probe")

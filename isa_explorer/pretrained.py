@@ -15,8 +15,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from isa_explorer.data.info import SYNTHETIC_INFO
+from isa_explorer.models.fusion import fuse_for_inference
 from isa_explorer.models.isa.model import ISANet
-from isa_explorer.models.prepare import prepare_for_inference
 
 #: The model shipped with the package: ISANet (timm ResNet-10-T, output stride 8) trained with
 #: ``train/fit.py --config synthetic-context`` (see its MODEL_CARD.md).
@@ -109,9 +109,9 @@ def load_model(
         path: A model or run directory, or a zoo model name (see :func:`resolve_model_dir`);
             ``None`` loads the embedded default model.
         device: Where to put the model.
-        for_inference: Return it prepared for fast inference
-            (:func:`~isa_explorer.models.prepare.prepare_for_inference`: BatchNorm folded,
-            streamed ISA); such a model cannot be trained or saved.
+        for_inference: Return it fused for inference
+            (:func:`~isa_explorer.models.fusion.fuse_for_inference`: BatchNorm folded into
+            the convolutions, in place); such a model cannot be trained or saved.
 
     Returns:
         The model, in eval mode, with ``class_names`` and ``palette`` from its config.
@@ -153,7 +153,7 @@ def load_model(
             "folder mixes two models or is incomplete" + _zoo_hint(model_dir)
         )
     model = model.float().eval().to(device)
-    return prepare_for_inference(model, inplace=True) if for_inference else model
+    return fuse_for_inference(model) if for_inference else model
 
 
 def read_config(model_dir: str | Path) -> dict:

@@ -8,6 +8,7 @@ are where padding the input would change the numbers.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import small_isanet
+from parity import compare_to_reference
 
 from isa_explorer.attention import capture_attention, pixel_cells, query_maps
 from isa_explorer.convert import convert_checkpoint
-from isa_explorer.models.prepare import prepare_for_inference
-from isa_explorer.parity import compare_to_reference
+from isa_explorer.models.fusion import fuse_for_inference
 
 SMALL = Path(__file__).parent / "fixtures" / "isanet_r50_small.pt"
 ODD_SIZES = ((257, 385), (97, 131), (75, 90), (33, 121))
@@ -71,16 +72,15 @@ def test_predict_matches_mmseg_whole_inference_and_padding_would_not(mmseg_small
 
 
 @pytest.mark.parametrize("size", [(257, 385), (97, 131)])
-def test_probes_forward_and_prepared_model_agree(mmseg_small, size):
+def test_probes_forward_and_fused_model_agree(mmseg_small, size):
     model, _ = mmseg_small
     image = _image(*size, seed=size[0])
     with torch.no_grad():
         forward = model(model.normalize(image))[0]
     cache = capture_attention(model, image[0])
     torch.testing.assert_close(cache.logits, forward, atol=0, rtol=0)
-    # The prepared model (BatchNorm folded, streamed ISA) the app runs: float32 reordering only.
-    prepared = prepare_for_inference(model)
-    fast = capture_attention(prepared, image[0]).logits
+    # The fused model (BatchNorm folded, streamed ISA) the app runs: float32 reordering only.
+    fast = capture_attention(fuse_for_inference(copy.deepcopy(model)), image[0]).logits
     scale = forward.abs().max()
     assert (fast - forward).abs().max() <= 1e-4 * scale
     assert (fast.argmax(0) == forward.argmax(0)).float().mean() > 0.999

@@ -4,13 +4,12 @@ import functools
 
 import pytest
 import torch
+from parity import compare_to_reference
 
+from isa_explorer.models.fusion import fuse_for_inference
 from isa_explorer.models.heads import DenseAttentionDecoder
-from isa_explorer.models.isa import streaming
 from isa_explorer.models.isa.decoder import GroupGrid, ISADecoder
 from isa_explorer.models.layers import attention
-from isa_explorer.models.prepare import prepare_for_inference
-from isa_explorer.parity import compare_to_reference
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +18,7 @@ def mmseg_head(fixtures_dir):
 
 
 @pytest.mark.parametrize(
-    "impl,token_budget,prepared",
+    "impl,token_budget,fused",
     [
         ("explicit", None, False),
         ("fused", None, False),
@@ -28,12 +27,9 @@ def mmseg_head(fixtures_dir):
         ("fused", 1, True),
     ],
 )
-def test_matches_mmsegmentation_isahead(mmseg_head, impl, token_budget, prepared, monkeypatch):
-    # Prepared for inference, the fused path streams the attention sequences in chunks; a
-    # budget of one token makes every chunk a single row of sequences. The plain decoder runs
-    # the whole map, with and without autograd.
-    if token_budget is not None:
-        monkeypatch.setattr(streaming, "TOKEN_BUDGET", token_budget)
+def test_matches_mmsegmentation_isahead(mmseg_head, impl, token_budget, fused):
+    # Without autograd the fused path streams the attention sequences in chunks; a budget of
+    # one token makes every chunk a single row of sequences. With autograd the whole map runs.
     cfg = mmseg_head["config"]
     head = ISADecoder(
         cfg["in_channels"],
@@ -44,14 +40,15 @@ def test_matches_mmsegmentation_isahead(mmseg_head, impl, token_budget, prepared
         attn_impl=impl,
     ).eval()
     head.load_state_dict(mmseg_head["state_dict"], strict=True)
-    if prepared:
-        head = prepare_for_inference(head)
+    head.token_budget = token_budget
+    if fused:
+        head = fuse_for_inference(head)
     assert set(mmseg_head["inputs"]) == {"20x27", "16x16", "9x31"}
     for name, x in mmseg_head["inputs"].items():
         expected = mmseg_head["outputs"][name]
-        for grad in (False,) if prepared else (False, True):
+        for grad in (False, True):
             # mmseg's float32 logits against ours in float64, within a few times our own
-            # float32 rounding (isa_explorer.parity): robust across oneDNN builds.
+            # float32 rounding (tests/parity.py): robust across oneDNN builds.
             run = functools.partial(_head_logits, grad=grad)
             parity = compare_to_reference(run, head, (x,), expected)
             assert parity.ok, f"{name} {grad=}: {parity}"
@@ -195,17 +192,20 @@ def test_capture_leaves_outputs_and_statistics_unchanged():
 
 
 @pytest.mark.parametrize("cls", [ISADecoder, DenseAttentionDecoder])
-@pytest.mark.parametrize("mode", ["train", "eval", "no_grad"])
+@pytest.mark.parametrize("mode", ["train", "eval", "no_grad", "fused", "fused_grad"])
 def test_forward_hooks_fire_on_every_leaf_module(cls, mode):
-    """A user's hook on any layer sees it run, whatever the mode (feature extraction, captum)."""
+    """A user's hook on any layer sees it run, whatever the mode (feature extraction, captum),
+    also on the model fused for inference (its BatchNorms are ``nn.Identity`` leaves there)."""
     torch.manual_seed(0)
     decoder = cls(8, 3, 16, 8)
     decoder.train(mode == "train")
+    if mode.startswith("fused"):
+        fuse_for_inference(decoder)
     leaves = {n: m for n, m in decoder.named_modules() if not list(m.children())}
     fired: set[str] = set()
     for name, m in leaves.items():
         m.register_forward_hook(lambda mod, i, o, name=name: fired.add(name))
-    with torch.set_grad_enabled(mode != "no_grad"):
+    with torch.set_grad_enabled(mode not in ("no_grad", "fused")):
         decoder(torch.randn(2, 8, 10, 14))
     assert fired == set(leaves), f"never fired: {sorted(set(leaves) - fired)}"
     assert len(leaves) > 20  # the relation blocks' projections, BatchNorms and ReLUs included

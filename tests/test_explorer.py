@@ -91,7 +91,7 @@ def test_clicks_reuse_the_cached_features_without_a_forward(explorer, loaded):
     calls = []
     hooks = [
         m.register_forward_hook(lambda *a: calls.append(1))
-        for m in (explorer.model.model, explorer.model.prepared)
+        for m in (explorer.model.model, explorer.model.model.decoder)
     ]
     try:
         for xy in [(5, 5), (200, 100), (128, 64)]:
@@ -238,7 +238,7 @@ def test_concurrent_analyses_keep_their_own_features(explorer, monkeypatch):
     serial = [explorer.model.analyse(im) for im in images]
     out = [None, None]
     both_inside = threading.Barrier(2)  # a lock around network passes would never let it pass
-    cls = type(explorer.model.prepared.decoder)
+    cls = type(explorer.model.model.decoder)
     forward = cls.forward
 
     def overlapping(self, *args, **kwargs):

@@ -3,6 +3,7 @@ other than the export's, input checks in the loaders, clear errors for unsupport
 
 from __future__ import annotations
 
+import copy
 import json
 import zipfile
 from pathlib import Path
@@ -19,8 +20,8 @@ from isa_explorer.export import (
     load_exported,
 )
 from isa_explorer.export.cli import main as export_main
+from isa_explorer.models.fusion import fuse_for_inference
 from isa_explorer.models.isa.decoder import GroupGrid, isa_context
-from isa_explorer.models.prepare import prepare_for_inference
 from isa_explorer.pretrained import load_default_model
 
 pytest.importorskip("onnxruntime")
@@ -123,9 +124,18 @@ def test_loaders_refuse_bad_inputs_with_the_fix(exported, fmt):
     assert one.shape == (1, 7, 40, 48)
 
 
+def test_a_model_fused_for_inference_exports_at_any_size(default_model, tmp_path):
+    """The streamed path and banded convolutions are eager-only: the export traces the whole
+    map, and the fused graph gives the plain model's logits (BatchNorm folded: fp32 rounding)."""
+    fused = fuse_for_inference(copy.deepcopy(default_model))
+    seg = load_exported(export_model(fused, tmp_path / "fused", "torch-export"))
+    images = torch.randint(0, 256, (1, 3, 97, 131), generator=torch.Generator().manual_seed(3))
+    expected = _eager(default_model, images.float())
+    got = torch.from_numpy(seg(images.numpy().astype(np.uint8)))
+    assert float((got - expected).abs().max()) <= 1e-4 * float(expected.max() - expected.min())
+
+
 def test_unsupported_models_and_options_are_clear_errors(default_model, tmp_path, capsys):
-    with pytest.raises(ExportError, match="prepared for inference"):
-        export_model(prepare_for_inference(default_model), tmp_path / "x.onnx")
     with pytest.raises(ExportError, match="at least 32 pixels"):
         export_model(default_model, tmp_path / "x.onnx", static=(16, 64))
     with pytest.raises(ExportError, match="takes RGB images.*4 input channels"):

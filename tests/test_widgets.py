@@ -36,9 +36,9 @@ def _click(view, panel: str, x: float, y: float) -> None:
 
 def test_clicks_draw_the_query_maps_without_a_forward_pass(attention_view):
     view = attention_view
-    prepared = view.explorer.model.prepared
+    model = view.explorer.model.model
     forwards = []
-    handle = prepared.register_forward_hook(lambda *_: forwards.append(1))
+    handle = model.register_forward_hook(lambda *_: forwards.append(1))
     try:
         for panel, (x, y) in zip(
             ("prediction", "combined", "long"), ((40, 30), (200, 100), (7, 120)), strict=True

@@ -95,8 +95,11 @@ class AttentionModule(nn.Module):
             head = ISADecoder(channels, 1, channels, isa_channels, g, attn_impl=impl)
         else:
             head = DenseAttentionDecoder(channels, 1, channels, isa_channels, attn_impl=impl)
-        # Only the context step runs: in_conv becomes the identity, out_conv is dropped.
+        # Only the context step runs: in_conv becomes the identity, out_conv is dropped. In
+        # training it runs as the algorithm does, without the head's selective checkpointing
+        # (whose recomputation would add the explicit path's batched products to backward).
         head.in_conv = nn.Identity()
+        head.selective_checkpoint = False
         del head.out_conv, head.conv_seg
         self.head = head
 

@@ -28,6 +28,7 @@ from torch import nn
 from isa_explorer.explorer import render
 from isa_explorer.explorer.handlers import Explorer, ExplorerError
 from isa_explorer.models.isa.model import ISANet
+from isa_explorer.models.layers import ConvBNReLU
 
 METHODS = ("LayerGradCam", "IntegratedGradients")
 #: Longest side the image is resized to for Grad-CAM.
@@ -63,14 +64,15 @@ class Attribution:
 
 
 def feature_layer(model: ISANet) -> nn.Module:
-    """The decoder's last feature layer: ``out_conv.bn``, else its last batch norm."""
+    """The decoder's last feature layer: ``out_conv.bn``, else its last batch norm (in a
+    model fused for inference, the ``nn.Identity`` in its place: the same output)."""
     out_conv = getattr(model.decoder, "out_conv", None)
     if out_conv is not None and hasattr(out_conv, "bn"):
         return out_conv.bn
-    norms = [m for m in model.decoder.modules() if isinstance(m, nn.BatchNorm2d)]
-    if not norms:
+    layers = [m for m in model.decoder.modules() if isinstance(m, ConvBNReLU)]
+    if not layers:
         raise ValueError("the model's decoder has no batch-norm layer to attribute to")
-    return norms[-1]
+    return layers[-1].bn
 
 
 def _resize(rgb: np.ndarray, max_side: int) -> np.ndarray:
@@ -95,7 +97,7 @@ def attribute(
     """Attribute class ``target`` of an image with captum (the app's and notebook 3's one core).
 
     Args:
-        model: The model (eval mode, not prepared for inference: captum needs gradients).
+        model: The model (eval mode; plain or fused for inference).
         rgb: ``(H, W, 3)`` uint8 image.
         labels: ``(H, W)`` predicted classes of the image (they pick the scored pixels).
         target: Class id to explain.

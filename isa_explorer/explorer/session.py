@@ -21,7 +21,6 @@ import torch
 from isa_explorer.attention import AttentionCache, capture_attention
 from isa_explorer.data.synthetic import SyntheticConfig
 from isa_explorer.models.isa.model import ISANet
-from isa_explorer.models.prepare import prepare_for_inference
 from isa_explorer.palette import palette_or_default
 from isa_explorer.pretrained import (
     DEFAULT_MODEL_DIR,
@@ -77,27 +76,17 @@ class ExplorerModel:
                 "images with train/predict.py --checkpoint, evaluate with train/evaluate.py"
             )
         self._model: ISANet | None = None
-        self._prepared: ISANet | None = None
         self._lock = threading.Lock()  # guards loading only; network passes run concurrently
 
     @property
     def model(self) -> ISANet:
-        """The loaded model, as trained (loads it on first access): for gradients (captum)."""
+        """The model, fused for inference (``load_model(..., for_inference=True)``), loaded on
+        first access. It serves analysis and, through per-request copies, captum's gradients."""
         if self._model is None:
             with self._lock:
                 if self._model is None:
-                    self._model = load_model(self.model_dir, device=self.device)
+                    self._model = load_model(self.model_dir, self.device, for_inference=True)
         return self._model
-
-    @property
-    def prepared(self) -> ISANet:
-        """The model prepared for inference (:func:`prepare_for_inference`): for analysis."""
-        if self._prepared is None:
-            model = self.model
-            with self._lock:
-                if self._prepared is None:
-                    self._prepared = prepare_for_inference(model)
-        return self._prepared
 
     @property
     def loaded(self) -> bool:
@@ -163,7 +152,7 @@ class ExplorerModel:
     def analyse(self, rgb: np.ndarray) -> ImageState:
         """Run the model once on ``rgb`` ``(H, W, 3)`` uint8 and keep what clicks need."""
         image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))  # (3, H, W)
-        model = self.prepared  # nothing is stored on it: threads share it without a lock
+        model = self.model  # nothing is stored on it: threads share it without a lock
         if self.has_attention:
             cache = capture_attention(model, image)
             logits = cache.logits

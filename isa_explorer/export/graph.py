@@ -44,7 +44,7 @@ class ExportWrapper(nn.Module):
     ``argmax`` the label map ``(N, H, W)`` int64. The model's normalisation is inside.
 
     Args:
-        model: An :class:`ISANet` (plain, not prepared for inference).
+        model: An :class:`ISANet` (plain or fused for inference).
         argmax: Return class ids instead of logits.
         fp16: Run the network in float16 (input and logits stay float32).
     """
@@ -66,11 +66,6 @@ def check_exportable(model: nn.Module) -> None:
     """Raise :class:`ExportError` for models the exported graph cannot represent."""
     if not isinstance(model, ISANet):
         raise ExportError(f"only ISANet models export, got a {type(model).__name__}")
-    if getattr(model.decoder, "prepared", False):
-        raise ExportError(
-            "this model is prepared for inference (streamed, BatchNorm folded); export the "
-            "plain model: load_model(path) without for_inference=True"
-        )
     if model.mean.numel() != 3:
         raise ExportError(
             f"the exported graph takes RGB images, but this model has {model.mean.numel()} "

@@ -2,10 +2,10 @@
 
 import segmentation_models_pytorch as smp
 
+from isa_explorer.models.fusion import fuse_for_inference, is_fused
 from isa_explorer.models.heads import DenseAttentionDecoder, FCNHead
 from isa_explorer.models.isa.decoder import GroupGrid, ISADecoder
 from isa_explorer.models.isa.model import ISANet
-from isa_explorer.models.prepare import is_prepared, prepare_for_inference
 
 # smp.create_model("isanet", ...) looks up this mapping; smp.from_pretrained(dir) looks up the
 # class name on the smp module.
@@ -18,6 +18,6 @@ __all__ = [
     "GroupGrid",
     "ISADecoder",
     "ISANet",
-    "is_prepared",
-    "prepare_for_inference",
+    "fuse_for_inference",
+    "is_fused",
 ]

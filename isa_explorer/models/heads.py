@@ -13,7 +13,13 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
+from isa_explorer.models.fusion import refuse_training_if_fused
 from isa_explorer.models.layers import AttnImpl, ConvBNReLU, RelationBlock
+
+#: Input bytes of one band of ``out_conv`` at inference: the band's concatenation, its copy
+#: in the CPU backend's blocked layout and its output live at once (4 MiB: 4 rows of
+#: 2 x 512 channels x 256 positions).
+POINTWISE_BAND_BYTES = 4 * 2**20
 
 #: What a context head returns with ``return_attention=True``: its queries and keys as maps
 #: (and, for ISA, the ``grid``). Keys are documented by each head.
@@ -40,6 +46,10 @@ class ContextHead(nn.Module, ABC):
         self.dropout = nn.Dropout2d(dropout)
         self.conv_seg = nn.Conv2d(channels, classes, 1)
 
+    def train(self, mode: bool = True) -> ContextHead:
+        refuse_training_if_fused(self, mode)  # before any submodule changes mode
+        return super().train(mode)
+
     @abstractmethod
     def context(
         self, x: torch.Tensor, return_attention: bool = False
@@ -55,9 +65,12 @@ class ContextHead(nn.Module, ABC):
     ) -> torch.Tensor | tuple[torch.Tensor, Attention]:
         """``(B, Cin, H, W) -> (B, channels, H, W)``: the map before dropout and classifier."""
         context, residual, attn = self.context(x, return_attention)
-        both = torch.cat([context, residual], dim=1)  # (B, 2C, H, W)
-        del context, residual  # without autograd, freed before out_conv runs
-        y = self.out_conv(both)  # (B, C, H, W)
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            both = torch.cat([context, residual], dim=1)  # (B, 2C, H, W)
+            del context, residual  # freed before out_conv runs
+            y = self.out_conv(both)  # (B, C, H, W)
+        else:
+            y = _pointwise_in_bands(self.out_conv, context, residual)
         return (y, attn) if return_attention else y
 
     def forward(
@@ -74,12 +87,33 @@ class ContextHead(nn.Module, ABC):
         return self.conv_seg(self.dropout(self.features(x)))
 
 
+def _pointwise_in_bands(layer: nn.Module, *maps: torch.Tensor) -> torch.Tensor:
+    """``layer(torch.cat(maps, 1))`` for a 1x1 ``layer`` at inference, a band of rows at a time.
+
+    Only one band of the concatenation exists at a time (:data:`POINTWISE_BAND_BYTES`), not
+    the whole ``(B, 2C, H, W)`` copy beside its inputs: at 128x256 with 512 channels the head's
+    peak stays near the attention phase's 192 MiB instead of 256. The numbers are the same
+    (each output position reads its own input position only). Forward hooks on ``layer`` fire
+    once per band.
+    """
+    b, _, h, w = maps[0].shape
+    row_bytes = b * sum(m.shape[1] for m in maps) * w * maps[0].element_size()
+    rows = max(1, POINTWISE_BAND_BYTES // row_bytes)
+    out = None
+    for r0 in range(0, h, rows):
+        y = layer(torch.cat([m[:, :, r0 : r0 + rows] for m in maps], dim=1))  # (B, Cout, r, W)
+        if out is None:
+            out = y.new_empty(b, y.shape[1], h, w)
+        out[:, :, r0 : r0 + rows] = y
+    return out
+
+
 def dense_context(
     relation: nn.Module, residual: torch.Tensor, impl: AttnImpl, return_attention: bool
 ) -> tuple[torch.Tensor, Attention | None]:
     """One attention over all ``H * W`` positions of ``residual (B, C, H, W)``.
 
-    ``relation`` is a relation block (plain or prepared for inference). Returns the context
+    ``relation`` is a relation block (plain or fused for inference). Returns the context
     ``(B, C, H, W)`` and, when asked, ``{"dense_q", "dense_k"}`` maps ``(B, Ck, H, W)``.
     """
     b, c, h, w = residual.shape
@@ -160,6 +194,10 @@ class FCNHead(nn.Module):
         self.conv_cat = ConvBNReLU(in_channels + channels, channels, 3) if concat_input else None
         self.dropout = nn.Dropout2d(dropout)
         self.conv_seg = nn.Conv2d(channels, classes, 1)
+
+    def train(self, mode: bool = True) -> FCNHead:
+        refuse_training_if_fused(self, mode)  # before any submodule changes mode
+        return super().train(mode)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, Cin, H, W) -> (B, channels, H, W)``."""

@@ -12,9 +12,9 @@ permutation per step, and every layer still runs through its module's ``__call__
 hooks (feature extraction, captum) fire on each of them. On tokens a hook sees ``(B, L, C)``
 at a convolution and ``(B * L, C, 1, 1)`` at a BatchNorm.
 
-These are the modules for training and analysis. For fast inference,
-:func:`isa_explorer.models.prepare.prepare_for_inference` folds the BatchNorms and swaps in
-the modules of :mod:`isa_explorer.models.inference`.
+The same modules serve training, analysis and inference. For inference,
+:func:`~isa_explorer.models.fusion.fuse_for_inference` folds each BatchNorm into the
+convolution before it, in place. Training memory: :mod:`isa_explorer.models.checkpointing`.
 """
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from torch import nn
 
-from isa_explorer.models.saved import current as current_saved
-
 AttnImpl = Literal["fused", "explicit", "auto"]
+#: Why a fused model (:func:`isa_explorer.models.fusion.fuse_for_inference`) refuses training.
+FUSED_MODEL = (
+    "this model is fused for inference (BatchNorm folded into the convolutions) and cannot be "
+    "trained or saved: load it again without for_inference=True"
+)
 
 
 def choose_impl(q: torch.Tensor, v: torch.Tensor) -> str:
@@ -48,19 +50,56 @@ def choose_impl(q: torch.Tensor, v: torch.Tensor) -> str:
     return "explicit" if training and short and q.device.type == "cpu" else "fused"
 
 
+#: Input bytes of one band of a banded convolution (16 MiB: 8 rows of a 2048 x 256 map).
+BAND_BYTES = 16 * 2**20
+
+
 class TokenConv2d(nn.Conv2d):
     """An ``nn.Conv2d`` that also takes tokens: 1x1 on ``(B, L, Cin)`` is ``F.linear``.
 
     On a 4-D map it is the plain convolution. On a 3-D token tensor (1x1 kernels only) it
     returns ``(B, L, Cout)``, the same numbers a 1x1 convolution of the map would give.
+
+    At inference on the CPU (no autograd, not compiled) a large input of a ``k x k`` kernel
+    runs in bands of output rows: the CPU backend (oneDNN) copies its input into a blocked
+    layout first, and banding copies one band (:data:`BAND_BYTES`) at a time instead of the
+    whole input: 268 MiB for ``in_conv``'s 2048-channel 128x256 input, whose peak goes from
+    ~375 to ~146 MiB at unchanged time (``docs/benchmarks.md``). Forward hooks see the whole
+    input and output, as for any convolution.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 3:
+        if x.dim() == 3:
+            if self.kernel_size != (1, 1) or self.groups != 1:
+                raise ValueError("token layout needs a 1x1 convolution without groups")
+            return F.linear(x, self.weight.flatten(1), self.bias)  # (B, L, Cout)
+        banded = (
+            self.kernel_size != (1, 1)
+            and x.device.type == "cpu"
+            and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()
+            and self.stride == (1, 1)
+            and self.groups == 1
+            and 2 * self.padding[0] == self.dilation[0] * (self.kernel_size[0] - 1)
+        )
+        return self._in_bands(x) if banded else super().forward(x)
+
+    def _in_bands(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution of ``(B, Cin, H, W)`` (same-size padding), a band of rows at a time."""
+        b, cin, h, w = x.shape
+        rows = max(1, BAND_BYTES // (b * cin * w * x.element_size()))
+        if h <= 2 * rows:
             return super().forward(x)
-        if self.kernel_size != (1, 1) or self.groups != 1:
-            raise ValueError("token layout needs a 1x1 convolution without groups")
-        return F.linear(x, self.weight.flatten(1), self.bias)  # (B, L, Cout)
+        pad = self.padding[0]  # rows of context above and below every output row
+        out = x.new_empty(b, self.out_channels, h, w)
+        for r0 in range(0, h, rows):
+            r1 = min(r0 + rows, h)
+            a, z = max(r0 - pad, 0), min(r1 + pad, h)  # input rows the band reads
+            band = F.pad(x[:, :, a:z], (0, 0, pad - (r0 - a), pad - (z - r1)))  # zero borders
+            out[:, :, r0:r1] = F.conv2d(  # (B, Cout, r1 - r0, W)
+                band, self.weight, self.bias, 1, (0, self.padding[1]), self.dilation
+            )
+        return out
 
 
 class _ReLUKeepingMask(torch.autograd.Function):
@@ -130,6 +169,16 @@ class ConvBNReLU(nn.Module):
         self.bn = nn.BatchNorm2d(out_channels)
         self.act = MaskReLU() if mask_relu else nn.ReLU(inplace=True)
 
+    @property
+    def fused(self) -> bool:
+        """Whether the BatchNorm is folded into ``conv`` (``models.fusion.fuse_for_inference``)."""
+        return isinstance(self.bn, nn.Identity)
+
+    def train(self, mode: bool = True) -> ConvBNReLU:
+        if mode and self.fused:
+            raise RuntimeError(FUSED_MODEL)
+        return super().train(mode)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, Cin, H, W) -> (B, Cout, H, W)``, or tokens ``(B, L, Cin) -> (B, L, Cout)``."""
         y = self.conv(x)
@@ -139,27 +188,8 @@ class ConvBNReLU(nn.Module):
             # BatchNorm over (B*L, C, 1, 1) == BatchNorm2d statistics over (B, C, H, W). The
             # in-place ReLU runs on BatchNorm's own output, not on a view of it: in place on a
             # view, autograd would rebuild the base's gradient in backward (zero fill + copy).
-            r = self.act(self.bn(y4))  # (B*L, C, 1, 1)
-            self._rebuild_in_backward(y4, r)
-            return r.view(b, n, c)
+            return self.act(self.bn(y4)).view(b, n, c)  # (B*L, C, 1, 1) -> (B, L, C)
         return self.act(self.bn(y))
-
-    def _rebuild_in_backward(self, y4: torch.Tensor, r: torch.Tensor) -> None:
-        """In training (:mod:`~isa_explorer.models.saved`), backward keeps a recipe for the
-        ReLU output ``r`` instead of ``r``: BatchNorm keeps its input ``y4`` anyway, and
-        BatchNorm (batch statistics) plus ReLU rebuild ``r`` bit for bit."""
-        saved, bn = current_saved(), self.bn
-        # Plain BatchNorm only: SyncBatchNorm's statistics span processes.
-        if saved is None or type(bn) is not nn.BatchNorm2d or not bn.training:
-            return
-        if isinstance(self.act, MaskReLU):  # nothing keeps r: nothing to save
-            return
-        saved.register(
-            r,
-            lambda: torch.relu_(
-                F.batch_norm(y4, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
-            ),
-        )
 
 
 def attention(
@@ -186,14 +216,7 @@ def attention(
             f"unknown attention implementation {impl!r}: use 'fused', 'explicit' or 'auto'"
         )
     o = fused_attention_heads(q, k, v, scale)  # (B, h, L, Ck)
-    merged = _merge_heads(o)  # (B, L, h * Ck), a copy when h > 1
-    saved = current_saved()
-    if saved is not None and o.shape[1] > 1:
-        # The attention keeps its output for backward, the output projection keeps the same
-        # numbers as its input: keep one and rebuild the other's layout in backward.
-        b, h, n, ck = o.shape
-        saved.register(o, lambda: merged.view(b, n, h, ck).transpose(1, 2).contiguous())
-    return merged
+    return _merge_heads(o)  # (B, L, h * Ck), a copy when h > 1
 
 
 def fused_attention_heads(
@@ -269,50 +292,6 @@ class RelationBlock(nn.Module):
             return self.output_project(context), q.detach(), k.detach()
         del q, k, v  # without autograd, nothing else holds them: freed before the projection
         return self.output_project(context)
-
-
-def checkpointed(block: nn.Module, t: torch.Tensor, impl: AttnImpl = "fused") -> torch.Tensor:
-    """``block(t, impl)`` under activation checkpointing (``torch.utils.checkpoint``).
-
-    Only the block's input is kept for backward; its activations are recomputed there, at
-    the cost of a second forward of the block. The recomputation leaves BatchNorm's running
-    statistics alone (they were updated by the forward), so a checkpointed run computes the
-    same numbers and buffers as a plain one. Forward hooks of the block's modules fire again
-    during the recomputation.
-    """
-    calls = 0
-
-    def run(tokens: torch.Tensor) -> torch.Tensor:
-        nonlocal calls
-        calls += 1
-        if calls == 1:  # the forward pass
-            return block(tokens, impl)
-        with _frozen_batchnorm_stats(block):  # the recomputation in backward
-            return block(tokens, impl)
-
-    return torch.utils.checkpoint.checkpoint(run, t, use_reentrant=False)
-
-
-@contextlib.contextmanager
-def _frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
-    """BatchNorms normalise with batch statistics as before, but leave their buffers as they
-    are: momentum 0 keeps the running statistics (``1 * running + 0 * batch``), and the batch
-    counter is put back. (Switching tracking off instead would change what autograd saves,
-    which checkpointing checks.)"""
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    state = [
-        (m.momentum, None if m.num_batches_tracked is None else int(m.num_batches_tracked))
-        for m in norms
-    ]
-    try:
-        for m in norms:
-            m.momentum = 0.0
-        yield
-    finally:
-        for m, (momentum, count) in zip(norms, state, strict=True):
-            m.momentum = momentum
-            if count is not None:
-                m.num_batches_tracked.fill_(count)
 
 
 @contextlib.contextmanager

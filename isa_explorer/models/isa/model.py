@@ -11,6 +11,7 @@ from segmentation_models_pytorch.base import SegmentationModel
 from segmentation_models_pytorch.base.hub_mixin import supports_config_loading
 from segmentation_models_pytorch.encoders import get_encoder
 
+from isa_explorer.models.fusion import refuse_training_if_fused
 from isa_explorer.models.heads import DenseAttentionDecoder, FCNHead
 from isa_explorer.models.isa.decoder import ISADecoder, Order
 from isa_explorer.models.layers import AttnImpl, eval_mode
@@ -211,13 +212,14 @@ class ISANet(SegmentationModel):
         with eval_mode(self):
             return self(x, return_attention=return_attention)
 
+    def train(self, mode: bool = True) -> ISANet:
+        """``nn.Module.train``; refused for a model fused for inference (checked first)."""
+        refuse_training_if_fused(self, mode)
+        return super().train(mode)
+
     def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
-        """smp's ``save_pretrained``; refused for a model prepared for inference."""
-        if getattr(self.decoder, "prepared", False):
-            raise RuntimeError(
-                "this model is prepared for inference (BatchNorm folded into other weights): "
-                "save the original model instead"
-            )
+        """smp's ``save_pretrained``; refused for a model fused for inference."""
+        refuse_training_if_fused(self)
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
