@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from parity import compare_to_reference
 
 from isa_explorer import ISANet
 from isa_explorer.convert import (
@@ -23,7 +24,6 @@ from isa_explorer.convert import (
 )
 from isa_explorer.data.info import CITYSCAPES_INFO
 from isa_explorer.models.isa.decoder import GroupGrid
-from isa_explorer.parity import compare_to_reference
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SMALL = FIXTURES / "isanet_r50_small.pt"
@@ -56,7 +56,7 @@ def full_logits(model: ISANet, image: torch.Tensor) -> torch.Tensor:
 
 
 def assert_mmseg_parity(model: ISANet, small: dict) -> None:
-    """Decode and aux logits equal mmseg's up to float32 rounding (see isa_explorer.parity).
+    """Decode and aux logits equal mmseg's up to float32 rounding (see tests/parity.py).
 
     The fixture holds mmseg's float32 logits only; our model in float64 on the same weights is
     the exact function, and the tolerance is a few times what float32 rounding costs our own

@@ -17,11 +17,11 @@ import httpx
 import pytest
 import torch
 import torch.nn.functional as F
+from parity import compare_to_reference
 from zoo_server import ServedFile, ZooServer, start
 
 from isa_explorer import load_model, zoo
 from isa_explorer.configs import CONFIGS
-from isa_explorer.parity import compare_to_reference
 from isa_explorer.zoo.cli import main as zoo_main
 from isa_explorer.zoo.cli import markdown_table
 from isa_explorer.zoo.entries import DEFAULT_BASE_URL
