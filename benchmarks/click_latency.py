@@ -1,6 +1,6 @@
 """Server-side latency of one click in the explorer app, on the CPU.
 
-``isa-explorer bench click`` analyses one 1024x2048 image with the default model
+``python benchmarks/click_latency.py`` analyses one 1024x2048 image with the default model
 (the one-off forward pass that fills the attention cache), then times clicks at random pixels:
 
 * ``query``: the three attention maps from the cache (:func:`isa_explorer.attention.query_maps`);
@@ -88,7 +88,7 @@ def measure(
     }
 
 
-def main(argv: list[str] | None = None, prog: str = "isa-explorer bench click") -> int:
+def main(argv: list[str] | None = None, prog: str = "python benchmarks/click_latency.py") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs=2, default=(1024, 2048), metavar=("H", "W"))
     parser.add_argument("--clicks", type=int, default=30)

@@ -1,6 +1,6 @@
 """Time and peak memory of the whole ISA decoder, fused vs explicit vs dense.
 
-``isa-explorer bench decoder`` runs the published head (2048 input channels, 512
+``python benchmarks/decoder.py`` runs the published head (2048 input channels, 512
 channels, 256 query/key channels, 8x8 groups, batch 1) on feature maps of 32x64, 64x128 and
 128x256, each size and path in a fresh subprocess, and prints a table and writes JSON. Paths:
 
@@ -12,8 +12,8 @@ channels, 256 query/key channels, 8x8 groups, batch 1) on feature maps of 32x64,
 * ``fused-checkpoint``, ``explicit-checkpoint`` -- training only: the relation blocks under
   activation checkpointing (:attr:`ISADecoder.checkpoint_relations`).
 
-``--mode infer`` (default) times a forward of the decoder prepared for inference
-(:func:`~isa_explorer.models.prepare.prepare_for_inference`) under ``inference_mode``;
+``--mode infer`` (default) times a forward of the decoder fused for inference
+(:func:`~isa_explorer.models.fusion.fuse_for_inference`) under ``inference_mode``;
 ``--mode train`` times a training step of the plain decoder in train mode: forward, a
 mean-square loss of the logits, backward and ``zero_grad`` (written to
 ``results/bench_head_train_cpu.json``).
@@ -45,10 +45,10 @@ from isa_explorer.bench.measure import (
     system_info,
     time_runs,
 )
-from isa_explorer.bench.worker import run_worker
+from isa_explorer.bench.worker import run_fresh
+from isa_explorer.models.fusion import fuse_for_inference
 from isa_explorer.models.heads import DenseAttentionDecoder
 from isa_explorer.models.isa.decoder import ISADecoder
-from isa_explorer.models.prepare import prepare_for_inference
 
 PATHS = ("fused", "explicit", "dense", "dense-explicit", "fused-checkpoint", "explicit-checkpoint")
 DEFAULT_PATHS = ("fused", "explicit", "dense")
@@ -64,7 +64,7 @@ STRIDE = 8  # feature cell of an output-stride-8 encoder, for the probe's image 
 def build_decoder(path: str, head: dict[str, int] | None = None, mode: str = "infer") -> nn.Module:
     """The decoder of one benchmark ``path`` (see module docstring).
 
-    ``mode="infer"``: prepared for inference; ``"train"``: the plain decoder in train mode.
+    ``mode="infer"``: fused for inference; ``"train"``: the plain decoder in train mode.
     """
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}: choose from {', '.join(PATHS)}")
@@ -83,7 +83,7 @@ def build_decoder(path: str, head: dict[str, int] | None = None, mode: str = "in
         decoder.checkpoint_relations = checkpoint
     if mode == "train":
         return decoder.train()
-    return prepare_for_inference(decoder, inplace=True)
+    return fuse_for_inference(decoder)
 
 
 def train_step(model: nn.Module, x: torch.Tensor) -> None:
@@ -104,7 +104,7 @@ def measure_decoder(
     """Time and peak memory growth of one decoder forward (``mode="infer"``) or training
     step (``"train"``, :func:`train_step`), in this process.
 
-    Run it in a fresh process (:func:`run_worker`) for a CPU memory figure: the peak RSS of
+    Run it in a fresh process (:func:`run_case`) for a CPU memory figure: the peak RSS of
     a process never goes down.
     """
     torch.manual_seed(0)
@@ -163,7 +163,7 @@ def measure_probe(
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """One case from a JSON spec, in a fresh process (:mod:`~isa_explorer.bench.worker`)."""
+    """One case from a JSON spec, in this process (``--worker SPEC``, from :func:`run_case`)."""
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     if spec["kind"] == "probe":
@@ -176,6 +176,12 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         spec["device"],
         mode=spec.get("mode", "infer"),
     )
+
+
+def run_case(spec: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    """:func:`worker` in a fresh process, ``python benchmarks/decoder.py --worker SPEC``, through
+    the package's worker protocol (:func:`~isa_explorer.bench.worker.run_fresh`)."""
+    return run_fresh([sys.executable, str(Path(__file__).resolve()), "--worker"], spec, timeout)
 
 
 def run(
@@ -209,7 +215,7 @@ def run(
             for path in paths:
                 spec = dict(kind="decoder", path=path, size=list(size), runs=runs, warmup=warmup)
                 spec.update(device=device, threads=threads, mode=mode)
-                rounds_of[path].append(run_worker("decoder", spec, timeout))
+                rounds_of[path].append(run_case(spec, timeout))
         for path in paths:
             res = merge_rounds(rounds_of[path])
             res.setdefault("path", path)
@@ -219,7 +225,7 @@ def run(
     report["ratios"] = ratios(report["results"])
     if probe_size is not None:
         spec = dict(kind="probe", size=list(probe_size), queries=30, device=device)
-        report["probe"] = run_worker("decoder", {**spec, "threads": threads}, timeout)
+        report["probe"] = run_case({**spec, "threads": threads}, timeout)
     report["system"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     return report
 
@@ -281,7 +287,7 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None, prog: str = "isa-explorer bench decoder") -> int:
+def main(argv: list[str] | None = None, prog: str = "python benchmarks/decoder.py") -> int:
     p = argparse.ArgumentParser(prog=prog, description=__doc__)
     p.add_argument("--sizes", type=parse_size, nargs="+", default=list(DEFAULT_SIZES))
     p.add_argument("--mode", choices=MODES, default="infer", help="inference or training step")
@@ -293,7 +299,11 @@ def main(argv: list[str] | None = None, prog: str = "isa-explorer bench decoder"
     p.add_argument("--probe-size", type=parse_size, default=(128, 256))
     p.add_argument("--no-probe", action="store_true")
     p.add_argument("--out", type=Path, help="default: results/bench_head[_train]_cpu.json")
+    p.add_argument("--worker", metavar="SPEC", help="run one case (JSON) here, print its result")
     args = p.parse_args(argv)
+    if args.worker:  # one case of a run, in the fresh process that run_case started
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
     train = args.mode == "train"
     paths = args.paths or list(DEFAULT_TRAIN_PATHS if train else DEFAULT_PATHS)
     if not train and any(path.endswith("-checkpoint") for path in paths):

@@ -7,8 +7,8 @@ argmax agreement. Latency: median of ``--runs`` calls at ``--size`` with ``--thr
 eager PyTorch (``inference_mode``) against onnxruntime's CPU provider, as a ratio measured in
 one run. Writes ``results/export_cpu.json`` after each model::
 
-    isa-explorer bench export                       # default + r50, 512x1024, 2 threads
-    isa-explorer bench export --models default --runs 3
+    python benchmarks/export.py                       # default + r50, 512x1024, 2 threads
+    python benchmarks/export.py --models default --runs 3
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def latency(model: ISANet, runners: dict, size: tuple[int, int], runs: int) -> d
     return out
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "isa-explorer bench export") -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python benchmarks/export.py") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument(
         "--models", nargs="+", choices=("default", "r50"), default=["default", "r50"]
@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "isa-explorer bench expo
     parser.add_argument("--out", type=Path, default=Path("results/export_cpu.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    command = " ".join([prog, *(argv if argv is not None else [])])
+    command = " ".join([prog, *(sys.argv[1:] if argv is None else argv)])
     report = {"benchmark": __doc__.splitlines()[0], "system": system_info(command=command)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

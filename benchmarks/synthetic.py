@@ -2,7 +2,7 @@
 
 Usage::
 
-    isa-explorer bench synthetic --images 500 --out results/synthetic_speed.json
+    python benchmarks/synthetic.py --images 500 --out results/synthetic_speed.json
 
 Prints images/s of :func:`generate` (numpy ``(H, W, 3)``) and of dataset items (tensors) per
 size, with one torch thread (the generator itself is single-threaded numpy), and writes them
@@ -37,7 +37,7 @@ def images_per_second(fn, n: int, repeats: int = 3) -> float:
     return n / best
 
 
-def main(argv: list[str] | None = None, prog: str = "isa-explorer bench synthetic") -> int:
+def main(argv: list[str] | None = None, prog: str = "python benchmarks/synthetic.py") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=500, help="images per timing")
     parser.add_argument(

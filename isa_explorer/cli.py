@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("isa_explorer.convert", "an mmseg ISANet checkpoint -> a model directory"),
     "zoo": ("isa_explorer.zoo.cli", "the released ISANet models by name: list, download"),
     "export": ("isa_explorer.export.cli", "ONNX / torch.export with any batch, height and width"),
-    "bench": ("isa_explorer.bench.cli", "benchmarks: attention, decoder, click, export, gpu, ..."),
+    "bench": ("isa_explorer.bench.cli", "benchmark: attention modules (the rest: benchmarks/)"),
     "experiment": ("isa_explorer.experiments.cli", "experiments: context, default-model"),
 }
 

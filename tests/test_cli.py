@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -100,7 +101,7 @@ def test_every_module_with_a_main_runs_it():
         if _defines_main(p) and not _runs_main(p)
     ]
     assert not silent, f"main() defined but never run under python -m: {silent}"
-    assert len(runnable_modules()) >= 20 and "isa_explorer.convert" in runnable_modules()
+    assert len(runnable_modules()) >= 15 and "isa_explorer.convert" in runnable_modules()
 
 
 @pytest.mark.slow
@@ -117,6 +118,44 @@ def test_python_dash_m_help_of_every_runnable_module():
         name: f"exit {p.returncode}: {(p.stdout + p.stderr).strip()[-300:]!r}"
         for name, p in done
         if p.returncode != 0 or not p.stdout.startswith("usage:")
+    }
+    assert not bad, bad
+
+
+#: The developer benchmarks: scripts of the repository (``python benchmarks/NAME.py``), moved
+#: out of the package (``isa_explorer/bench/decoder.py``, ``click.py``, ...).
+SCRIPTS_DIR = PACKAGE.parent / "benchmarks"
+SCRIPTS = ("decoder", "click_latency", "synthetic", "export")
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_each_benchmark_script_answers_help_under_its_command(name, capsys, monkeypatch):
+    assert _runs_main(SCRIPTS_DIR / f"{name}.py")
+    monkeypatch.syspath_prepend(str(SCRIPTS_DIR))  # as ``python benchmarks/NAME.py`` does
+    with pytest.raises(SystemExit) as done:
+        importlib.import_module(name).main(["--help"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: python benchmarks/{name}.py")
+    moved = ("decoder", "click", "synthetic", "export")
+    assert not [m for m in moved if (PACKAGE / "bench" / f"{m}.py").exists()]
+
+
+@pytest.mark.slow
+def test_benchmark_scripts_answer_help_when_run_as_scripts():
+    """``python benchmarks/NAME.py --help`` from the repository root: the script's folder is
+    first on ``sys.path``, so no script may shadow a package its imports use."""
+
+    def help_of(name: str) -> tuple[str, subprocess.CompletedProcess]:
+        cmd = [sys.executable, f"benchmarks/{name}.py", "--help"]
+        root = SCRIPTS_DIR.parent
+        return name, subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = list(pool.map(help_of, SCRIPTS))
+    bad = {
+        name: f"exit {p.returncode}: {(p.stdout + p.stderr).strip()[-300:]!r}"
+        for name, p in done
+        if p.returncode != 0 or not p.stdout.startswith(f"usage: python benchmarks/{name}.py")
     }
     assert not bad, bad
 

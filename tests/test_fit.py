@@ -18,9 +18,12 @@ from safetensors.torch import load_file, save_file
 from training_helpers import TINY, one_thread  # noqa: F401 (an autouse fixture)
 
 from isa_explorer.configs import get_config
-from isa_explorer.data.fake_cityscapes import write_fake_cityscapes
 from isa_explorer.distributed import SYNC_BN_NEEDS_CUDA
 from isa_explorer.training import NonFiniteLossError, build_model, load_checkpoint, train
+
+# The generated Cityscapes folder of the GPU check (benchmarks/gpu/fake_cityscapes.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"))
+from fake_cityscapes import write_fake_cityscapes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIT = ROOT / "train" / "fit.py"

@@ -25,13 +25,11 @@ from safetensors.torch import load_file
 from torch import nn
 from training_helpers import TINY, one_thread  # noqa: F401 (an autouse fixture)
 
-from isa_explorer.bench.decoder import measure_decoder
 from isa_explorer.configs import get_config
 from isa_explorer.data import build_dataset
-from isa_explorer.data.fake_cityscapes import FULL_SIZE, write_fake_cityscapes
 from isa_explorer.distributed import SYNC_BN_NEEDS_CUDA, DistInfo, sync_batchnorm
+from isa_explorer.models.fusion import fuse_for_inference
 from isa_explorer.models.isa.decoder import ISADecoder
-from isa_explorer.models.prepare import prepare_for_inference
 from isa_explorer.training import checkpoint, train
 from isa_explorer.training.steps import amp_dtype
 
@@ -39,6 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The GPU check: a script of the repository whose modules import one another by name.
 GPU_CHECK = ROOT / "benchmarks" / "gpu"
 sys.path.insert(0, str(GPU_CHECK))
+sys.path.insert(1, str(GPU_CHECK.parent))  # the decoder benchmark, as run.py does
+from decoder import measure_decoder  # noqa: E402
+from fake_cityscapes import FULL_SIZE, write_fake_cityscapes  # noqa: E402
 from graph_breaks import graph_breaks  # noqa: E402
 from plan import Case, smoke_plan  # noqa: E402
 from run import _run_case, run_check  # noqa: E402
@@ -107,7 +108,8 @@ def test_compiled_decoder_matches_eager_without_graph_breaks():
         assert graph_breaks(decoder, x)["graph_breaks"] == 0, impl
     decoder.attn_impl = "fused"
     with torch.no_grad():
-        assert graph_breaks(prepare_for_inference(decoder), x)["graph_breaks"] == 0
+        fused = fuse_for_inference(copy.deepcopy(decoder))
+        assert graph_breaks(fused, x)["graph_breaks"] == 0
 
     # Training: logits and every parameter's gradient.
     compiled = copy.deepcopy(decoder)
@@ -126,10 +128,10 @@ def test_compiled_decoder_matches_eager_without_graph_breaks():
     compiled_grads = torch.cat([p.grad.flatten() for p in compiled.parameters()])
     assert _rel(compiled_grads, eager_grads) < 1e-4
 
-    # Inference: the prepared, streamed decoder.
-    prepared = prepare_for_inference(decoder)
+    # Inference: the fused decoder (compiled: the whole map; eager: streamed).
+    fused = fuse_for_inference(decoder)
     with torch.no_grad():
-        torch.testing.assert_close(torch.compile(prepared)(x), prepared(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(torch.compile(fused)(x), fused(x), rtol=1e-4, atol=1e-5)
 
 
 def test_whole_model_compiles_without_graph_breaks():
@@ -139,7 +141,7 @@ def test_whole_model_compiles_without_graph_breaks():
     train_pass = graph_breaks(model.forward_train, x)
     assert train_pass["graph_breaks"] == 0 and train_pass["graphs"] == 1, train_pass
     with torch.no_grad():
-        inference = graph_breaks(prepare_for_inference(model), x)
+        inference = graph_breaks(fuse_for_inference(model), x)
     assert inference["graph_breaks"] == 0 and inference["graphs"] == 1, inference
 
 
@@ -161,25 +163,25 @@ def test_compiled_training_through_train_matches_eager(tmp_path):
     miou = eager["final_metrics"]["mIoU"]
     assert result["final_metrics"]["mIoU"] == pytest.approx(miou, abs=1e-3)
 
-    # The model of that run, prepared and compiled for inference, gives the eager logits.
+    # The model of that run, fused and compiled for inference, gives the eager logits.
     torch.manual_seed(0)
     from isa_explorer import ISANet
 
-    prepared = prepare_for_inference(ISANet.from_pretrained(tmp_path / "compiled" / "final"))
+    fused = fuse_for_inference(ISANet.from_pretrained(tmp_path / "compiled" / "final"))
     x = torch.randn(1, 3, 96, 192)
     with torch.no_grad():
-        torch.testing.assert_close(torch.compile(prepared)(x), prepared(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(torch.compile(fused)(x), fused(x), rtol=1e-4, atol=1e-4)
 
 
-def test_prepared_model_runs_under_bf16_autocast():
+def test_fused_model_runs_under_bf16_autocast():
     torch.manual_seed(0)
     model = small_isanet(aux_head=True, aux_channels=16).eval()
-    prepared = prepare_for_inference(model)
+    fused = fuse_for_inference(copy.deepcopy(model))
     x = torch.randn(1, 3, 64, 96)
     with torch.inference_mode():
         ref = model(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            plain, fast = model(x), prepared(x)
+            plain, fast = model(x), fused(x)
     assert fast.dtype == plain.dtype == torch.bfloat16
     # bf16 keeps 8 bits of mantissa (0.4% per rounding); over ~20 layers the logits stay
     # within a few percent of their range of the fp32 ones.

@@ -49,6 +49,15 @@ _PROSE = {"command", "commands"}
 _HELP = {"-h", "--help"}
 #: Folders of runnable scripts: a quoted ``train/fit.py --list`` is a command too.
 _SCRIPT_DIRS = {"train", "benchmarks", "docs"}
+#: ``isa-explorer bench NAME`` that became ``python benchmarks/SCRIPT.py``: results recorded
+#: before the move keep the command they ran, checked against the script.
+_MOVED = {
+    "decoder": "decoder",
+    "click": "click_latency",
+    "synthetic": "synthetic",
+    "export": "export",
+}
+_MOVED_COMMAND = re.compile(rf"^isa-explorer bench ({'|'.join(_MOVED)})\b")
 
 
 @dataclass(frozen=True)
@@ -127,7 +136,9 @@ def _result_commands(path: Path) -> list[Snippet]:
         return obj
 
     json.loads(text, object_hook=keep)
-    return [Snippet(path, text.count("\n", 0, text.find(json.dumps(c))) + 1, c) for c in found]
+    lines = [text.count("\n", 0, text.find(json.dumps(c))) + 1 for c in found]
+    moved = [_MOVED_COMMAND.sub(lambda m: f"python benchmarks/{_MOVED[m[1]]}.py", c) for c in found]
+    return [Snippet(path, line, c) for line, c in zip(lines, moved, strict=True)]
 
 
 def _snippets(path: Path) -> list[Snippet]:
@@ -394,3 +405,6 @@ def test_the_scan_sees_the_references() -> None:
     assert _unresolved("isa_explorer.no_such_module") is not None
     assert _snippet_errors(Snippet(ROOT / "README.md", 1, "isa-explorer bench attention --nope"))
     assert not _snippet_errors(Snippet(ROOT / "README.md", 1, "isa-explorer zoo list --markdown"))
+    script = "python benchmarks/decoder.py --mode train --rounds 2"
+    assert not _snippet_errors(Snippet(ROOT / "README.md", 1, script))
+    assert _snippet_errors(Snippet(ROOT / "README.md", 1, script + " --nope"))

@@ -2,12 +2,12 @@
 
 * ``heads`` -- the attention-module benchmark (:func:`isa_explorer.bench.attention.measure_case`:
   the context step alone, ``isa-fused`` / ``isa-explicit`` / ``dense-fused``) and the whole
-  decoder (:func:`isa_explorer.bench.decoder.measure_decoder`: the prepared head's forward, the
+  decoder (``measure_decoder`` of ``benchmarks/decoder.py``: the fused head's forward, the
   plain head's training step, also with the relation blocks checkpointed), at each feature
   size of the plan, in this process (on CUDA the peak is ``max_memory_allocated`` after a
   reset, so no fresh process is needed);
 * ``token_budget`` -- the streamed inference path
-  (:func:`~isa_explorer.models.isa.streaming.streamed_context`) of the prepared fused decoder
+  (:func:`~isa_explorer.models.isa.decoder.isa_context`) of the fused decoder
   at one feature map with each budget of the plan, fp32 and bf16.
 """
 
@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
+from decoder import build_decoder, measure_decoder
 from isa_explorer.bench.attention import measure_case
-from isa_explorer.bench.decoder import build_decoder, measure_decoder
 from isa_explorer.bench.measure import MiB, PeakMemory, median_ms, time_runs
-from isa_explorer.models.isa.streaming import TOKEN_BUDGET, TOKEN_BUDGET_ACCELERATOR
+from isa_explorer.models.isa.decoder import TOKEN_BUDGET, TOKEN_BUDGET_ACCELERATOR
 from plan import Case, Plan, autocast
 
 #: The modules of the attention benchmark (dense: through SDPA; its N x N affinity would not fit).
@@ -84,7 +84,7 @@ def _decoder_case(
 
 
 def budget_cases(plan: Plan, ctx: Any = None) -> list[Case]:
-    """The prepared fused decoder at ``plan.budget_feature`` with each token budget."""
+    """The fused decoder at ``plan.budget_feature`` with each token budget."""
     h, w = plan.budget_feature
     cases = []
     for dtype in ("fp32", "bf16"):

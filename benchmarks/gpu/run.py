@@ -7,7 +7,7 @@ Sections (``--sections``), each a list of cases that run and are recorded one at
   recipe (512x1024 crops, batch 2, bf16 autocast, random init) on a generated Cityscapes
   layout at full size: s/iter, images/s and peak memory, fused vs explicit ISA, eager and
   ``torch.compile``;
-* ``inference`` -- the prepared R-50-D8 on whole 1024x2048 images: images/s and peak memory,
+* ``inference`` -- the fused R-50-D8 on whole 1024x2048 images: images/s and peak memory,
   fp32 and bf16, eager and compiled;
 * ``heads`` -- the attention-module and decoder benchmarks, fused vs explicit vs dense,
   forward and forward+backward, 64x128 to 256x512 feature maps;
@@ -25,7 +25,8 @@ package registry: ``docs/gpu_check.md``.
 The modules beside this script hold the sizes (``plan.py``), the sections (``sections.py``,
 ``heads.py``), the summary and markdown (``report.py``) and dynamo's graph counts
 (``graph_breaks.py``); they import one another by name, which works because Python puts this
-script's folder first on ``sys.path``.
+script's folder first on ``sys.path``, and the decoder benchmark (``benchmarks/decoder.py``),
+whose folder this script puts second.
 
 Usage, from the repository root (the package installed, or on ``PYTHONPATH``)::
 
@@ -47,6 +48,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+#: ``benchmarks/``: ``heads.py`` and ``sections.py`` import the decoder benchmark by name.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from heads import budget_cases, head_cases
 from isa_explorer.bench.measure import system_info

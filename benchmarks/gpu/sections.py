@@ -3,7 +3,7 @@
 Each ``*_cases`` function returns the :class:`plan.Case` list of one
 section. Training goes through :func:`isa_explorer.training.train` (what ``train/fit.py``
 runs) with the published recipe; inference runs the model as ``load_model(...,
-for_inference=True)`` returns it (:func:`~isa_explorer.models.prepare.prepare_for_inference`),
+for_inference=True)`` returns it (:func:`~isa_explorer.models.fuse_for_inference`),
 channels-last. The head benchmarks and the token-budget sweep are in
 ``heads.py``.
 """
@@ -25,13 +25,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from decoder import HEAD
+from fake_cityscapes import write_fake_cityscapes
 from graph_breaks import graph_breaks, graphs_over_sizes
-from isa_explorer.bench.decoder import HEAD
 from isa_explorer.bench.measure import MiB, PeakMemory, time_runs
 from isa_explorer.configs import TrainConfig, get_config
-from isa_explorer.data.fake_cityscapes import write_fake_cityscapes
+from isa_explorer.models.fusion import fuse_for_inference
 from isa_explorer.models.isa.decoder import ISADecoder
-from isa_explorer.models.prepare import prepare_for_inference
 from isa_explorer.training import build_model, train
 from isa_explorer.training.steps import amp_dtype
 from plan import RECIPE, Case, Plan, autocast
@@ -149,7 +149,7 @@ def _train_case(
 
 # -- 2. whole-image inference ----------------------------------------------------------------
 def inference_cases(plan: Plan, ctx: Context) -> list[Case]:
-    """The prepared R-50-D8 on whole images: fp32 and bf16, eager and compiled."""
+    """The fused R-50-D8 on whole images: fp32 and bf16, eager and compiled."""
     cases = []
     for compiled in (False, True) if plan.compile else (False,):
         for dtype in ("fp32", "bf16") if not compiled else ("bf16", "fp32"):
@@ -164,7 +164,7 @@ def _inference_case(plan: Plan, dtype: str, compiled: bool) -> dict[str, Any]:
     device = torch.device(plan.device)
     torch.manual_seed(0)
     model = build_model(recipe_config(plan).model).to(device)
-    model = prepare_for_inference(model, inplace=True).to(memory_format=torch.channels_last)
+    model = fuse_for_inference(model).to(memory_format=torch.channels_last)
     x = torch.randn(1, 3, *plan.image, device=device)  # (1, 3, H, W) normalised images
     x = x.contiguous(memory_format=torch.channels_last)
     fn = torch.compile(model) if compiled else model
@@ -211,10 +211,12 @@ def graph_break_cases(plan: Plan, ctx: Context) -> list[Case]:
         Case("graph_breaks", f"decoder {impl} train", partial(_decoder_breaks, plan, impl), 5)
         for impl in ("fused", "explicit")
     ]
-    cases.append(Case("graph_breaks", "decoder fused prepared", partial(_prepared_breaks, plan)))
+    cases.append(Case("graph_breaks", "decoder fused for inference", partial(_fused_breaks, plan)))
     cases.append(Case("graph_breaks", "decoder over sizes", partial(_recompiles, plan)))
     cases.append(Case("graph_breaks", "model train", partial(_model_breaks, plan, False), 20))
-    cases.append(Case("graph_breaks", "model prepared", partial(_model_breaks, plan, True), 20))
+    cases.append(
+        Case("graph_breaks", "model fused for inference", partial(_model_breaks, plan, True), 20)
+    )
     return cases
 
 
@@ -231,10 +233,10 @@ def _decoder_breaks(plan: Plan, impl: str) -> dict[str, Any]:
     return {"size": list(plan.target_feature), **graph_breaks(dec.train(), x)}
 
 
-def _prepared_breaks(plan: Plan) -> dict[str, Any]:
+def _fused_breaks(plan: Plan) -> dict[str, Any]:
     dec, x = _decoder(plan, "fused")
     with torch.no_grad():
-        out = graph_breaks(prepare_for_inference(dec), x)
+        out = graph_breaks(fuse_for_inference(dec), x)
     return {"size": list(plan.target_feature), **out}
 
 
@@ -244,14 +246,14 @@ def _recompiles(plan: Plan) -> dict[str, Any]:
     return graphs_over_sizes(dec.eval(), xs)
 
 
-def _model_breaks(plan: Plan, prepared: bool) -> dict[str, Any]:
+def _model_breaks(plan: Plan, fused: bool) -> dict[str, Any]:
     torch.manual_seed(0)
     cfg = recipe_config(plan)
     model = build_model(cfg.model).to(plan.device)
-    if prepared:
+    if fused:
         x = torch.randn(1, 3, *plan.image, device=plan.device)  # (1, 3, H, W)
         with torch.no_grad():
-            out = graph_breaks(prepare_for_inference(model, inplace=True), x)
+            out = graph_breaks(fuse_for_inference(model), x)
     else:
         x = torch.randn(cfg.batch_size, 3, *plan.crop, device=plan.device)  # (B, 3, h, w)
         out = graph_breaks(model.train().forward_train, x)

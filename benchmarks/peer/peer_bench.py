@@ -12,8 +12,9 @@ backward + ``zero_grad``).
 
 Kinds: ``mmseg``; ``fused`` and ``explicit`` (:class:`ISADecoder` with that ``attn_impl``);
 ``fused-checkpoint`` and ``explicit-checkpoint`` (training only: the relation blocks under
-activation checkpointing); ``fused-prepared`` (inference only: the decoder prepared for
-inference, as ``load_model(..., for_inference=True)`` gives it).
+activation checkpointing); ``fused-prepared`` (inference only: the decoder made ready for
+inference, as ``load_model(..., for_inference=True)`` gives it: ``prepare_for_inference`` where
+the checkout has ``isa_explorer.models.prepare``, else ``isa_explorer.models.fuse_for_inference``).
 
 Usage:
     python benchmarks/peer/peer_bench.py --sizes 64x128,128x256 --modes infer,train --rounds 3 \\
@@ -96,10 +97,26 @@ def build(kind: str):
     head = ISADecoder(2048, 19, channels=512, isa_channels=256, attn_impl=impl)
     head.checkpoint_relations = kind.endswith("-checkpoint")
     if kind.endswith("-prepared"):  # the project's inference path (load_model(for_inference=True))
-        from isa_explorer.models.prepare import prepare_for_inference
-
-        head = prepare_for_inference(head.eval(), inplace=True)
+        head = _for_inference(head.eval())
     return head, (lambda h, x: h(x))
+
+
+def _for_inference(head):
+    """``head`` as ``load_model(..., for_inference=True)`` gives it, in either layout.
+
+    Checkouts with ``isa_explorer.models.prepare`` (the BN-folded twin) call
+    ``prepare_for_inference(head, inplace=True)``; later ones fuse in place through
+    ``isa_explorer.models.fuse_for_inference(head)``, which returns the head.
+    """
+    try:
+        from isa_explorer.models.prepare import prepare_for_inference
+    except ModuleNotFoundError as e:
+        if e.name != "isa_explorer.models.prepare":
+            raise
+        from isa_explorer.models import fuse_for_inference
+
+        return fuse_for_inference(head)
+    return prepare_for_inference(head, inplace=True)
 
 
 def one(kind: str, mode: str, h: int, w: int, reps: int = 4, warmup: int = 1) -> dict:

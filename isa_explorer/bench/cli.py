@@ -1,4 +1,8 @@
-"""``isa-explorer bench KIND [ARGS]``: every benchmark under one command."""
+"""``isa-explorer bench KIND [ARGS]``: the benchmarks of the package under one command.
+
+The developer benchmarks (decoder, click latency, synthetic data, export) are scripts of the
+repository: ``python benchmarks/NAME.py``.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,6 @@ BENCHMARKS = {
         "isa_explorer.bench.attention_cli",
         "ISA vs dense attention modules by resolution: memory, time, FLOPs",
     ),
-    "decoder": ("isa_explorer.bench.decoder", "the whole decoder: fused vs explicit vs dense"),
-    "click": ("isa_explorer.bench.click", "the app's server-side latency of one click"),
-    "synthetic": ("isa_explorer.bench.synthetic", "speed of the synthetic scene generator"),
-    "export": ("isa_explorer.bench.export", "ONNX / torch.export vs eager: exactness, CPU latency"),
 }
 
 

@@ -4,7 +4,8 @@ A CPU process's peak resident memory never goes down, so each case of a memory b
 in a new process. :func:`run_worker` starts ``python -m isa_explorer.bench.worker KIND SPEC``
 with :data:`~isa_explorer.bench.measure.WORKER_ENV`; the worker calls the function registered
 for ``KIND`` in :data:`WORKERS` with the JSON ``SPEC`` and prints its JSON result as the last
-line of stdout.
+line of stdout. A benchmark script outside the package (``benchmarks/decoder.py``) runs its
+cases the same way through :func:`run_fresh`, as ``python SCRIPT --worker SPEC``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from isa_explorer.bench.measure import WORKER_ENV
 #: ``kind -> "module:function"``; each function takes the spec dict and returns a JSON dict.
 WORKERS = {
     "attention": "isa_explorer.bench.attention:worker",
-    "decoder": "isa_explorer.bench.decoder:worker",
     "train-step": "isa_explorer.experiments.context:train_step_worker",
 }
 
@@ -38,7 +38,16 @@ def run_worker(kind: str, spec: dict[str, Any], timeout: float | None = None) ->
     """
     if kind not in WORKERS:
         raise ValueError(f"unknown worker {kind!r}: choose from {', '.join(WORKERS)}")
-    cmd = [sys.executable, "-m", __name__, kind, json.dumps(spec)]
+    return run_fresh([sys.executable, "-m", __name__, kind], spec, timeout)
+
+
+def run_fresh(
+    command: list[str], spec: dict[str, Any], timeout: float | None = None
+) -> dict[str, Any]:
+    """Run ``command SPEC`` (``spec`` as JSON) in a fresh process with
+    :data:`~isa_explorer.bench.measure.WORKER_ENV`; the JSON of its last stdout line is the
+    result, a crash or timeout as in :func:`run_worker`."""
+    cmd = [*command, json.dumps(spec)]
     try:
         env = {**os.environ, **WORKER_ENV}
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
