@@ -1,12 +1,18 @@
 """The head benchmark: per-case measurements, subprocess isolation, probe cache, CLI output."""
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from isa_explorer.attention import query_maps
-from isa_explorer.bench import decoder as bench_head
+from isa_explorer.models.fusion import is_fused
+
+#: The decoder benchmark: a script of the repository, ``python benchmarks/decoder.py``.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import decoder as bench_head
 
 SMALL = dict(in_channels=24, classes=3, channels=32, isa_channels=16)
 
@@ -58,7 +64,7 @@ def test_cli_runs_cases_in_subprocesses_and_writes_json(tmp_path, capsys):
     }
     system = report["system"]
     assert (
-        system["command"].startswith("isa-explorer bench decoder ")
+        system["command"].startswith("python benchmarks/decoder.py ")
         and "--sizes 8x16" in system["command"]
     )
     assert system["threads"] >= 1 and len(system["loadavg"]) == 3 and system["torch"]
@@ -85,7 +91,7 @@ def test_training_mode_times_a_training_step(path):
     r = bench_head.measure_decoder(path, (12, 20), runs=2, warmup=1, head=SMALL, mode="train")
     assert r["status"] == "ok" and r["mode"] == "train" and len(r["times_ms"]) == 2
     model = bench_head.build_decoder(path, SMALL, mode="train")
-    assert model.training and not getattr(model, "prepared", False)
+    assert model.training and not is_fused(model)
     assert getattr(model, "checkpoint_relations", False) == path.endswith("-checkpoint")
     x = torch.randn(1, 24, 12, 20)
     bench_head.train_step(model, x)  # the gradients are computed, then cleared
