@@ -105,7 +105,7 @@ def test_streamed_isa_context_equals_the_explicit_path(order, size, token_budget
 
 
 def test_inference_streams_chunk_by_chunk_and_autograd_runs_the_whole_map(monkeypatch):
-    """A budget of one token gives one chunk per row of sequences: d1 = lh (long), gh (short)."""
+    """A small budget gives a chunk per sequence, a larger one whole rows of sequences."""
     decoder = ISADecoder(8, 2, 16, 8, down_factor=(4, 4)).eval()
     sizes = []
     for block in (decoder.global_relation, decoder.local_relation):
@@ -114,8 +114,18 @@ def test_inference_streams_chunk_by_chunk_and_autograd_runs_the_whole_map(monkey
     decoder.token_budget = 1
     with torch.no_grad():
         decoder(x)
-    # long step: a chunk per row offset li: lw = 4 sequences of gh * gw = 15 positions;
-    # short step: a chunk per row of blocks: gw = 5 sequences of lh * lw = 16 positions.
+    # long step: lh * lw = 16 sequences of gh * gw = 15 positions; short step: gh * gw = 15
+    # sequences of lh * lw = 16 positions; one sequence a chunk.
+    assert sizes == [(1, 15, 16)] * 16 + [(1, 16, 16)] * 15
+    sizes.clear()
+    decoder.token_budget = 40  # two sequences a chunk; a row of the long step holds four
+    with torch.no_grad():
+        decoder(x)
+    assert sizes == [(2, 15, 16)] * 8 + [(2, 16, 16), (2, 16, 16), (1, 16, 16)] * 3
+    sizes.clear()
+    decoder.token_budget = 80  # whole rows: the long step's four sequences, the short step's five
+    with torch.no_grad():
+        decoder(x)
     assert sizes == [(4, 15, 16)] * 4 + [(5, 16, 16)] * 3
     sizes.clear()
     decoder.token_budget = None  # the CPU default holds the whole map here

@@ -157,21 +157,26 @@ def _chunks(
 ) -> None:
     """Attend ``src`` into ``dst``, both ``(B, d1, d2, d3, d4, C)`` in one step's layout.
 
-    Sequences are ``(B, d1, d2)``, their positions ``(d3, d4)``; chunks split ``d1``. With
-    ``qk``, each chunk's queries and keys are written into those views too.
+    Sequences are ``(B, d1, d2)``, their positions ``(d3, d4)``; a chunk is whole rows of
+    ``d1`` or, when one row holds more than ``token_budget`` positions, part of one row (at
+    least one sequence). With ``qk``, each chunk's queries and keys are written there too.
     """
     b, d1, d2, d3, d4, c = src.shape
-    per = max(1, token_budget // (b * d2 * d3 * d4))  # d1 rows per chunk
-    for i in range(0, d1, per):
-        j = min(i + per, d1)
-        t = src[:, i:j].reshape(-1, d3 * d4, c)  # (B * n * d2, L, C): a copy of the chunk
-        if qk is None:
-            y = block(t, "fused")  # (B * n * d2, L, C)
-        else:
-            y, q, k = block(t, "fused", return_qk=True)
-            for view, v in zip(qk, (q, k), strict=True):
-                view[:, i:j] = v.view(b, j - i, d2, d3, d4, -1)
-        dst[:, i:j] = y.view(b, j - i, d2, d3, d4, c)
+    per_seq = b * d3 * d4  # positions of one (d1, d2) entry over the batch
+    n2 = max(1, min(d2, token_budget // per_seq))  # d2 entries per chunk
+    n1 = max(1, token_budget // (per_seq * d2)) if n2 == d2 else 1  # d1 rows per chunk
+    for i in range(0, d1, n1):
+        for k in range(0, d2, n2):
+            rows, cols = slice(i, min(i + n1, d1)), slice(k, min(k + n2, d2))
+            t = src[:, rows, cols].reshape(-1, d3 * d4, c)  # (B * n1 * n2, L, C): a copy
+            shape = (b, rows.stop - i, cols.stop - k, d3, d4)
+            if qk is None:
+                y = block(t, "fused")  # (B * n1 * n2, L, C)
+            else:
+                y, q, key = block(t, "fused", return_qk=True)
+                for view, v in zip(qk, (q, key), strict=True):
+                    view[:, rows, cols] = v.view(*shape, -1)
+            dst[:, rows, cols] = y.view(*shape, c)
 
 
 class ISADecoder(ContextHead):
