@@ -50,7 +50,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_PROJECT = HERE.parent
-KEYS_FILE = DEFAULT_PROJECT.parent / "shared" / "fixtures" / "mmseg_isanet" / "isanet_r50_keys.txt"
+KEYS_FILE = DEFAULT_PROJECT / "tests" / "fixtures" / "isanet_r50_keys.txt"  # from mmseg
 CASES = ("default", "zoo", "zoo-cached")
 ZOO_NAME = "isanet_r50-d8_random-weights_cityscapes-512x1024"
 ZOO_FILE = f"/isanet/{ZOO_NAME}/{ZOO_NAME}_20260101_000000-{{sha}}.pth"
