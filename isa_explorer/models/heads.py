@@ -97,8 +97,8 @@ def _pointwise_in_bands(layer: nn.Module, *maps: torch.Tensor) -> torch.Tensor:
     once per band.
     """
     b, _, h, w = maps[0].shape
-    row_bytes = b * sum(m.shape[1] for m in maps) * w * maps[0].element_size()
-    rows = max(1, POINTWISE_BAND_BYTES // row_bytes)
+    per_row = b * sum(m.shape[1] for m in maps) * w * maps[0].element_size()  # bytes
+    rows = max(1, POINTWISE_BAND_BYTES // per_row)
     out = None
     for r0 in range(0, h, rows):
         y = layer(torch.cat([m[:, :, r0 : r0 + rows] for m in maps], dim=1))  # (B, Cout, r, W)

@@ -115,11 +115,9 @@ def _streamed(
     MiB of chunk buffers, against ~400 MiB for the whole map (``docs/benchmarks.md``).
     """
     if token_budget is None:
-        cpu = residual.device.type == "cpu"
-        token_budget = TOKEN_BUDGET if cpu else TOKEN_BUDGET_ACCELERATOR
+        token_budget = TOKEN_BUDGET if residual.device.type == "cpu" else TOKEN_BUDGET_ACCELERATOR
     (first, block1), (second, block2) = steps
     b, c = residual.shape[:2]
-    hp, wp = grid.padded
     attn: Attention | None = {"grid": grid} if return_attention else None
     src = grid.step_view(grid.pad(residual).permute(0, 2, 3, 1), first)  # views, no copy
     mid = residual.new_empty(b, *grid.dims(second), c)  # tokens of the second step
@@ -127,10 +125,9 @@ def _streamed(
     qk1 = _qk_maps(attn, first, block1, grid, residual)
     _chunks(block1, src, mid.permute(swap), token_budget, qk1)
     del src
-    out = residual.new_empty(b, hp, wp, c)  # (B, hp, wp, C)
+    out = residual.new_empty(b, *grid.padded, c)  # (B, hp, wp, C)
     qk2 = _qk_maps(attn, second, block2, grid, residual)
     _chunks(block2, mid, grid.step_view(out, second), token_budget, qk2)
-    del mid
     return grid.crop(out.permute(0, 3, 1, 2)), attn  # (B, C, H, W), channels-last
 
 
@@ -140,12 +137,9 @@ def _qk_maps(
     """New padded maps for one step's queries and keys (in ``attn``), as views in its layout."""
     if attn is None:
         return None
-    (hp, wp), views = grid.padded, []
-    for name in ("q", "k"):
-        m = like.new_empty(like.shape[0], hp, wp, block.isa_channels)  # (B, hp, wp, Ck)
-        attn[f"{step}_{name}"] = m.permute(0, 3, 1, 2)  # (B, Ck, hp, wp)
-        views.append(grid.step_view(m, step))
-    return views[0], views[1]
+    maps = [like.new_empty(like.shape[0], *grid.padded, block.isa_channels) for _ in "qk"]
+    attn[f"{step}_q"], attn[f"{step}_k"] = (m.permute(0, 3, 1, 2) for m in maps)  # (B, Ck, hp, wp)
+    return grid.step_view(maps[0], step), grid.step_view(maps[1], step)
 
 
 def _chunks(
