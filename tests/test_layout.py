@@ -72,7 +72,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_import_graph_has_no_cycle():
     graph = import_graph()
-    assert len(graph) > 60 and "isa_explorer.models.prepare" in graph
+    assert len(graph) > 60 and "isa_explorer.models.fusion" in graph
     cycle = find_cycle(graph)
     assert cycle is None, " -> ".join(cycle)
 
