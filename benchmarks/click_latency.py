@@ -15,6 +15,7 @@ Prints a table and writes JSON (default ``results/click_latency_cpu.json``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -60,7 +61,7 @@ def measure(
         t0 = time.perf_counter()
         maps = ex.attention(state, int(xs[i]), int(ys[i]))
         t1 = time.perf_counter()
-        state.query = maps.query
+        state = dataclasses.replace(state, query=maps.query)  # as Explorer.click does
         result = ex.render_click(state, maps, 0.6, show_grid)
         view = ex.prediction_view(state, 0.6, show_grid)
         t2 = time.perf_counter()

@@ -10,7 +10,10 @@ channels, 256 query/key channels, 8x8 groups, batch 1) on feature maps of 32x64,
 * ``dense`` -- :class:`DenseAttentionDecoder` (one attention over all positions, fused);
 * ``dense-explicit`` -- dense with the ``N x N`` affinity materialised (not run by default);
 * ``fused-checkpoint``, ``explicit-checkpoint`` -- training only: the relation blocks under
-  activation checkpointing (:attr:`ISADecoder.checkpoint_relations`).
+  activation checkpointing (:meth:`ISADecoder.set_full_checkpoint`).
+
+Each path names a registered head (:func:`isa_explorer.heads.get`), an implementation and
+whether it checkpoints (:data:`PATHS`).
 
 ``--mode infer`` (default) times a forward of the decoder fused for inference
 (:func:`~isa_explorer.models.fusion.fuse_for_inference`) under ``inference_mode``;
@@ -36,21 +39,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from isa_explorer import heads
 from isa_explorer.attention import AttentionCache, capture_attention, query_maps
-from isa_explorer.bench.measure import (
-    MiB,
-    PeakMemory,
-    median_ms,
-    parse_size,
-    system_info,
-    time_runs,
-)
 from isa_explorer.bench.worker import run_fresh
+from isa_explorer.cli import parse_size
+from isa_explorer.costs.measure import MiB, PeakMemory, median_ms, system_info, time_runs
+from isa_explorer.heads.protocol import HeadConfig
 from isa_explorer.models.fusion import fuse_for_inference
-from isa_explorer.models.heads import DenseAttentionDecoder
-from isa_explorer.models.isa.decoder import ISADecoder
 
-PATHS = ("fused", "explicit", "dense", "dense-explicit", "fused-checkpoint", "explicit-checkpoint")
+#: ``path -> (head, attention implementation, full activation checkpointing)``.
+PATHS = {
+    "fused": ("isa", "fused", False),
+    "explicit": ("isa", "explicit", False),
+    "dense": ("dense", "fused", False),
+    "dense-explicit": ("dense", "explicit", False),
+    "fused-checkpoint": ("isa", "fused", True),
+    "explicit-checkpoint": ("isa", "explicit", True),
+}
 DEFAULT_PATHS = ("fused", "explicit", "dense")
 DEFAULT_TRAIN_PATHS = ("fused", "explicit", "fused-checkpoint", "explicit-checkpoint")
 MODES = ("infer", "train")
@@ -70,17 +75,15 @@ def build_decoder(path: str, head: dict[str, int] | None = None, mode: str = "in
         raise ValueError(f"unknown path {path!r}: choose from {', '.join(PATHS)}")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: choose from {', '.join(MODES)}")
-    checkpoint = path.endswith("-checkpoint")
+    name, impl, checkpoint = PATHS[path]
     if checkpoint and mode != "train":
         raise ValueError(f"{path!r} is a training path (checkpointing keeps nothing at inference)")
     cfg = dict(HEAD if head is None else head)
-    if path.startswith("dense"):
-        impl = "explicit" if path == "dense-explicit" else "fused"
-        decoder = DenseAttentionDecoder(**cfg, attn_impl=impl)
-    else:
-        impl = path.removesuffix("-checkpoint")  # fused or explicit
-        decoder = ISADecoder(**cfg, down_factor=DOWN_FACTOR, attn_impl=impl)
-        decoder.checkpoint_relations = checkpoint
+    config = HeadConfig(
+        cfg["channels"], cfg["isa_channels"], attn_impl=impl, down_factor=DOWN_FACTOR
+    )
+    decoder = heads.get(name).build(cfg["in_channels"], cfg["classes"], config)
+    decoder.set_full_checkpoint(checkpoint)
     if mode == "train":
         return decoder.train()
     return fuse_for_inference(decoder)

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
-from isa_explorer.bench.measure import median_ms, parse_size, system_info, time_runs
+from isa_explorer.cli import parse_size
+from isa_explorer.costs.measure import median_ms, system_info, time_runs
 from isa_explorer.export import export_model, load_exported
-from isa_explorer.models.isa.model import ISANet
+from isa_explorer.models.isanet import ISANet
 from isa_explorer.pretrained import load_default_model
 
 CHECK_SIZES = ((256, 512), (257, 385), (512, 1024), (97, 131))

@@ -27,13 +27,15 @@ import json
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from isa_explorer.models.isa import decoder as isa_decoder
-from isa_explorer.models.isa.decoder import ISADecoder
+from isa_explorer import heads
+from isa_explorer.heads.grid import GroupGrid
+from isa_explorer.heads.protocol import HeadConfig
 from isa_explorer.models.layers import ConvBNReLU, MaskReLU
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -42,12 +44,12 @@ from memory_probe import kept_for_backward as probe  # noqa: E402
 MiB = 2**20
 
 
-def build(impl: str, checkpoint: bool = False) -> ISADecoder:
-    """The published head in train mode; ``checkpoint``: full checkpointing of the blocks
+def build(impl: str, checkpoint: bool = False) -> heads.Head:
+    """The published ISA head in train mode; ``checkpoint``: full checkpointing of the blocks
     (else selective, the default)."""
     torch.manual_seed(0)
-    head = ISADecoder(2048, 19, channels=512, isa_channels=256, attn_impl=impl).train()
-    head.checkpoint_relations = checkpoint
+    head = heads.get("isa").build(2048, 19, HeadConfig(512, 256, attn_impl=impl)).train()
+    head.set_full_checkpoint(checkpoint)
     return head
 
 
@@ -84,28 +86,28 @@ def undone(change: str, head: nn.Module):
     mp = []
     try:
         if change == "ReLU in place on a view (CopySlices in backward)":
-            mp.append((ConvBNReLU, "forward", ConvBNReLU.forward))
+            mp.append(partial(setattr, ConvBNReLU, "forward", ConvBNReLU.forward))
             ConvBNReLU.forward = _relu_on_a_view
         elif change == "swapped tokens as a strided view (each projection copies)":
-            mp.append((isa_decoder.GroupGrid, "_tokens", isa_decoder.GroupGrid._tokens))
-            isa_decoder.GroupGrid._tokens = _reshape_tokens
+            mp.append(partial(setattr, GroupGrid, "_tokens", GroupGrid._tokens))
+            GroupGrid._tokens = _reshape_tokens
         elif change == "ReLU keeps its output, not a mask":
             for m in head.modules():
                 if isinstance(m, ConvBNReLU) and isinstance(m.act, MaskReLU):
-                    mp.append((m, "act", m.act))
+                    mp.append(partial(setattr, m, "act", m.act))
                     m.act = nn.ReLU(inplace=True)
         elif change == "no selective checkpointing (plain blocks)":
-            mp.append((head, "selective_checkpoint", head.selective_checkpoint))
+            mp.append(partial(setattr, head, "selective_checkpoint", head.selective_checkpoint))
             head.selective_checkpoint = False
         elif change == "full checkpointing instead of selective":
-            mp.append((head, "checkpoint_relations", head.checkpoint_relations))
-            head.checkpoint_relations = True
+            mp.append(partial(head.set_full_checkpoint, False))  # built without it
+            head.set_full_checkpoint(True)
         elif change != "none (as shipped)":
             raise ValueError(change)
         yield
     finally:
-        for obj, name, value in reversed(mp):
-            setattr(obj, name, value)
+        for restore in reversed(mp):
+            restore()
 
 
 CHANGES = (

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from isa_explorer.bench.measure import parse_size
+from isa_explorer.cli import parse_size
 from isa_explorer.data.synthetic import SyntheticContextDataset, generate
 
 

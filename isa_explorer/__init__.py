@@ -25,9 +25,9 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "capture_attention": "isa_explorer.attention",
     "query_maps": "isa_explorer.attention",
-    "DenseAttentionDecoder": "isa_explorer.models",
-    "FCNHead": "isa_explorer.models",
-    "ISADecoder": "isa_explorer.models",
+    "DenseAttentionDecoder": "isa_explorer.heads.dense",
+    "FCNHead": "isa_explorer.heads.fcn",
+    "ISADecoder": "isa_explorer.heads.isa",
     "ISANet": "isa_explorer.models",
     "load_default_model": "isa_explorer.pretrained",
     "load_model": "isa_explorer.pretrained",
@@ -47,7 +47,10 @@ __all__ = [
 
 if TYPE_CHECKING:  # what type checkers and editors see; never run
     from isa_explorer.attention import capture_attention, query_maps
-    from isa_explorer.models import DenseAttentionDecoder, FCNHead, ISADecoder, ISANet
+    from isa_explorer.heads.dense import DenseAttentionDecoder
+    from isa_explorer.heads.fcn import FCNHead
+    from isa_explorer.heads.isa import ISADecoder
+    from isa_explorer.models import ISANet
     from isa_explorer.pretrained import load_default_model, load_model
 
 

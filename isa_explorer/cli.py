@@ -8,6 +8,7 @@ model.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 from collections.abc import Sequence
@@ -57,6 +58,21 @@ def dispatch(
         )
         return 1
     return int(module.main(argv[1:], prog=f"{prog} {name}") or 0)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"128x256"`` -> ``(128, 256)``: the ``HxW`` sizes of every command line.
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` is not two positive integers joined by ``x``.
+    """
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+        if h < 1 or w < 1:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r}: write HxW, e.g. 128x256") from None
+    return h, w
 
 
 def main(argv: Sequence[str] | None = None) -> int:

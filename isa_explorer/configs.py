@@ -1,10 +1,9 @@
 """Training configurations: the published mmsegmentation ISANet recipes and the synthetic one.
 
 ``CONFIGS`` holds every ISANet run of mmsegmentation's model zoo (Cityscapes, ADE20K and PASCAL
-VOC 2012 aug with R-50-D8 / R-101-D8) under mmseg's names, plus ``"synthetic-context"``, the
-small CPU recipe of the embedded default model. :func:`get_config` returns a copy with
-``key=value`` overrides applied; :meth:`TrainConfig.save` / :meth:`TrainConfig.load` round-trip
-the effective config of a run through JSON (the dataclasses: :mod:`isa_explorer.train_config`).
+VOC 2012 aug with R-50-D8 / R-101-D8) under mmseg's names, ``"synthetic-context"`` (the small
+CPU recipe of the embedded default model) and ``"folder"``. :func:`get_config` returns a copy
+with ``key=value`` overrides applied (the dataclasses: :mod:`isa_explorer.train_config`).
 """
 
 from __future__ import annotations
@@ -14,9 +13,7 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from isa_explorer.data.synthetic import SyntheticConfig
 from isa_explorer.evaluation.inference import SLIDE_CROP
 from isa_explorer.train_config import (
     _FLAT_EVAL,
@@ -54,7 +51,6 @@ def _published(dataset: str, depth: str, crop: tuple[int, int], iters: int) -> T
         name=name,
         dataset=dataset,
         train_split="train_aug" if dataset == "voc" else "train",
-        val_split="val",
         scale=scale,
         crop_size=crop,
         model=dict(
@@ -73,16 +69,13 @@ def _published(dataset: str, depth: str, crop: tuple[int, int], iters: int) -> T
         ),
         iters=iters,
         batch_size=batch,
-        lr=0.01,  # SGD momentum, weight decay, poly schedule, aux weight: the defaults
+        lr=0.01,  # SGD momentum, weight decay, poly schedule, aux weight, seed: the defaults
         eval_interval=iters // 10,  # mmseg: 2k, 4k, 8k, 16k
         ckpt_interval=2000,
         log_interval=50,
         evaluation=EvalConfig(mode="slide" if slide else "whole"),
         amp=True,
         channels_last=True,
-        compile=False,
-        clip_grad=None,
-        seed=0,
         workers=4,
     )
 
@@ -114,9 +107,6 @@ def _build_configs() -> dict[str, TrainConfig]:
         eval_interval=100,
         ckpt_interval=50,
         log_interval=10,
-        amp=False,
-        workers=0,
-        synthetic=SyntheticConfig(),
     )
     # Your own data: the ADE20K R-50-D8 recipe (pipeline, model, optimiser) from random weights
     # (nothing is downloaded unless --encoder-weights says so), classes from the data, scale
@@ -141,15 +131,6 @@ def _build_configs() -> dict[str, TrainConfig]:
 CONFIGS: dict[str, TrainConfig] = _build_configs()
 
 
-def _parse_value(text: str) -> Any:
-    if text.lower() in ("none", "null"):
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
     """A copy of ``cfg`` with ``"key=value"`` / ``"model.key=value"`` overrides applied.
 
@@ -165,7 +146,11 @@ def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
         key = key.strip()
         if not sep or not key:
             raise ValueError(f"override {item!r} must look like key=value (e.g. iters=2000)")
-        value = _parse_value(text.strip())
+        text = text.strip()
+        try:
+            value = None if text.lower() in ("none", "null") else json.loads(text)
+        except json.JSONDecodeError:
+            value = text
         if key in _FLAT_EVAL:  # the flat names of older configs
             key = f"evaluation.{_FLAT_EVAL[key]}"
         head, dot, sub = key.partition(".")

@@ -1,22 +1,15 @@
-"""Convert mmsegmentation's released ISANet checkpoints into ISA Explorer models.
+"""Convert mmsegmentation's released ISANet (and FCN) checkpoints into ISA Explorer models.
 
-mmseg's ISANet is ``ResNetV1c`` (deep stem, dilated to output stride 8) + ``ISAHead`` +
-``FCNHead`` auxiliary head. Its weights map one to one onto
-``ISANet(encoder_name="tu-resnet50c" / "tu-resnet101c", aux_head=True)``:
-
-* ``backbone.stem.{0,1,3,4,6}`` -> ``encoder.model.conv1.{0,1,3,4,6}``, ``backbone.stem.7`` ->
-  ``encoder.model.bn1``, ``backbone.layer*`` -> ``encoder.model.layer*`` (timm's ResNet);
-* ``decode_head.*`` -> ``decoder.*`` and ``auxiliary_head.*`` -> ``aux_head.*`` (same names).
-
-Depth, widths and class count are read from the weights' shapes
-(:mod:`isa_explorer.mmseg_spec`). Command line::
-
-    isa-explorer convert isanet_r50-d8_....pth converted/isanet_r50_cityscapes
+The weights map one to one onto ``ISANet(encoder_name="tu-resnet50c" / "tu-resnet101c",
+aux_head=True)``; :mod:`isa_explorer.mmseg_spec` renames the keys and reads the architecture from
+the weights (any registered head with mmseg names converts). Command line:
+``isa-explorer convert isanet_r50-d8_....pth converted/isanet_r50_cityscapes``.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +18,7 @@ from typing import Any
 
 import torch
 
+from isa_explorer import heads
 from isa_explorer.data.info import ADE20K_INFO, CITYSCAPES_INFO, VOC_INFO
 from isa_explorer.mmseg_spec import (
     RESNET_LAYERS,
@@ -33,7 +27,7 @@ from isa_explorer.mmseg_spec import (
     infer_spec,
     rename_key,
 )
-from isa_explorer.models.isa.model import ISANet
+from isa_explorer.models.isanet import ISANet
 from isa_explorer.safe_load import CheckpointFileError, read_torch_file
 
 __all__ = [
@@ -51,6 +45,8 @@ __all__ = [
 
 #: Dataset name -> info (class names, palette); a checkpoint's class count picks one.
 DATASETS = {"cityscapes": CITYSCAPES_INFO, "ade20k": ADE20K_INFO, "voc": VOC_INFO}
+_DEFAULT_HEAD = inspect.signature(ISANet).parameters["head"].default  # not named in the report
+_LABELS = {"decoder_channels": "head {} ch", "decoder_isa_channels": "isa {} ch"}  # head options
 
 
 @dataclass
@@ -79,9 +75,11 @@ class ConversionReport:
         s = self.spec
         aux = f"aux head {s.aux_channels} ch" if s.aux_channels else "no aux head"
         labels = self.dataset or ("names from the checkpoint" if self.named else "generic names")
+        parts = [_LABELS.get(k, f"{k} {{}}").format(v) for k, v in s.head_kwargs.items()]
+        head = "" if s.head == _DEFAULT_HEAD else f" ({s.head} head)"
         lines = [
-            f"ISANet R-{s.depth}-D8: {s.classes} classes ({labels}), "
-            f"head {s.decoder_channels} ch, isa {s.isa_channels} ch, {aux}",
+            f"ISANet R-{s.depth}-D8{head}: "
+            + ", ".join([f"{s.classes} classes ({labels})", *parts, aux]),
             f"mapped {self.mapped} tensors; unmapped {len(self.unmapped)}; "
             f"unexpected {len(self.unexpected)}",
         ]
@@ -169,7 +167,7 @@ def convert_checkpoint(
     strict: bool = False,
     align_corners: bool | None = None,
 ) -> tuple[ISANet, ConversionReport]:
-    """Build an :class:`ISANet` holding an mmseg ISANet checkpoint's weights.
+    """Build an :class:`ISANet` holding an mmseg ISANet (or FCN) checkpoint's weights.
 
     Args:
         checkpoint: Path of an mmseg ``.pth``, or its (``backbone.``/``decode_head.``...)
@@ -185,15 +183,12 @@ def convert_checkpoint(
         ``(model, report)``; the model is in eval mode.
 
     Raises:
-        ConversionError: Not an ISANet checkpoint, or weights missing / of the wrong shape.
+        ConversionError: No head converts it, or weights missing / of the wrong shape.
     """
-    meta: dict[str, Any] = {}
-    if isinstance(checkpoint, (str, Path)):
-        state, meta = load_mmseg_checkpoint(checkpoint)
-    else:
-        state = dict(checkpoint)
+    is_file = isinstance(checkpoint, (str, Path))
+    state, meta = load_mmseg_checkpoint(checkpoint) if is_file else (dict(checkpoint), {})
     if align_corners is None:
-        align_corners = isinstance(checkpoint, (str, Path)) and "769x769" in Path(checkpoint).name
+        align_corners = is_file and "769x769" in Path(checkpoint).name
     spec = infer_spec(state)
     dataset, names, palette = _labels(spec.classes, dataset, meta)
     model = ISANet(
@@ -205,8 +200,9 @@ def convert_checkpoint(
     )
     target = model.state_dict()
     renamed, unmapped, unexpected = {}, [], []
+    renames = heads.get(spec.head).mmseg.renames
     for key, value in state.items():
-        new = rename_key(key)
+        new = rename_key(key, renames)
         if new is None:
             unmapped.append(key)
         elif new not in target:
@@ -237,8 +233,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "isa-explorer convert") 
     """``isa-explorer convert IN.pth OUT_DIR``: convert and ``save_pretrained``."""
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Convert an mmsegmentation ISANet checkpoint into an ISA Explorer model "
-        "directory (safetensors + config; load with ISANet.from_pretrained(OUT_DIR)).",
+        description="Convert an mmsegmentation ISANet (or FCN) checkpoint into an ISA Explorer "
+        "model directory (safetensors + config; load with ISANet.from_pretrained(OUT_DIR)).",
     )
     parser.add_argument("checkpoint", type=Path, help="mmseg ISANet .pth file")
     parser.add_argument("out_dir", type=Path, help="output directory")

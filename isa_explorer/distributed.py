@@ -1,18 +1,16 @@
 """Several processes (``torchrun``): the one process-group set-up, for training and evaluation.
 
 :func:`setup_distributed` joins the group ``torchrun`` describes (NCCL on CUDA, Gloo on CPU)
-and picks this process's device. Evaluation splits a dataset with :class:`ShardSampler`:
-``torch.utils.data.DistributedSampler`` pads it with repeated images so that every process gets
-as many, and counting those twice would bias the metrics; a shard takes images ``r, r + n,
-r + 2n, ...`` without repeats and the confusion matrices are summed across processes. Training
-draws its samples from a shuffled ``DistributedSampler`` (repeats do no harm there).
+and picks this process's device. Evaluation shards a dataset with :class:`ShardSampler` (images
+``r, r + n, ...``; ``DistributedSampler`` pads with repeats, which would bias the metrics) and
+sums the confusion matrices; training draws from a shuffled ``DistributedSampler``.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,8 +42,7 @@ class DistInfo:
 def setup_distributed(device: str | None = None) -> DistInfo:
     """Join the ``torchrun`` process group if there is one, and pick this process's device.
 
-    Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the group is initialised with
-    NCCL on CUDA and Gloo on CPU; each CUDA process uses ``cuda:LOCAL_RANK``. A plain
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) each CUDA process uses ``cuda:LOCAL_RANK``; a plain
     ``python`` launch is a world of one.
 
     Args:
@@ -128,9 +125,7 @@ def barrier(info: DistInfo) -> None:
 def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Mean of a tensor over the processes (a detached copy)."""
     value = value.detach().clone()
-    if info.distributed:
-        dist.all_reduce(value)
-        value /= info.world_size
+    average_tensors([value], info)
     return value
 
 
@@ -143,18 +138,17 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     return out
 
 
-def average_buffers(module: torch.nn.Module, info: DistInfo) -> None:
-    """Average the floating-point buffers (BatchNorm running statistics) over the processes.
+def average_tensors(tensors: Iterable[torch.Tensor], info: DistInfo) -> None:
+    """Average tensors over the processes, in place (no-op in a world of one)."""
+    for t in tensors if info.distributed else ():
+        dist.all_reduce(t)
+        t /= info.world_size
 
-    Without SyncBatchNorm (CPU processes) each replica tracks the statistics of its own
-    batches; averaging them before evaluating or saving keeps the replicas identical.
-    """
-    if not info.distributed:
-        return
-    for buf in module.buffers():
-        if buf.is_floating_point():
-            dist.all_reduce(buf)
-            buf /= info.world_size
+
+def average_training_state(model: torch.nn.Module, info: DistInfo) -> None:
+    """Average the buffers a head updates in training (mmseg's EMAHead: its bases, by momentum;
+    :meth:`~isa_explorer.heads.protocol.Head.training_state`) over the processes, in place."""
+    average_tensors(model.decoder.training_state(), info)
 
 
 #: Why a distributed run on CPUs keeps plain BatchNorm (SyncBatchNorm's training forward
@@ -173,10 +167,9 @@ def sync_batchnorm(model: torch.nn.Module, info: DistInfo) -> tuple[torch.nn.Mod
         info: This process's place in the run.
 
     Returns:
-        ``(model, reason)``: with every ``BatchNorm*d`` converted (same parameters, buffers and
-        state-dict keys) and ``reason`` ``None`` for several CUDA processes; ``model`` as it
-        was otherwise, ``reason`` :data:`SYNC_BN_NEEDS_CUDA` for several CPU processes and
-        ``None`` for one process (its batch statistics are the whole batch's).
+        ``(model, reason)``: for several CUDA processes every ``BatchNorm*d`` converted (same
+        parameters, buffers and state-dict keys); else ``model`` as it was. ``reason`` is
+        :data:`SYNC_BN_NEEDS_CUDA` for several CPU processes, else ``None``.
     """
     if not info.distributed:
         return model, None

@@ -1,15 +1,12 @@
 """The one image reader: any file Pillow decodes -> ``uint8`` RGB, the same way everywhere.
 
 Datasets (:mod:`isa_explorer.data`), ``isa-explorer predict``, the app and the notebooks all
-read images through :func:`read_rgb` (files) or :func:`to_rgb8` (decoded images and arrays):
-
-* the EXIF orientation is applied (photos come out upright);
-* grey and palette images are expanded to RGB; transparent ones are composited over white;
-* 16-bit images are scaled to 8 bits (``/ 257``), float images in ``0..1`` by 255, other
-  ranges stretched to 0-255; each change is recorded in ``notes`` for the user;
-* animated images (GIF, WebP, APNG) are read as their first frame, and the note says so;
-* images of more than :data:`MAX_PIXELS` are refused before they are decoded; empty files are
-  named as empty.
+read images through :func:`read_rgb` (files) or :func:`to_rgb8` (decoded images and arrays).
+The EXIF orientation is applied; grey and palette images become RGB, transparent ones are
+composited over white; 16-bit images are scaled to 8 bits (``/ 257``), float images in ``0..1``
+by 255, other ranges stretched to 0-255; animated images (GIF, WebP, APNG) give their first
+frame. Each change is recorded in ``notes`` for the user. Images of more than
+:data:`MAX_PIXELS` are refused before they are decoded; empty files are named as empty.
 
 Problems raise :class:`CorruptFileError` (a ``ValueError``) naming the file and the fix, or
 ``FileNotFoundError``. The messages are the same wherever an image is read (the app, its API,
@@ -201,11 +198,9 @@ def to_rgb8(image: Image.Image | np.ndarray, notes: list[str] | None = None) -> 
     if orientation not in (1, None):
         im = ImageOps.exif_transpose(im)
         notes.append(f"rotated upright from its EXIF orientation ({orientation})")
-    if im.mode.startswith("I;16"):
-        return _array_to_rgb(np.asarray(im).astype(np.uint16), notes)
-    if im.mode in ("I", "F"):
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
         a = np.asarray(im)
-        if im.mode == "I" and a.min(initial=0) >= 0 and a.max(initial=0) <= 65535:
+        if im.mode != "F" and a.min(initial=0) >= 0 and a.max(initial=0) <= 65535:
             a = a.astype(np.uint16)  # 16-bit PNGs often open as mode "I"
         return _array_to_rgb(a, notes)
     if im.mode == "P" and "transparency" in im.info:
@@ -250,14 +245,11 @@ def _to_uint8(a: np.ndarray, notes: list[str]) -> np.ndarray:
     if not np.isfinite(a).all():
         raise ImageArrayError("the image holds NaN or infinite values")
     lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-    if dtype == np.uint16:
-        scale = 255.0 / 65535.0
-        notes.append("16-bit image scaled to 8 bits")
-    elif floating and lo >= 0 and hi <= 1.0:
+    if floating and lo >= 0 and hi <= 1.0:
         scale = 255.0
-    elif lo >= 0 and hi <= 255:
+    elif dtype != np.uint16 and lo >= 0 and hi <= 255:
         scale = 1.0
-    elif lo >= 0 and hi <= 65535:
+    elif lo >= 0 and hi <= 65535:  # uint16 always
         scale = 255.0 / 65535.0
         notes.append("16-bit image scaled to 8 bits")
     else:

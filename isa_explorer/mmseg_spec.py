@@ -1,25 +1,30 @@
-"""Reading an mmsegmentation ISANet state dict: key renaming and the architecture it implies.
+"""Reading an mmsegmentation state dict: key renaming and the architecture it implies.
 
 mmseg's ISANet is ``ResNetV1c`` (deep stem, dilated to output stride 8) + ``ISAHead`` +
-``FCNHead`` auxiliary head; :func:`rename_key` maps its keys onto ISA Explorer's
-``ISANet(encoder_name="tu-resnet{depth}c", aux_head=True)`` and :func:`infer_spec` reads depth,
-widths and class count from the weight shapes. :mod:`isa_explorer.convert` builds on these.
+``FCNHead`` auxiliary head (FCN: an ``FCNHead`` decode head). :func:`rename_key` maps its keys
+onto ``ISANet(encoder_name="tu-resnet{depth}c", head=..., aux_head=True)`` (``backbone.*`` ->
+timm's ``encoder.model.*``, ``decode_head.*`` -> ``decoder.*``, ``auxiliary_head.*`` ->
+``aux_head.*``); :func:`infer_spec` reads depth, widths, class count and the head from the
+weight shapes: the registered head whose ``mmseg.marker`` key (under ``decode_head.``) the
+state holds.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from isa_explorer import heads
+
 #: Bottleneck blocks per stage of the timm ``resnet{depth}c`` encoders.
 RESNET_LAYERS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 _TIMM_STEM_WIDTH = 32
 _TIMM_CHANNELS = (64, 128, 256, 512)
-# Submodule of an mmseg decode head -> the head it belongs to (first match wins).
+# Submodule of an mmseg decode head that no registered head converts -> its name (first wins).
 _HEAD_HINTS = (
     ("lateral_convs", "UPerHead (UPerNet)"),
     ("psp_modules", "PSPHead (PSPNet)"),
@@ -49,8 +54,9 @@ class ISANetSpec:
         stem_width: Channels of the first two stem convolutions (32 in the released models).
         channels: Bottleneck widths of the four stages (64, 128, 256, 512).
         classes: Number of classes.
-        decoder_channels: ISA head channels (512).
-        isa_channels: Query/key channels (256).
+        head: Registered name of the decode head (``"isa"``, ``"fcn"``).
+        head_kwargs: The head's ``ISANet`` keyword arguments (``Head.mmseg_config``; ISA:
+            ``decoder_channels``, ``decoder_isa_channels``).
         aux_channels: Auxiliary head channels (256), ``None`` without an auxiliary head.
     """
 
@@ -58,8 +64,8 @@ class ISANetSpec:
     stem_width: int
     channels: tuple[int, ...]
     classes: int
-    decoder_channels: int
-    isa_channels: int
+    head: str
+    head_kwargs: dict[str, Any]
     aux_channels: int | None
 
     def model_kwargs(self) -> dict[str, Any]:
@@ -69,8 +75,8 @@ class ISANetSpec:
             encoder_weights=None,
             encoder_output_stride=8,
             classes=self.classes,
-            decoder_channels=self.decoder_channels,
-            decoder_isa_channels=self.isa_channels,
+            head=self.head,
+            **self.head_kwargs,
             aux_head=self.aux_channels is not None,
         )
         if self.aux_channels is not None:
@@ -83,8 +89,11 @@ class ISANetSpec:
         return kwargs
 
 
-def rename_key(key: str) -> str | None:
-    """mmseg ISANet key -> ISA Explorer key, ``None`` for keys outside the model."""
+def rename_key(key: str, renames: Sequence[tuple[str, str]] = ()) -> str | None:
+    """mmseg key -> ISA Explorer key, ``None`` for keys outside the model; ``renames``: the
+    decode head's ``(mmseg prefix, prefix)`` pairs under ``decode_head.`` (``mmseg.renames``)."""
+    old, new = next((r for r in renames if key.startswith(f"decode_head.{r[0]}")), ("", ""))
+    key = key.replace(f"decode_head.{old}", f"decode_head.{new}", 1)
     if m := re.fullmatch(r"backbone\.stem\.(\d+)\.(.+)", key):
         idx, rest = m.groups()
         return f"encoder.model.bn1.{rest}" if idx == "7" else f"encoder.model.conv1.{idx}.{rest}"
@@ -104,17 +113,11 @@ def _dim0(state: Mapping[str, torch.Tensor], key: str) -> int:
     return state[key].shape[0]
 
 
-def _head_guess(state: Mapping[str, torch.Tensor]) -> str:
-    parts = sorted({k.split(".")[1] for k in state if k.startswith("decode_head.")})
-    guess = next((name for part, name in _HEAD_HINTS if part in parts), "an unknown head")
-    return f"{guess}; its modules: {', '.join(parts)}"
-
-
 def infer_spec(state: Mapping[str, torch.Tensor]) -> ISANetSpec:
-    """Read depth, widths and class count of an mmseg ISANet from its weight shapes.
+    """Read depth, widths, class count and decode head of an mmseg checkpoint's weights.
 
     Raises:
-        ConversionError: The weights are not those of an mmseg ResNetV1c ISANet.
+        ConversionError: Not an mmseg ResNetV1c model with a head that converts.
     """
     if not any(k.startswith("decode_head.") for k in state):
         prefixes = sorted({k.split(".")[0] for k in state})[:8]
@@ -122,10 +125,15 @@ def infer_spec(state: Mapping[str, torch.Tensor]) -> ISANetSpec:
             "this is not an mmseg segmentor checkpoint: no decode_head.* keys (top-level "
             f"names: {', '.join(prefixes) or 'none'}). Convert a released ISANet .pth."
         )
-    if "decode_head.global_relation.key_project.0.conv.weight" not in state:
+    known = [heads.get(n) for n in heads.names() if heads.get(n).mmseg is not None]
+    head = next((h for h in known if f"decode_head.{h.mmseg.marker}" in state), None)
+    if head is None:
+        parts = sorted({k.split(".")[1] for k in state if k.startswith("decode_head.")})
+        guess = next((name for part, name in _HEAD_HINTS if part in parts), "an unknown head")
+        converting = ", ".join(f"{h.mmseg.head_type} ({h.name!r} head)" for h in known)
         raise ConversionError(
-            f"this is not an ISANet checkpoint (decode head looks like {_head_guess(state)}). "
-            "Only mmseg ISANet checkpoints (decode_head.global_relation/local_relation) convert."
+            f"no head here converts this checkpoint (decode head looks like {guess}; its modules: "
+            f"{', '.join(parts)}). Checkpoints of these mmseg decode heads convert: {converting}."
         )
     if "backbone.stem.0.weight" not in state or "backbone.layer1.0.conv3.weight" not in state:
         raise ConversionError(
@@ -148,8 +156,11 @@ def infer_spec(state: Mapping[str, torch.Tensor]) -> ISANetSpec:
             f"backbone stages have {blocks} blocks; supported: "
             + ", ".join(f"R-{d} {layers}" for d, layers in RESNET_LAYERS.items())
         )
-    head = "decode_head."
-    classes = _dim0(state, head + "conv_seg.weight")
+    classes = _dim0(state, "decode_head.conv_seg.weight")
+    try:
+        head_kwargs = head.mmseg_config(state)
+    except KeyError as e:  # a key the head reads its options from
+        raise ConversionError(f"the checkpoint has no {e.args[0]}: it is incomplete") from None
     aux_channels = None
     if "auxiliary_head.convs.0.conv.weight" in state:
         aux_channels = state["auxiliary_head.convs.0.conv.weight"].shape[0]
@@ -168,7 +179,7 @@ def infer_spec(state: Mapping[str, torch.Tensor]) -> ISANetSpec:
         stem_width=state["backbone.stem.0.weight"].shape[0],
         channels=tuple(_dim0(state, f"backbone.layer{i}.0.conv1.weight") for i in range(1, 5)),
         classes=classes,
-        decoder_channels=_dim0(state, head + "in_conv.conv.weight"),
-        isa_channels=state[head + "global_relation.key_project.0.conv.weight"].shape[0],
+        head=head.name,
+        head_kwargs=head_kwargs,
         aux_channels=aux_channels,
     )

@@ -16,7 +16,7 @@ from safetensors import SafetensorError, safe_open
 
 from isa_explorer.data.info import SYNTHETIC_INFO
 from isa_explorer.models.fusion import fuse_for_inference
-from isa_explorer.models.isa.model import ISANet
+from isa_explorer.models.isanet import ISANet
 
 #: The model shipped with the package: ISANet (timm ResNet-10-T, output stride 8) trained with
 #: ``train/fit.py --config synthetic-context`` (see its MODEL_CARD.md).
@@ -123,8 +123,7 @@ def load_model(
         isa_explorer.zoo.ZooError: A zoo model could not be downloaded or converted.
     """
     model_dir = resolve_model_dir(DEFAULT_MODEL_DIR if path is None else path)
-    config = read_config(model_dir)
-    arch = config.get("_model_class", "ISANet")
+    arch = read_config(model_dir).get("_model_class", "ISANet")
     if arch != "ISANet":
         raise ValueError(
             f"{model_dir} holds a {arch} model; ISA Explorer loads ISANet models only "

@@ -1,11 +1,9 @@
 """Reading ``torch.save`` files safely, with one clear sentence for every kind of bad file.
 
-Every ``.pth`` the project reads (mmseg checkpoints, training checkpoints, encoder weights)
-goes through :func:`read_torch_file`: ``torch.load(..., weights_only=True)``, which never runs
-code from the file. A file that is not a checkpoint -- empty, truncated, an HTML error page
-saved by a failed download, random bytes, a directory -- raises :class:`CheckpointFileError`
-naming the problem and the fix, instead of the unpickler's traceback. No message ever
-suggests unsafe loading.
+Every ``.pth`` the project reads goes through :func:`read_torch_file`:
+``torch.load(..., weights_only=True)``, which never runs code from the file. A file that is not
+a checkpoint (empty, truncated, an HTML error page, random bytes, a directory) raises
+:class:`CheckpointFileError` naming the problem and the fix, never suggesting unsafe loading.
 """
 
 from __future__ import annotations
@@ -76,8 +74,9 @@ def read_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
 
 def _not_a_checkpoint(path: Path, head: bytes, size: int, what: str, error: str = "") -> str:
     """Why ``path`` (first bytes ``head``) failed to load, in one sentence."""
-    if head.startswith(_ZIP_MAGIC) and _intact_zip(path):
-        if "data.pkl" not in " ".join(_zip_names(path)):
+    names = _intact_zip_names(path) if head.startswith(_ZIP_MAGIC) else None
+    if names is not None:
+        if "data.pkl" not in " ".join(names):
             return f"{path} is a zip archive but not a PyTorch {what} (no data.pkl inside)"
         found = re.search(r"(Unsupported operand \d+|Unsupported class \S+)", error)
         why = f" ({found.group(1)})" if found else ""
@@ -117,15 +116,11 @@ def _as_text(head: bytes) -> str | None:
     return line[:40]
 
 
-def _zip_names(path: Path) -> list[str]:
-    with zipfile.ZipFile(path) as archive:
-        return archive.namelist()
-
-
-def _intact_zip(path: Path) -> bool:
-    """Whether ``path`` is a complete zip archive whose members all pass their CRC check."""
+def _intact_zip_names(path: Path) -> list[str] | None:
+    """The members of ``path`` if it is a complete zip archive whose members all pass their CRC
+    check, else ``None``."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return archive.testzip() is None
+            return archive.namelist() if archive.testzip() is None else None
     except (zipfile.BadZipFile, OSError, EOFError):
-        return False
+        return None

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from isa_explorer.config_dict import FromDict
 from isa_explorer.data.folder import FolderConfig
 from isa_explorer.data.synthetic import SyntheticConfig
 from isa_explorer.evaluation.inference import SLIDE_CROP, SLIDE_STRIDE
-from isa_explorer.models.isa.model import ISANet
+from isa_explorer.models.isanet import ISANet
 
 #: Keyword arguments of ISANet a config's ``model`` may set (its ``__init__`` parameters).
 MODEL_KEYS = tuple(
@@ -41,15 +42,13 @@ def check_model_kwargs(model: dict[str, Any]) -> None:
             raise ValueError(f"unknown model key {key!r}{hint}; valid: {', '.join(MODEL_KEYS)}")
 
 
-#: Fields holding ``(H, W)`` pairs: stored as tuples, written to JSON as lists.
-_PAIRS = ("scale", "crop_size")
 #: Flat names of the evaluation settings, as configs before the ``evaluation`` section wrote
 #: them; still accepted in saved configs and ``--set``.
 _FLAT_EVAL = {"eval_mode": "mode", "eval_crop": "crop", "eval_stride": "stride"}
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(FromDict):
     """How a run's validation set is evaluated (``--set evaluation.mode=slide``).
 
     Attributes:
@@ -61,6 +60,7 @@ class EvalConfig:
     mode: str = "whole"
     crop: tuple[int, int] = SLIDE_CROP
     stride: tuple[int, int] = SLIDE_STRIDE
+    section = "evaluation"
 
     def __post_init__(self) -> None:
         if self.mode not in ("whole", "slide"):
@@ -73,20 +73,9 @@ class EvalConfig:
                 raise ValueError(f"evaluation.{key} must be an (H, W) pair, got {value!r}")
             object.__setattr__(self, key, (int(value[0]), int(value[1])))
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | EvalConfig) -> EvalConfig:
-        """From a (partial) dict; unknown keys raise ``ValueError`` naming the valid ones."""
-        if isinstance(d, cls):
-            return d
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown evaluation keys {unknown}; valid: {', '.join(valid)}")
-        return cls(**d)
-
 
 @dataclass
-class TrainConfig:
+class TrainConfig(FromDict):
     """Everything a training run depends on.
 
     Args:
@@ -117,9 +106,9 @@ class TrainConfig:
         amp: bf16 autocast on CUDA and on the CPU (fp16 + loss scaling on GPUs without bf16).
         channels_last: Model and inputs in channels-last memory format.
         compile: ``torch.compile`` the training step's model.
-        checkpoint_attention: Activation checkpointing of the ISA head's two relation blocks
-            (:attr:`~isa_explorer.models.isa.decoder.ISADecoder.checkpoint_relations`): less
-            memory, a second forward of the blocks in backward, the same numbers.
+        checkpoint_attention: Full activation checkpointing of the head's attention
+            (:meth:`~isa_explorer.heads.protocol.Head.set_full_checkpoint`; refused by heads
+            without it): less memory, a second forward in backward, the same numbers.
         clip_grad: Max gradient norm, or ``None`` for no clipping.
         seed: Seed of the model init, the data order and the augmentations.
         workers: DataLoader worker processes per process.
@@ -157,13 +146,14 @@ class TrainConfig:
     workers: int = 0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     folder: FolderConfig = field(default_factory=FolderConfig)
+    section = "config"
 
     def __post_init__(self) -> None:
         self.synthetic = SyntheticConfig.from_dict(self.synthetic)
         self.folder = FolderConfig.from_dict(self.folder)
         self.evaluation = EvalConfig.from_dict(self.evaluation)
         check_model_kwargs(self.model)
-        for key in _PAIRS:
+        for key in ("scale", "crop_size"):  # (H, W) pairs: tuples here, lists in JSON
             value = getattr(self, key)
             if value is not None:
                 if not isinstance(value, (list, tuple)) or len(value) != 2:
@@ -187,27 +177,18 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (pairs as lists)."""
-        d = dataclasses.asdict(self)
-        return json.loads(json.dumps(d))
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Config from a dict; unknown keys raise ``ValueError`` naming them.
-
-        The flat ``eval_mode`` / ``eval_crop`` / ``eval_stride`` of older configs move into
-        ``evaluation``.
+        """Config from a dict; unknown keys raise ``ValueError`` naming the valid ones. The flat
+        ``eval_mode`` / ``eval_crop`` / ``eval_stride`` of older configs move into ``evaluation``.
         """
         d = dict(d)
         flat = {_FLAT_EVAL[k]: d.pop(k) for k in list(d) if k in _FLAT_EVAL}
         if flat:
             d["evaluation"] = {**dict(d.get("evaluation") or {}), **flat}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown config keys {unknown}; known keys: {', '.join(sorted(known))}"
-            )
-        return cls(**copy.deepcopy(d))
+        return super().from_dict(copy.deepcopy(d))
 
     def save(self, path: str | Path) -> None:
         """Write the config as JSON."""

@@ -40,8 +40,10 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from isa_explorer.attention import affinity_matrices, capture_attention, query_maps
-from isa_explorer.models import GroupGrid, ISADecoder, ISANet
+from isa_explorer.attention import capture_attention, query_maps
+from isa_explorer.heads.grid import GroupGrid
+from isa_explorer.heads.isa import ISADecoder, affinity_matrices
+from isa_explorer.models import ISANet
 
 _ = torch.manual_seed(0)
 
@@ -330,7 +332,7 @@ model = ISANet(
 ).eval()
 image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)
 cache = capture_attention(model, image)
-A = affinity_matrices(cache)
+A = affinity_matrices(cache.record)
 C_model = A["short"] @ A["long"]
 print("feature map:", cache.feature_size, " C has a zero:", bool((C_model == 0).any()))
 
@@ -338,7 +340,7 @@ qx, qy = 44, 20  # an image pixel
 maps = query_maps(cache, qx, qy)
 fx, fy = maps.query_feature
 row = C_model[fy * w + fx].view(h, w)
-torch.testing.assert_close(maps.combined.double(), row, atol=1e-6, rtol=1e-5)
+torch.testing.assert_close(maps["combined"].double(), row, atol=1e-6, rtol=1e-5)
 
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
 for ax, name in zip(axes, ("long", "short", "combined"), strict=True):

@@ -22,7 +22,7 @@
 # - the size of the affinities: `N^2` for dense attention, `N (N / P + P)` for ISA with groups
 #   of `P` positions, and the group size that minimises it (`P = sqrt(N)`);
 # - FLOPs of the whole attention step (affinities *and* the 1x1 projections), counted two ways:
-#   by formula (`isa_explorer.bench.analytic.analytic_costs`) and by PyTorch's
+#   by formula (`isa_explorer.costs.analytic.analytic_costs`) and by PyTorch's
 #   `torch.utils.flop_counter` on the meta device (`count_flops`);
 # - measured time and peak memory of the four paths -- ISA and dense, each with materialised
 #   affinities (`explicit`) and through the fused `scaled_dot_product_attention` kernel
@@ -36,17 +36,12 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 
-from isa_explorer.bench.attention import (
-    COMMITTED_RESULTS,
-    MODULES,
-    RESOLUTIONS,
-    analytic_costs,
-    auto_group,
-    count_flops,
-    load_results,
-    plot_results,
-    run_benchmark,
-)
+from isa_explorer.bench.runner import run_benchmark
+from isa_explorer.costs.analytic import analytic_costs, modules
+from isa_explorer.costs.cases import COMMITTED_RESULTS, RESOLUTIONS, load_results
+from isa_explorer.costs.flops import count_flops
+from isa_explorer.costs.plot import plot_results
+from isa_explorer.heads.isa import auto_group
 
 C, CK = 512, 256  # the published head: 512 channels, 256 query/key channels
 GiB = 2**30
@@ -129,7 +124,7 @@ plt.show()
 print(f"{'feature':>9} {'module':>15} {'analytic GFLOP':>15} {'counted GFLOP':>14}")
 for fh, fw in ((16, 32), (64, 128)):
     costs = analytic_costs(fh, fw, group=8, channels=C, isa_channels=CK)
-    for module in MODULES:
+    for module in modules():
         analytic = costs[module]["flops"]["forward"]
         counted = count_flops(module, (fh, fw), "forward", channels=C, isa_channels=CK, group=8)
         print(f"{fh:>4} x {fw:<3} {module:>15} {analytic / 1e9:15.2f} {counted / 1e9:14.2f}")

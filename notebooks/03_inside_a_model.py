@@ -186,7 +186,7 @@ cue_cells = F.max_pool2d(
 area = float(cue_cells.float().mean())
 print(f"cue covers {area:.1%} of the feature cells (uniform attention would put that much on it)")
 for what, (x, y) in queries.items():
-    combined = query_maps(cache, x, y).combined
+    combined = query_maps(cache, x, y)["combined"]
     print(f"  {what:34s} puts {float(combined[cue_cells].sum()):.1%} of its attention on the cue")
 
 # %% [markdown]
@@ -247,7 +247,7 @@ dense_cache = capture_attention(dense, image)
 
 h, w = cache.feature_size
 n = h * w
-g = cache.grid
+g = cache.record.grid
 print(f"N = {n} positions: dense affinity {n * n:,} entries")
 print(
     f"ISA affinities: {n * g.gh * g.gw + n * g.lh * g.lw:,} entries ({g.gh}x{g.gw} + {g.lh}x{g.lw} per position)"
@@ -291,7 +291,7 @@ from isa_explorer.explorer.widgets import AttentionView  # noqa: E402
 
 dense_dir = tempfile.mkdtemp(prefix="dense_head_")
 dense.save_pretrained(dense_dir)
-view = AttentionView(compare=dense_dir)
+view = AttentionView(compare=dense_dir, compare_title="dense head, same weights")
 view.load_image(image_np, f"scene {INDEX}")  # the scene of this notebook
 display(view.widget())
 display(view.snapshot())

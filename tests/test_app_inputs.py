@@ -14,8 +14,8 @@ from isa_explorer.explorer import (
     ExplorerModel,
     ImageInputError,
     app,
+    check_image,
     load_image_file,
-    prepare_image,
 )
 from isa_explorer.explorer import api as api_fns
 
@@ -58,7 +58,7 @@ def test_a_missing_upload_is_reported(explorer, tmp_path):
 @pytest.mark.parametrize("size", [(20, 200), (200, 31), (1, 1)])
 def test_tiny_images_are_refused_with_the_minimum(size):
     with pytest.raises(ImageInputError, match="at least 32 pixels"):
-        prepare_image(Image.new("RGB", size))
+        check_image(Image.new("RGB", size))
 
 
 def test_huge_images_are_resized_to_the_documented_limit(explorer):
@@ -123,18 +123,18 @@ def test_exif_rotation_is_applied(tmp_path):
 @pytest.mark.parametrize("mode", ["P", "CMYK", "LA", "1"])
 def test_other_pil_modes_are_converted(mode):
     im = Image.fromarray(_scene()).convert(mode)
-    assert prepare_image(im).rgb.shape == (64, 96, 3)
+    assert check_image(im).rgb.shape == (64, 96, 3)
 
 
 def test_float_arrays_and_bad_arrays():
     unit = np.linspace(0, 1, 64 * 96 * 3).reshape(64, 96, 3).astype(np.float32)
-    assert prepare_image(unit).rgb.max() == 255
+    assert check_image(unit).rgb.max() == 255
     with pytest.raises(ImageInputError, match="NaN"):
-        prepare_image(np.full((64, 96, 3), np.nan))
+        check_image(np.full((64, 96, 3), np.nan))
     with pytest.raises(ImageInputError, match="expected an image array"):
-        prepare_image(np.zeros((64, 96, 5)))
+        check_image(np.zeros((64, 96, 5)))
     with pytest.raises(ImageInputError, match="expected an image"):
-        prepare_image("/etc/passwd")  # paths are never opened from here
+        check_image("/etc/passwd")  # paths are never opened from here
 
 
 def test_click_before_an_image_is_loaded(explorer):

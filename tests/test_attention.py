@@ -4,7 +4,8 @@ import pytest
 import torch
 from conftest import small_isanet
 
-from isa_explorer.attention import affinity_matrices, capture_attention, query_maps
+from isa_explorer.attention import capture_attention, query_maps
+from isa_explorer.heads.isa import affinity_matrices
 
 
 @pytest.fixture(scope="module", params=["long-short", "short-long"])
@@ -17,9 +18,9 @@ def probed(request):
 
 def test_combined_map_is_the_product_of_the_two_sparse_affinities(probed):
     order, cache = probed
-    g = cache.grid
+    g = cache.record.grid
     hp, wp = g.padded
-    A = affinity_matrices(cache)  # dense (Np, Np), small map only
+    A = affinity_matrices(cache.record)  # dense (Np, Np), small map only
     first, second = order.split("-")
     C = A[second] @ A[first]
     gen = torch.Generator().manual_seed(1)
@@ -37,7 +38,7 @@ def test_combined_map_is_the_product_of_the_two_sparse_affinities(probed):
 
 def test_supports_of_the_long_and_short_maps(probed):
     _, cache = probed
-    g = cache.grid
+    g = cache.record.grid
     maps = query_maps(cache, 100, 77)
     fx, fy = maps.query_feature
     py, px = fy + g.pad_top, fx + g.pad_left
@@ -45,8 +46,8 @@ def test_supports_of_the_long_and_short_maps(probed):
     cols = torch.arange(g.w)[None, :] + g.pad_left
     same_offset = (rows % g.lh == py % g.lh) & (cols % g.lw == px % g.lw)
     same_block = (rows // g.lh == py // g.lh) & (cols // g.lw == px // g.lw)
-    assert torch.equal(maps.long_range > 0, same_offset)
-    assert torch.equal(maps.short_range > 0, same_block)
+    assert torch.equal(maps["long"] > 0, same_offset)
+    assert torch.equal(maps["short"] > 0, same_block)
     assert maps.on_image("combined").shape == (150, 230)
 
 
@@ -59,7 +60,7 @@ def test_every_position_reaches_every_other(size):
     for _ in range(5):
         x = int(torch.randint(0, size[1], (1,), generator=gen))
         y = int(torch.randint(0, size[0], (1,), generator=gen))
-        c = query_maps(cache, x, y).combined
+        c = query_maps(cache, x, y)["combined"]
         assert c.shape == cache.feature_size
         assert (c > 0).all(), f"query ({x}, {y}) does not reach every position"
         assert float(c.sum()) <= 1.0 + 1e-5
@@ -80,7 +81,7 @@ def test_dense_head_probe_and_errors():
 
 def test_capture_leaves_the_model_in_the_mode_it_was_in():
     """A model in training mode is probed in eval mode and handed back in training mode."""
-    from isa_explorer.models.isa.decoder import ISADecoder
+    from isa_explorer.heads.isa import ISADecoder
 
     torch.manual_seed(0)
     model = small_isanet()

@@ -46,7 +46,7 @@ def test_probe_cache_gives_maps_of_the_feature_grid():
     for name in ("long", "short", "combined"):
         assert maps.maps[name].shape == (12, 20)
     # 12x20 pads to 16x24: the combined map sums to one over the padded grid, less here.
-    assert 0 < maps.combined.sum() <= 1 + 1e-6
+    assert 0 < maps["combined"].sum() <= 1 + 1e-6
     r = bench_head.measure_probe((12, 20), queries=4, warmup=1)
     assert r["status"] == "ok" and r["median_ms"] > 0 and r["queries"] == 4
 

@@ -7,21 +7,25 @@ import torch
 from matplotlib.figure import Figure
 from torch.utils.flop_counter import FlopCounterMode
 
-from isa_explorer.bench import attention as benchmark
 from isa_explorer.bench.attention_cli import main
-from isa_explorer.bench.flops import register_sdpa_formulas
+from isa_explorer.bench.runner import run_benchmark
+from isa_explorer.costs import cases
+from isa_explorer.costs.analytic import analytic_costs, attention_module, modules
+from isa_explorer.costs.flops import count_flops, register_sdpa_formulas
+from isa_explorer.costs.plot import plot_results
+from isa_explorer.heads.isa import auto_group
 
 SMALL = dict(channels=32, isa_channels=16)
 
 
-@pytest.mark.parametrize("module", list(benchmark.MODULES))
+@pytest.mark.parametrize("module", list(modules()))
 @pytest.mark.parametrize("size,group", [((12, 20), 4), ((12, 20), 8), ((9, 31), 8)])
 def test_analytic_flops_match_the_flop_counter(module, size, group):
     """Forward and forward+backward matmul FLOPs as run on the CPU, padding included."""
     register_sdpa_formulas()  # as count_flops does: torch counts the CPU flash kernel as 0
-    analytic = benchmark.analytic_costs(*size, group, **SMALL)[module]
+    analytic = analytic_costs(*size, group, **SMALL)[module]
     torch.manual_seed(0)
-    m = benchmark.AttentionModule(module, group=group, **SMALL)
+    m = attention_module(module, group=group, **SMALL)
     x = torch.randn(1, 32, *size)
     with FlopCounterMode(display=False) as fwd, torch.no_grad():
         m.eval()(x)
@@ -31,13 +35,11 @@ def test_analytic_flops_match_the_flop_counter(module, size, group):
         m.train()(x).sum().backward()
     assert both.get_total_flops() == pytest.approx(analytic["flops"]["forward+backward"], 1e-6)
     # The meta-device count used for cases too large to run is the same.
-    assert benchmark.count_flops(module, size, "forward", group=group, **SMALL) == (
-        fwd.get_total_flops()
-    )
+    assert count_flops(module, size, "forward", group=group, **SMALL) == (fwd.get_total_flops())
 
 
 def test_analytic_affinity_memory_dense_vs_isa():
-    costs = benchmark.analytic_costs(128, 256, 8)
+    costs = analytic_costs(128, 256, 8)
     n = 128 * 256
     assert costs["dense-explicit"]["affinity_elements"] == n * n
     assert costs["isa-explicit"]["affinity_elements"] == n * (n // 64 + 64)
@@ -47,12 +49,12 @@ def test_analytic_affinity_memory_dense_vs_isa():
     assert fused["predicted_peak_bytes"]["forward"] < explicit["affinity_bytes"] / 5
     assert explicit["predicted_peak_bytes"]["forward"] > 2 * explicit["affinity_bytes"]
     # auto: the sqrt(N)-optimal square group (64x64 -> 8x8, 64 = sqrt(4096)).
-    assert benchmark.auto_group(64, 64) == 8
-    assert benchmark.auto_group(128, 256) ** 4 == pytest.approx(n, rel=0.2)
+    assert auto_group(64, 64) == 8
+    assert auto_group(128, 256) ** 4 == pytest.approx(n, rel=0.2)
 
 
 def test_cases_that_will_not_fit_are_predicted_and_skipped():
-    results = benchmark.run_benchmark(
+    results = run_benchmark(
         [(4096, 8192), (64, 128)],
         ["dense-explicit"],
         ["forward"],
@@ -71,7 +73,7 @@ def test_cases_that_will_not_fit_are_predicted_and_skipped():
     )
     assert big["flops"] == big["analytic"]["flops"]  # counted without running
     assert small["status"] == "ok" and small["median_ms"] > 0 and small["peak_mib"] >= 0
-    slow = benchmark.run_benchmark(
+    slow = run_benchmark(
         [(2048, 4096)], ["isa-fused"], ["forward+backward"], subprocess=False, max_seconds=1
     )
     assert slow[0]["status"] == "skipped" and "max_seconds" in slow[0]["reason"]
@@ -83,10 +85,11 @@ def test_cli_writes_json_and_figures(tmp_path, capsys):
     argv += ["--passes", "forward", "--runs", "1", "--warmup", "0", "--group", "auto"]
     argv += ["--channels", "32", "--isa-channels", "16", "--no-subprocess", "--out", str(out)]
     assert main(argv) == 0
-    report = benchmark.load_results(out)
+    report = cases.load_results(out)
     assert report["config"]["group"] == "auto" and report["system"]["command"].endswith(str(out))
     assert [r["status"] for r in report["results"]] == ["ok"] * 4
-    assert report["results"][0]["group"] == benchmark.auto_group(8, 12)
+    assert report["results"][0]["group"] == auto_group(8, 12)
+    assert report["results"][1]["group"] is None  # dense: no blocks
     assert set(report["summary"]) == {"8x12", "12x20"}
     for suffix, magic in ((".png", b"\x89PNG"), (".svg", b"<?xml")):
         assert out.with_suffix(suffix).read_bytes().startswith(magic)
@@ -94,36 +97,34 @@ def test_cli_writes_json_and_figures(tmp_path, capsys):
 
 
 def test_one_case_in_a_fresh_subprocess():
-    (r,) = benchmark.run_benchmark(
-        [(64, 64)], ["isa-fused"], ["forward+backward"], runs=1, warmup=0, **SMALL
-    )
+    (r,) = run_benchmark([(64, 64)], ["isa-fused"], ["forward+backward"], runs=1, warmup=0, **SMALL)
     assert r["status"] == "ok" and r["runs"] == 1 and r["peak_mib"] > 0
     assert r["memory_method"].startswith(("VmHWM", "ru_maxrss"))
 
 
 def test_committed_results_load_and_plot():
-    report = benchmark.load_results()
+    report = cases.load_results()
     # Recorded as run, with its --out (tests/test_references.py checks that it still resolves).
     command = report["system"]["command"]
     assert command.startswith("isa-explorer bench attention ")
     assert "--out isa_explorer/assets/results/benchmark_cpu.json" in command
     rows = report["results"]
-    assert {r["module"] for r in rows} == set(benchmark.MODULES)
+    assert {r["module"] for r in rows} == set(modules())
     assert any(r["status"] == "skipped" for r in rows) and any(r["status"] == "ok" for r in rows)
     fig = Figure()
     axes = fig.subplots(1, 2)
-    assert benchmark.plot_results(report, axes) is fig
+    assert plot_results(report, axes) is fig
     assert len(axes[0].lines) > 4 and axes[0].get_xscale() == "log"
 
 
 def test_bad_arguments_are_explained(tmp_path):
     with pytest.raises(ValueError, match="unknown module 'sparse'"):
-        benchmark.AttentionModule("sparse")
+        attention_module("sparse")
     with pytest.raises(FileNotFoundError, match="isa-explorer bench attention"):
-        benchmark.load_results(tmp_path / "missing.json")
+        cases.load_results(tmp_path / "missing.json")
     (tmp_path / "x.json").write_text(json.dumps({"rows": []}))
     with pytest.raises(ValueError, match="not a benchmark report"):
-        benchmark.load_results(tmp_path / "x.json")
+        cases.load_results(tmp_path / "x.json")
     with pytest.raises(SystemExit):
         main(["--group", "big"])
 
@@ -131,8 +132,6 @@ def test_bad_arguments_are_explained(tmp_path):
 def test_sdpa_kernels_are_counted_like_the_matmuls_they_replace():
     """The CPU flash kernel SDPA dispatches to counts as Q K^T and A V, forward and backward."""
     import torch.nn.functional as F
-
-    from isa_explorer.bench.flops import register_sdpa_formulas
 
     register_sdpa_formulas()
     assert register_sdpa_formulas() == []  # registered once; a second call is a no-op

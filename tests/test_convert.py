@@ -21,9 +21,10 @@ from isa_explorer.convert import (
     convert_checkpoint,
     infer_spec,
     main,
+    rename_key,
 )
 from isa_explorer.data.info import CITYSCAPES_INFO
-from isa_explorer.models.isa.decoder import GroupGrid
+from isa_explorer.heads.grid import GroupGrid
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SMALL = FIXTURES / "isanet_r50_small.pt"
@@ -96,9 +97,12 @@ def test_fixture_parity_with_mmseg(small):
         stem_width=8,
         channels=(8, 16, 32, 64),
         classes=7,
-        decoder_channels=64,
-        isa_channels=32,
+        head="isa",
+        head_kwargs={"decoder_channels": 64, "decoder_isa_channels": 32},
         aux_channels=32,
+    )
+    assert str(report).startswith(
+        "ISANet R-50-D8: 7 classes (generic names), head 64 ch, isa 32 ch"
     )
     assert report.mapped == len(small["state_dict"]) == len(model.state_dict())
     assert report.unmapped == [] and report.unexpected == [] and report.dataset is None
@@ -110,6 +114,34 @@ def test_fixture_parity_with_mmseg(small):
     expected = F.interpolate(small["decode_logits"], size=(75, 90), mode="bilinear")
     parity = compare_to_reference(full_logits, model, (image,), expected)
     assert parity.ok, str(parity)
+
+
+def test_fcn_checkpoints_convert(small):
+    """mmseg's fcn_r50-d8 layout: the fixture's backbone and aux head under an FCNHead decode
+    head (decode_head.convs.0/1 + conv_cat), made from our FCN model by renaming its keys back."""
+    isa, _ = convert_checkpoint(small["state_dict"])
+    torch.manual_seed(0)
+    ours = ISANet(**{**infer_spec(small["state_dict"]).model_kwargs(), "head": "fcn"}).eval()
+    trunk = {k: v for k, v in isa.state_dict().items() if not k.startswith("decoder.")}
+    ours.load_state_dict(trunk, strict=False)
+    for key, t in ours.decoder.state_dict().items():
+        if "running" in key:  # BatchNorm statistics other than the identity's, so they count
+            t.uniform_(0.5, 1.5)
+    to_mmseg = {rename_key(k): k for k in small["state_dict"]}
+    state = {
+        to_mmseg.get(k, k.replace("decoder.", "decode_head.", 1)): v
+        for k, v in ours.state_dict().items()
+    }
+    assert {"decode_head.convs.1.conv.weight", "decode_head.conv_cat.conv.weight"} <= set(state)
+    model, report = convert_checkpoint(state, strict=True)
+    assert report.spec.head == "fcn" and model.head == "fcn"
+    assert report.spec.head_kwargs == {"decoder_channels": 64}
+    assert str(report).startswith(
+        "ISANet R-50-D8 (fcn head): 7 classes (generic names), head 64 ch"
+    )
+    image = small["image_rgb_0_255"]  # (1, 3, 75, 90)
+    with torch.no_grad():
+        assert torch.equal(full_logits(model, image), full_logits(ours, image))
 
 
 def _swap_query_key(model: ISANet) -> None:
@@ -257,7 +289,8 @@ def test_cli_rejects_other_models(small, tmp_path):
     torch.save({"state_dict": state}, ckpt)
     result = run_cli(str(ckpt), str(tmp_path / "out"))
     assert result.returncode != 0
-    assert "this is not an ISANet checkpoint (decode head looks like PSPHead" in result.stderr
+    assert "no head here converts this checkpoint (decode head looks like PSPHead" in result.stderr
+    assert "convert: ISAHead ('isa' head), FCNHead ('fcn' head)" in result.stderr
     assert not (tmp_path / "out").exists()
 
 

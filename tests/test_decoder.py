@@ -6,9 +6,10 @@ import pytest
 import torch
 from parity import compare_to_reference
 
+from isa_explorer.heads.dense import DenseAttentionDecoder
+from isa_explorer.heads.grid import GroupGrid
+from isa_explorer.heads.isa import ISADecoder
 from isa_explorer.models.fusion import fuse_for_inference
-from isa_explorer.models.heads import DenseAttentionDecoder
-from isa_explorer.models.isa.decoder import GroupGrid, ISADecoder
 from isa_explorer.models.layers import attention
 
 
@@ -185,7 +186,7 @@ def test_capture_leaves_outputs_and_statistics_unchanged():
     torch.testing.assert_close(y, y2)
     torch.testing.assert_close(after_one, head2.global_relation.key_project[0].bn.running_mean)
     assert not torch.equal(before, head.in_conv.bn.running_mean)
-    assert store["long_q"].shape == (2, 8, 16, 24) and store["grid"].padded == (16, 24)
+    assert store.long_q.shape == (2, 8, 16, 24) and store.grid.padded == (16, 24)
     # Nothing was written on the module: the queries and keys came back as a return value.
     assert set(vars(head2)) == attributes
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in head2.modules())

@@ -8,12 +8,12 @@ import re
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-bench = pytest.importorskip("isa_explorer.bench.attention")
+from isa_explorer.costs import cases, plot
+from isa_explorer.costs.analytic import modules
+from isa_explorer.explorer import efficiency
 
-from isa_explorer.bench import plot  # noqa: E402
-from isa_explorer.explorer import efficiency  # noqa: E402
-
-SMALL = dict(channels=32, isa_channels=16, subprocess=False)
+SMALL = dict(channels=32, isa_channels=16)
+MODULES = list(modules())
 
 
 def _promised_sizes(text: str) -> set[tuple[int, int]]:
@@ -60,13 +60,13 @@ def test_committed_results_missing_say_how_to_make_them(tmp_path):
 @pytest.mark.filterwarnings("ignore:No artists with labels")
 def test_live_run_and_report_round_trip(tmp_path):
     fig, text = efficiency.live_run(resolutions=((64, 128), (128, 256)), **SMALL)
-    assert len(_rows(text)) == 2 * len(bench.MODULES)
+    assert len(_rows(text)) == 2 * len(MODULES)
     assert len(fig.axes) == 2
     # A live run with a budget of zero seconds stops after its smallest resolution.
     _, text = efficiency.live_run(resolutions=((128, 256), (64, 128)), budget_seconds=0, **SMALL)
     assert "not started" in text and "128x256" in text.split("not started")[1]
     assert {row[2] for row in _rows(text)} == {"64x128"}
-    results = bench.run_benchmark([(64, 128)], ["isa-fused"], ["forward"], **SMALL, runs=1)
+    results = cases.run_cases([(64, 128)], ["isa-fused"], ["forward"], **SMALL, runs=1)
     path = tmp_path / "report.json"
     path.write_text(json.dumps({"system": {"cpu": "test"}, "config": {}, "results": results}))
     fig, text = efficiency.committed_report(path)
@@ -98,10 +98,10 @@ def test_the_live_buttons_promise_is_what_the_live_run_runs(monkeypatch):
         measured.append((module, (size[0] * 8, size[1] * 8), runs, warmup))
         return {"median_ms": 1.0, "times_ms": [1.0] * runs, "peak_mib": 0.0, "status": "ok"}
 
-    monkeypatch.setattr(bench, "measure_case", fake_measure)
+    monkeypatch.setattr(cases, "measure_case", fake_measure)
     _, table = efficiency.live_run()
     want = {(c["module"], c["resolution"], c["runs"], c["warmup"]) for c in plan}
-    assert set(measured) == want and len(measured) == len(promised) * len(bench.MODULES)
+    assert set(measured) == want and len(measured) == len(promised) * len(MODULES)
     rows = _rows(table)
     assert len(rows) == len(want) and all(row[3] == "ok" for row in rows), table
     assert "not started" not in table and "skipped" not in table
@@ -113,7 +113,7 @@ def test_a_real_live_run_measures_every_promised_case():
     promised = _promised_sizes(efficiency.live_button_text())
     _, table = efficiency.live_run()
     ok = {(row[0], row[2]) for row in _rows(table) if row[3] == "ok"}
-    assert ok == {(m, f"{h}x{w}") for m in bench.MODULES for h, w in promised}, table
+    assert ok == {(m, f"{h}x{w}") for m in MODULES for h, w in promised}, table
 
 
 def test_unmeasured_peaks_are_neither_drawn_nor_shown_as_zero():
@@ -143,7 +143,7 @@ def test_the_live_run_plots_no_zero_peak(monkeypatch):
         peak = 0.0 if module.startswith("dense") else 30.0 * size[0]  # RSS did not grow
         return {"median_ms": 1.0, "times_ms": [1.0], "peak_mib": peak, "status": "ok"}
 
-    monkeypatch.setattr(bench, "measure_case", fake_measure)
+    monkeypatch.setattr(cases, "measure_case", fake_measure)
     fig, table = efficiency.live_run(resolutions=((64, 128), (128, 256)), **SMALL)
     drawn = _drawn_peaks(fig)
     assert len(drawn) == 4 and min(drawn) >= efficiency.LIVE_MIN_PEAK_MIB
@@ -154,10 +154,10 @@ def test_the_live_run_plots_no_zero_peak(monkeypatch):
 @pytest.mark.parametrize("source", ["committed", "live"])
 def test_plot_titles_legend_and_notes_fit_inside_the_figure(source):
     if source == "committed":
-        fig = plot.plot_results(bench.load_results())
+        fig = plot.plot_results(cases.load_results())
     else:
         sizes = ((128, 256), (256, 512), (512, 1024))
-        rows = [_case(m, s, 0.0 if s[0] == 128 else 10.0) for m in bench.MODULES for s in sizes]
+        rows = [_case(m, s, 0.0 if s[0] == 128 else 10.0) for m in MODULES for s in sizes]
         fig = plot.plot_results(rows, passes=("forward",), min_peak_mib=1.0)
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
@@ -170,3 +170,25 @@ def test_plot_titles_legend_and_notes_fit_inside_the_figure(source):
         extent = item.get_window_extent(renderer)
         inside = box.x0 - 1 <= extent.x0 and extent.x1 <= box.x1 + 1
         assert inside and box.y0 - 1 <= extent.y0 and extent.y1 <= box.y1 + 1, item
+
+
+def test_the_app_reads_costs_without_the_benchmark_runner():
+    """The app's tab and the cost view reach ``isa_explorer.costs``, never the runner of
+    ``isa_explorer.bench`` (subprocess workers, the CLI); ``costs`` imports no app."""
+    from test_layout import import_graph
+
+    graph = import_graph()
+
+    def reached(module: str) -> set[str]:
+        seen, todo = set(), [module]
+        while todo:
+            if (m := todo.pop()) not in seen:
+                seen.add(m)
+                todo += graph[m]
+        return seen
+
+    assert "isa_explorer.costs.cases" in reached("isa_explorer.explorer.app")
+    for app in ("isa_explorer.explorer.app", "isa_explorer.explorer.widgets.cost_view"):
+        assert not [m for m in reached(app) if m.startswith("isa_explorer.bench")], app
+    costs = {m for m in graph if m.startswith(("isa_explorer.costs", "isa_explorer.bench"))}
+    assert not [m for c in costs for m in reached(c) if m.startswith("isa_explorer.explorer")]

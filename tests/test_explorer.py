@@ -27,7 +27,7 @@ def loaded(explorer):
 
 
 def _block_of(cache, fx: int, fy: int) -> tuple[slice, slice]:
-    g = cache.grid
+    g = cache.record.grid
     r0 = (fy + g.pad_top) // g.lh * g.lh - g.pad_top
     c0 = (fx + g.pad_left) // g.lw * g.lw - g.pad_left
     return slice(max(r0, 0), r0 + g.lh), slice(max(c0, 0), c0 + g.lw)
@@ -65,7 +65,7 @@ def test_click_gives_three_maps_that_sum_to_one_on_the_feature_grid(explorer, lo
         assert m.shape == (h, w) and (m >= 0).all()
         assert float(m.sum()) == pytest.approx(1.0, abs=1e-4)  # 128x256 needs no padding
     # The combined map reaches beyond the query's block (every position, up to underflow).
-    assert (result.maps.combined > 0).sum() > (result.maps.short_range > 0).sum()
+    assert (result.maps["combined"] > 0).sum() > (result.maps["short"] > 0).sum()
     dh, dw = explorer.display(loaded).size
     assert all(p.shape == (dh, dw, 3) for p in result.panels.values())
     assert result.class_name == explorer.model.class_names[loaded.labels[xy[1], xy[0]]]
@@ -75,12 +75,12 @@ def test_short_range_map_peaks_inside_the_query_block_and_long_range_on_its_grou
     result = explorer.click("s", 150, 90)
     fx, fy = result.cell
     rows, cols = _block_of(loaded.cache, fx, fy)
-    short = result.maps.short_range
+    short = result.maps["short"]
     peak = np.unravel_index(int(short.argmax()), short.shape)
     assert rows.start <= peak[0] < rows.stop and cols.start <= peak[1] < cols.stop
     assert float(short[rows, cols].sum()) == pytest.approx(1.0, abs=1e-4)
-    long_ = result.maps.long_range
-    g = loaded.cache.grid
+    long_ = result.maps["long"]
+    g = loaded.cache.record.grid
     rr, cc = np.nonzero(long_.numpy())
     assert ((rr + g.pad_top) % g.lh == (fy + g.pad_top) % g.lh).all()
     assert ((cc + g.pad_left) % g.lw == (fx + g.pad_left) % g.lw).all()
@@ -111,6 +111,16 @@ def test_display_clicks_map_back_to_image_pixels(explorer, loaded):
         explorer.click_display("s", 4 * 256, 10)
 
 
+def test_a_click_returns_a_new_state_and_never_brings_back_a_replaced_image(explorer):
+    before = explorer.load_example("new-state", 2)
+    result = explorer.click("new-state", 10, 20)
+    assert before.query is None and result.state.query == (10, 20)
+    assert explorer.state("new-state") is result.state and result.state.rgb is before.rgb
+    newer = explorer.load_example("new-state", 3)  # a new image while an old click runs
+    assert not explorer.store.put("new-state", result.state, replacing=before)
+    assert explorer.state("new-state") is newer
+
+
 def test_grid_lines_and_opacity_change_the_panels(explorer, loaded):
     plain = explorer.click("s", 60, 60, opacity=0.6, show_grid=False).panels["short"]
     grid = explorer.click("s", 60, 60, opacity=0.6, show_grid=True).panels["short"]
@@ -125,7 +135,7 @@ def test_top_regions_list_cells_and_class_mass(explorer, loaded):
     result = explorer.click("s", 30, 30, top_k=3)
     rows = [line for line in result.regions.splitlines() if re.match(r"^\| \d+ \|", line)]
     assert len(rows) == 3
-    top = np.sort(result.maps.combined.numpy().ravel())[::-1][:3]
+    top = np.sort(result.maps["combined"].numpy().ravel())[::-1][:3]
     shares = [float(r.split("|")[-2].strip().rstrip("%")) / 100 for r in rows]
     np.testing.assert_allclose(shares, top, atol=6e-4)  # printed to 0.1 %
     assert "Attention by predicted class" in result.regions
@@ -180,6 +190,10 @@ def test_dense_head_model_shows_one_dense_map(tmp_path):
     assert set(result.maps.maps) == {"dense"} and set(result.panels) == {"dense"}
     assert result.maps.maps["dense"].shape == (8, 12)
     assert float(result.maps.maps["dense"].sum()) == pytest.approx(1.0, abs=1e-4)
+    from isa_explorer.explorer.app import build_app
+
+    ids = {getattr(b, "elem_id", None) for b in build_app(explorer=ex).blocks.values()}
+    assert "map-dense" in ids and "map-combined" not in ids  # the head's maps, no other
 
 
 def test_fcn_head_model_predicts_but_explains_there_is_no_attention(tmp_path):
@@ -188,7 +202,7 @@ def test_fcn_head_model_predicts_but_explains_there_is_no_attention(tmp_path):
     ex = Explorer(ExplorerModel(tmp_path / "fcn"))
     state = ex.load_image("f", np.zeros((40, 40, 3), np.uint8))
     assert state.labels.shape == (40, 40) and state.cache is None
-    with pytest.raises(ExplorerError, match="no attention maps"):
+    with pytest.raises(ExplorerError, match="no attention maps.*: isa, dense"):
         ex.click("f", 3, 3)
 
 
@@ -258,15 +272,15 @@ def test_concurrent_analyses_keep_their_own_features(explorer, monkeypatch):
     assert not both_inside.broken and None not in out
     for got, want in zip(out, serial, strict=True):
         np.testing.assert_array_equal(got.labels, want.labels)
-        for k, v in want.cache.qk.items():
-            torch.testing.assert_close(got.cache.qk[k], v)
+        for k, v in want.cache.record.tensors().items():
+            torch.testing.assert_close(got.cache.record.tensors()[k], v)
     assert not np.array_equal(out[0].labels, out[1].labels)  # two different images
 
 
 def test_training_size_comes_from_the_model_directory(tmp_path):
     import json
 
-    from isa_explorer.explorer.session import DEFAULT_TRAIN_SIZE
+    from isa_explorer.explorer.model import DEFAULT_TRAIN_SIZE
 
     small_isanet(classes=7, class_names=ex_names()).save_pretrained(tmp_path / "m")
     assert ExplorerModel(tmp_path / "m").train_size == DEFAULT_TRAIN_SIZE == (128, 256)

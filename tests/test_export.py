@@ -20,8 +20,10 @@ from isa_explorer.export import (
     load_exported,
 )
 from isa_explorer.export.cli import main as export_main
+from isa_explorer.heads.grid import GroupGrid
+from isa_explorer.heads.grid_export import SymbolicGroupGrid
+from isa_explorer.heads.isa import isa_context
 from isa_explorer.models.fusion import fuse_for_inference
-from isa_explorer.models.isa.decoder import GroupGrid, isa_context
 from isa_explorer.pretrained import load_default_model
 
 pytest.importorskip("onnxruntime")
@@ -72,7 +74,7 @@ def test_the_symbolic_grid_formulation_equals_the_eager_one(size):
 
     blocks = (("long", RelationBlock(8, 4).eval()), ("short", RelationBlock(8, 4).eval()))
     residual = torch.randn(2, 8, *size)
-    fast, symbolic = (GroupGrid.of(*size, (4, 4), symbolic_ops=s) for s in (False, True))
+    fast, symbolic = GroupGrid.of(*size, (4, 4)), SymbolicGroupGrid.of(*size, (4, 4))
     assert symbolic.symbolic and not fast.symbolic
     padded = fast.pad(residual)
     torch.testing.assert_close(symbolic.pad(residual), padded, atol=0, rtol=0)

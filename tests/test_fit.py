@@ -232,7 +232,8 @@ def test_loss_matches_mmseg_averaging() -> None:
     logits = torch.randn(2, 3, 4, 4)
     target = torch.randint(0, 3, (2, 4, 4))
     target[0] = 255  # a fully unlabelled image counts zero but still divides
-    total, parts = segmentation_loss({"out": logits, "aux": logits}, target, 0.4, 255)
+    weights = {"out": 1.0, "aux": 0.4}
+    total, parts = segmentation_loss({"out": logits, "aux": logits}, target, weights, 255)
     ce = torch.nn.functional.cross_entropy(logits[1:], target[1:], reduction="sum") / 32
     assert math.isclose(float(parts["main"]), float(ce), rel_tol=1e-6)
     assert math.isclose(float(total), 1.4 * float(ce), rel_tol=1e-6)

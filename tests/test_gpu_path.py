@@ -28,8 +28,8 @@ from training_helpers import TINY, one_thread  # noqa: F401 (an autouse fixture)
 from isa_explorer.configs import get_config
 from isa_explorer.data import build_dataset
 from isa_explorer.distributed import SYNC_BN_NEEDS_CUDA, DistInfo, sync_batchnorm
+from isa_explorer.heads.isa import ISADecoder
 from isa_explorer.models.fusion import fuse_for_inference
-from isa_explorer.models.isa.decoder import ISADecoder
 from isa_explorer.training import checkpoint, train
 from isa_explorer.training.steps import amp_dtype
 

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from conftest import small_isanet
 
+from isa_explorer.heads import isa_stream
+from isa_explorer.heads.dense import DenseAttentionDecoder
+from isa_explorer.heads.isa import ISADecoder
 from isa_explorer.models import fuse_for_inference, is_fused
 from isa_explorer.models import layers as layers_module
-from isa_explorer.models.heads import DenseAttentionDecoder
-from isa_explorer.models.isa import decoder as decoder_module
-from isa_explorer.models.isa.decoder import ISADecoder
 from isa_explorer.models.layers import ConvBNReLU, TokenConv2d
 
 
@@ -99,9 +99,9 @@ def test_streamed_isa_context_equals_the_explicit_path(order, size, token_budget
             logits_s, attn_s = model(x, return_attention=True)
             torch.testing.assert_close(logits_s, logits_e, atol=1e-5, rtol=1e-5)
             # The streamed queries and keys, written chunk by chunk, are the whole-map ones.
-            assert set(attn_s) == set(attn_e) == {"grid", "long_q", "long_k", "short_q", "short_k"}
-            for name in ("long_q", "long_k", "short_q", "short_k"):
-                torch.testing.assert_close(attn_s[name], attn_e[name], atol=1e-5, rtol=1e-5)
+            assert set(attn_s.tensors()) == {"long_q", "long_k", "short_q", "short_k", "first_keys"}
+            for name, value in attn_e.tensors().items():
+                torch.testing.assert_close(attn_s.tensors()[name], value, atol=1e-5, rtol=1e-5)
 
 
 def test_inference_streams_chunk_by_chunk_and_autograd_runs_the_whole_map(monkeypatch):
@@ -133,7 +133,7 @@ def test_inference_streams_chunk_by_chunk_and_autograd_runs_the_whole_map(monkey
         decoder(x)
     assert sizes == [(16, 15, 16), (15, 16, 16)]  # one chunk per step
     sizes.clear()
-    monkeypatch.setattr(decoder_module, "TOKEN_BUDGET", 1)
+    monkeypatch.setattr(isa_stream, "TOKEN_BUDGET", 1)
     decoder(x)  # with autograd (gradients, captum): the whole map, the default ignored
     decoder.train()
     with torch.no_grad():
@@ -192,7 +192,6 @@ def test_fused_model_returns_the_same_attention(head):
         logits, attn = model(x, return_attention=True)
         logits_p, attn_p = fused(x, return_attention=True)
     torch.testing.assert_close(logits_p, logits, atol=1e-5, rtol=1e-5)
-    assert set(attn_p) == set(attn)
-    for name in attn:
-        if name != "grid":
-            torch.testing.assert_close(attn_p[name], attn[name], atol=1e-5, rtol=1e-5)
+    assert set(attn_p.tensors()) == set(attn.tensors())
+    for name, value in attn.tensors().items():
+        torch.testing.assert_close(attn_p.tensors()[name], value, atol=1e-5, rtol=1e-5)

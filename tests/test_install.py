@@ -134,7 +134,7 @@ def test_a_non_editable_install_loads_the_default_model(tmp_path):
         "print(isa_explorer.__file__); "
         "c = isa_explorer.capture_attention(m, torch.rand(1, 3, 64, 96) * 255); "
         "print(sorted(isa_explorer.query_maps(c, 10, 20).maps)); "
-        "from isa_explorer.bench.attention import COMMITTED_RESULTS, load_results; "
+        "from isa_explorer.costs.cases import COMMITTED_RESULTS, load_results; "
         "from isa_explorer.explorer.efficiency import committed_report; "
         "fig, table = committed_report(); assert fig.axes and table; "
         "print(len(load_results()['results']), COMMITTED_RESULTS)"

@@ -80,7 +80,7 @@ def test_heads_for_comparison_and_bad_arguments():
     for head in ("isa", "dense", "fcn"):
         assert small_isanet(head=head).eval()(x).shape == (1, 5, 64, 64)
     for bad, match in (
-        (dict(head="transformer"), "head must be"),
+        (dict(head="transformer"), "unknown head 'transformer': choose from isa, dense, fcn"),
         (dict(class_names=["a"]), "class names"),
         (dict(decoder_order="sideways"), "order"),
     ):

@@ -213,7 +213,7 @@ def test_predict_cli_refuses_what_the_app_refuses_in_the_same_words(
     tiny_checkpoint, tmp_path, capsys
 ):
     """One reader, one set of limits and messages: predict and the app say the same."""
-    from isa_explorer.explorer.images import ImageInputError, load_image_file
+    from isa_explorer.explorer.uploads import ImageInputError, load_image_file
 
     folder = tmp_path / "in"
     folder.mkdir()

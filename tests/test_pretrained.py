@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from isa_explorer.models.isa.model import ISANet
+from isa_explorer.models.isanet import ISANet
 from isa_explorer.pretrained import ModelNotFoundError, load_model, resolve_model_dir
 
 

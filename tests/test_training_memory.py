@@ -15,9 +15,9 @@ from memory_probe import kept_for_backward
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy
 
+from isa_explorer.heads import isa as isa_decoder
+from isa_explorer.heads.isa import ISADecoder
 from isa_explorer.models.checkpointing import KEPT_OPS, checkpointed, keep_products
-from isa_explorer.models.isa import decoder as isa_decoder
-from isa_explorer.models.isa.decoder import ISADecoder
 from isa_explorer.models.layers import ConvBNReLU, MaskReLU, RelationBlock
 
 
@@ -61,13 +61,13 @@ def test_mask_relu_gives_relu_gradients_bit_for_bit(kernel):
 
 def _heads(mode: str, **kw) -> tuple[ISADecoder, ISADecoder]:
     """Two heads with the same weights: plain (no checkpointing), and ``mode`` ("selective",
-    the default in training, or "full": ``checkpoint_relations``)."""
+    the default in training, or "full": ``set_full_checkpoint``)."""
     torch.manual_seed(0)
     plain = ISADecoder(**kw).train()
     plain.selective_checkpoint = False
     other = copy.deepcopy(plain)
     other.selective_checkpoint = mode == "selective"
-    other.checkpoint_relations = mode == "full"
+    other.set_full_checkpoint(mode == "full")
     return plain, other
 
 
@@ -188,10 +188,10 @@ def test_selective_checkpointing_is_for_training_with_plain_batchnorm(monkeypatc
     x = torch.randn(1, 24, 16, 16)
     head(x)
     assert calls == [True, True]  # both blocks, selectively
-    head.checkpoint_relations = True
+    head.set_full_checkpoint(True)
     head(x)
     assert calls[2:] == [False, False]  # fully
-    head.checkpoint_relations = False
+    head.set_full_checkpoint(False)
     calls.clear()
     with torch.no_grad():
         head(x)
@@ -232,9 +232,9 @@ def test_fit_switch_checkpoints_the_relations_with_the_same_run(tmp_path):
     assert runs["true"].keys() == runs["false"].keys()
     for key, value in runs["false"].items():
         torch.testing.assert_close(runs["true"][key], value, rtol=0, atol=0, msg=key)
-    # Not for heads without relation blocks.
+    # Refused by heads without it (the protocol's message).
     cfg = get_config("synthetic-context", [*tiny, "checkpoint_attention=true", "model.head=fcn"])
-    with pytest.raises(ValueError, match="checkpoint_attention is for the 'isa' head"):
+    with pytest.raises(ValueError, match="'fcn' head has no activation checkpointing.*=false"):
         train(cfg, tmp_path / "fcn", progress=False)
 
 
@@ -262,8 +262,8 @@ def test_auto_picks_explicit_for_short_cpu_training_steps_and_fused_elsewhere(mo
     assert torch.equal(ya, yb) and all(torch.equal(ga[n], gb[n]) for n in ga)
     fused = ISADecoder(**kw, attn_impl="fused").eval()
     fused.load_state_dict(auto.state_dict())
-    calls, real = [], isa_decoder._streamed
-    monkeypatch.setattr(isa_decoder, "_streamed", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls, real = [], isa_decoder.streamed
+    monkeypatch.setattr(isa_decoder, "streamed", lambda *a, **k: calls.append(1) or real(*a, **k))
     with torch.no_grad():
         torch.testing.assert_close(auto.eval()(x), fused(x), rtol=1e-5, atol=1e-5)
     assert len(calls) == 2  # both heads streamed

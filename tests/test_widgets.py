@@ -18,8 +18,9 @@ matplotlib.use("Agg")
 pytest.importorskip("ipywidgets")
 
 from isa_explorer.attention import query_maps  # noqa: E402
-from isa_explorer.bench.analytic import analytic_costs, auto_group  # noqa: E402
+from isa_explorer.costs.analytic import analytic_costs  # noqa: E402
 from isa_explorer.explorer.widgets import AttentionView, CostView, GroupingView  # noqa: E402
+from isa_explorer.heads.isa import auto_group  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_controls_reload_restyle_and_a_click_outside_is_ignored(attention_view):
 def test_the_dense_head_is_drawn_beside_for_the_same_pixel(tmp_path):
     from conftest import small_isanet
 
-    from isa_explorer.explorer.session import ExplorerModel
+    from isa_explorer.explorer.model import ExplorerModel
 
     small_isanet(classes=7, head="dense").save_pretrained(tmp_path / "dense")
     view = AttentionView(compare=ExplorerModel(tmp_path / "dense"))
@@ -89,6 +90,24 @@ def test_the_dense_head_is_drawn_beside_for_the_same_pixel(tmp_path):
     _click(view, "combined", 50, 60)
     assert view.compare_result.query == (50, 60) and "dense" in view.compare_result.maps.maps
     assert "compare" in view._images
+
+
+def test_switching_to_a_model_with_other_maps_lays_the_panels_out_again(tmp_path, monkeypatch):
+    from conftest import small_isanet
+
+    dense_dir = str(tmp_path / "dense")
+    small_isanet(classes=7, head="dense").save_pretrained(dense_dir)
+    monkeypatch.setattr(
+        "isa_explorer.explorer.widgets.attention_view.cached_zoo_models", lambda: [dense_dir]
+    )
+    view = AttentionView()
+    view.load_example(0)
+    assert list(view.axes) == ["prediction", "long", "short", "combined"]
+    models = view.controls[2]
+    models.value = dense_dir  # as a user picks it: the image is analysed again
+    assert list(view.axes) == ["prediction", "dense"] and set(view._images) == set(view.axes)
+    assert view.axes["dense"].get_title() == "Dense attention"
+    assert list(view.result.panels) == ["dense"]
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,13 @@
 """The head benchmarks and the token-budget sweep of the GPU check.
 
-* ``heads`` -- the attention-module benchmark (:func:`isa_explorer.bench.attention.measure_case`:
+* ``heads`` -- the attention-module benchmark (:func:`isa_explorer.costs.cases.measure_case`:
   the context step alone, ``isa-fused`` / ``isa-explicit`` / ``dense-fused``) and the whole
   decoder (``measure_decoder`` of ``benchmarks/decoder.py``: the fused head's forward, the
   plain head's training step, also with the relation blocks checkpointed), at each feature
   size of the plan, in this process (on CUDA the peak is ``max_memory_allocated`` after a
   reset, so no fresh process is needed);
 * ``token_budget`` -- the streamed inference path
-  (:func:`~isa_explorer.models.isa.decoder.isa_context`) of the fused decoder
+  (:func:`~isa_explorer.heads.isa.isa_context`) of the fused decoder
   at one feature map with each budget of the plan, fp32 and bf16.
 """
 
@@ -19,9 +19,9 @@ from typing import Any
 import torch
 
 from decoder import build_decoder, measure_decoder
-from isa_explorer.bench.attention import measure_case
-from isa_explorer.bench.measure import MiB, PeakMemory, median_ms, time_runs
-from isa_explorer.models.isa.decoder import TOKEN_BUDGET, TOKEN_BUDGET_ACCELERATOR
+from isa_explorer.costs.cases import measure_case
+from isa_explorer.costs.measure import MiB, PeakMemory, median_ms, time_runs
+from isa_explorer.heads.isa_stream import TOKEN_BUDGET, TOKEN_BUDGET_ACCELERATOR
 from plan import Case, Plan, autocast
 
 #: The modules of the attention benchmark (dense: through SDPA; its N x N affinity would not fit).

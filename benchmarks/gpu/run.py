@@ -53,7 +53,7 @@ import torch
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from heads import budget_cases, head_cases
-from isa_explorer.bench.measure import system_info
+from isa_explorer.costs.measure import system_info
 from isa_explorer.training.logs import jsonable
 from plan import Case, Plan, full_plan, smoke_plan
 from report import markdown, summarize

@@ -90,12 +90,13 @@ def build(kind: str):
         torch.manual_seed(0)
         return MODELS.build(cfg), (lambda h, x: h([None, None, None, x]))
     sys.path.insert(0, PROJECT)
-    from isa_explorer.models.isa.decoder import ISADecoder
+    from isa_explorer import heads
+    from isa_explorer.heads.protocol import HeadConfig
 
     impl = kind.removesuffix("-checkpoint").removesuffix("-prepared")
     torch.manual_seed(0)
-    head = ISADecoder(2048, 19, channels=512, isa_channels=256, attn_impl=impl)
-    head.checkpoint_relations = kind.endswith("-checkpoint")
+    head = heads.get("isa").build(2048, 19, HeadConfig(512, 256, attn_impl=impl))
+    head.set_full_checkpoint(kind.endswith("-checkpoint"))
     if kind.endswith("-prepared"):  # the project's inference path (load_model(for_inference=True))
         head = _for_inference(head.eval())
     return head, (lambda h, x: h(x))

@@ -1,9 +1,8 @@
-"""The package's benchmark: the attention modules, ISA vs dense, by resolution.
+"""The package's benchmark: ``isa-explorer bench attention``, the attention modules by resolution.
 
-``isa-explorer bench attention`` (:mod:`~isa_explorer.bench.attention`; the app's efficiency
-tab shows it), with :mod:`~isa_explorer.bench.measure` (timing, peak memory, system info), one
-worker protocol for fresh processes (:mod:`~isa_explorer.bench.worker`) and the FLOP formulas
-of :mod:`~isa_explorer.bench.flops`. Importing this package imports nothing else. The developer
-benchmarks (the whole decoder, click latency, synthetic data, export, the GPU check) are
-scripts of the repository: ``python benchmarks/NAME.py`` (``docs/benchmarks.md``).
+:mod:`~isa_explorer.bench.runner` runs the cases of :mod:`isa_explorer.costs.cases`, each in a
+fresh process through one worker protocol (:mod:`~isa_explorer.bench.worker`); its command line
+is :mod:`~isa_explorer.bench.attention_cli`. The developer benchmarks (the whole decoder, click
+latency, synthetic data, export, the GPU check) are scripts of the repository:
+``python benchmarks/NAME.py`` (``docs/benchmarks.md``).
 """

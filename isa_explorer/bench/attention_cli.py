@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from isa_explorer.bench import attention as benchmark
-from isa_explorer.bench.analytic import MODULES, PASSES
-from isa_explorer.bench.measure import parse_size, system_info
-from isa_explorer.bench.plot import plot_results
+from isa_explorer.bench.runner import run_benchmark
+from isa_explorer.cli import parse_size
+from isa_explorer.costs.analytic import PASSES, modules
+from isa_explorer.costs.cases import RESOLUTIONS
+from isa_explorer.costs.measure import system_info
+from isa_explorer.costs.plot import plot_results
 
 #: How the command is named in reports and help.
 PROG = "isa-explorer bench attention"
@@ -82,17 +84,17 @@ def _group(text: str) -> int | str:
 def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog=prog,
-        description="Memory, time and FLOPs of ISA vs dense self-attention by resolution.",
+        description="Memory, time and FLOPs of the attention heads (ISA, dense, ...) by resolution.",
     )
-    res = ["x".join(map(str, r)) for r in benchmark.RESOLUTIONS]
+    res = ["x".join(map(str, r)) for r in RESOLUTIONS]
     p.add_argument(
         "--resolutions",
         type=parse_size,
         nargs="+",
-        default=benchmark.RESOLUTIONS,
+        default=RESOLUTIONS,
         help=f"input sizes HxW, features at 1/8 (default {' '.join(res)})",
     )
-    p.add_argument("--modules", nargs="+", choices=list(MODULES), default=list(MODULES))
+    p.add_argument("--modules", nargs="+", choices=list(modules()), default=list(modules()))
     p.add_argument("--passes", nargs="+", choices=list(PASSES), default=list(PASSES))
     p.add_argument("--group", type=_group, default=8, help="ISA group side or auto (sqrt N)")
     p.add_argument("--device", default="cpu")
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     command = " ".join([prog, *(sys.argv[1:] if argv is None else argv)])
     system = system_info(args.device, command)
     print(HEADER)
-    results = benchmark.run_benchmark(
+    results = run_benchmark(
         [tuple(r) for r in args.resolutions],
         args.modules,
         args.passes,

@@ -2,7 +2,7 @@
 
 A CPU process's peak resident memory never goes down, so each case of a memory benchmark runs
 in a new process. :func:`run_worker` starts ``python -m isa_explorer.bench.worker KIND SPEC``
-with :data:`~isa_explorer.bench.measure.WORKER_ENV`; the worker calls the function registered
+with :data:`~isa_explorer.costs.measure.WORKER_ENV`; the worker calls the function registered
 for ``KIND`` in :data:`WORKERS` with the JSON ``SPEC`` and prints its JSON result as the last
 line of stdout. A benchmark script outside the package (``benchmarks/decoder.py``) runs its
 cases the same way through :func:`run_fresh`, as ``python SCRIPT --worker SPEC``.
@@ -18,11 +18,11 @@ import subprocess
 import sys
 from typing import Any
 
-from isa_explorer.bench.measure import WORKER_ENV
+from isa_explorer.costs.measure import WORKER_ENV
 
 #: ``kind -> "module:function"``; each function takes the spec dict and returns a JSON dict.
 WORKERS = {
-    "attention": "isa_explorer.bench.attention:worker",
+    "attention": "isa_explorer.bench.runner:worker",
     "train-step": "isa_explorer.experiments.context:train_step_worker",
 }
 
@@ -45,7 +45,7 @@ def run_fresh(
     command: list[str], spec: dict[str, Any], timeout: float | None = None
 ) -> dict[str, Any]:
     """Run ``command SPEC`` (``spec`` as JSON) in a fresh process with
-    :data:`~isa_explorer.bench.measure.WORKER_ENV`; the JSON of its last stdout line is the
+    :data:`~isa_explorer.costs.measure.WORKER_ENV`; the JSON of its last stdout line is the
     result, a crash or timeout as in :func:`run_worker`."""
     cmd = [*command, json.dumps(spec)]
     try:

@@ -38,11 +38,10 @@ LABEL_IDS_SUFFIX = "_gtFine_labelIds.png"
 class CityscapesDataset(PairedSegmentationDataset):
     """Cityscapes ``leftImg8bit`` images with ``gtFine`` labels as the 19 train ids.
 
-    Layout under ``root``: ``leftImg8bit/{split}/{city}/*_leftImg8bit.png`` and
-    ``gtFine/{split}/{city}/*_gtFine_labelTrainIds.png`` (preferred, as written by
-    cityscapesscripts' ``createTrainIdLabelImgs``) or ``*_gtFine_labelIds.png`` (mapped to train
-    ids with the official table; ids without a train id become 255). Each image uses its own
-    ``labelTrainIds`` file when present, else its ``labelIds`` file.
+    Layout under ``root``: ``leftImg8bit/{split}/{city}/*_leftImg8bit.png`` and, per image,
+    ``gtFine/{split}/{city}/*_gtFine_labelTrainIds.png`` (cityscapesscripts'
+    ``createTrainIdLabelImgs``) if present, else ``*_gtFine_labelIds.png`` (mapped to train ids
+    with the official table; ids without a train id become 255).
 
     Args:
         root: Folder holding ``leftImg8bit`` and ``gtFine``.
@@ -59,13 +58,10 @@ class CityscapesDataset(PairedSegmentationDataset):
         self, root: str | Path, split: str = "train", transforms: Transforms | None = None
     ):
         check_split("cityscapes", split, SPLITS)
-        root = Path(root).expanduser()
-        require_dir(root, "Cityscapes root", DOWNLOAD)
-        img_dir = require_dir(
-            root / "leftImg8bit" / split, f"Cityscapes images of split {split!r}", DOWNLOAD
-        )
-        gt_dir = require_dir(
-            root / "gtFine" / split, f"Cityscapes fine labels of split {split!r}", DOWNLOAD
+        root = require_dir(Path(root).expanduser(), "Cityscapes root", DOWNLOAD)
+        img_dir, gt_dir = (
+            require_dir(root / sub / split, f"Cityscapes {what} of split {split!r}", DOWNLOAD)
+            for sub, what in (("leftImg8bit", "images"), ("gtFine", "fine labels"))
         )
         images = sorted(img_dir.glob(f"*/*{IMG_SUFFIX}"))
 

@@ -13,7 +13,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from isa_explorer.data.info import DatasetInfo
-from isa_explorer.images import CorruptFileError, read_rgb
+from isa_explorer.images import CorruptFileError, read_bands
+from isa_explorer.images import read_image as read_rgb_chw
 
 Transforms = Callable[[tv_tensors.Image, tv_tensors.Mask], Any]
 
@@ -31,13 +32,8 @@ class EmptySplitError(ValueError):
 
 
 def require_dir(path: Path, what: str, how_to_get: str) -> Path:
-    """Return ``path`` if it is a folder, else raise :class:`DatasetNotFoundError`.
-
-    Args:
-        path: Folder that must exist.
-        what: What the folder should hold, for the message.
-        how_to_get: Where to download the data and where to put it.
-    """
+    """Return ``path`` if it is a folder, else raise :class:`DatasetNotFoundError` naming
+    ``what`` it should hold and ``how_to_get`` the data there."""
     if not path.is_dir():
         raise DatasetNotFoundError(f"{what} not found: expected the folder {path}. {how_to_get}")
     return path
@@ -57,34 +53,26 @@ def make_lut(mapping: dict[int, int], default: int = 255) -> np.ndarray:
     return lut
 
 
-def read_image(path: Path) -> tv_tensors.Image:
-    """Decode an image file to a ``uint8`` RGB ``tv_tensors.Image`` of shape ``(3, H, W)``.
-
-    Read by the project's one reader (:func:`isa_explorer.images.read_rgb`: EXIF orientation,
-    grey, palette, alpha and 16-bit conversions).
+def read_image(path: Path, raw: bool = False) -> tv_tensors.Image:
+    """Decode an image file by the project's one reader (:mod:`isa_explorer.images`): ``uint8``
+    RGB ``(3, H, W)``, or with ``raw`` every band at full precision, float32 ``(C, H, W)``.
 
     Raises:
         CorruptFileError: If the file cannot be decoded (the message names the file).
     """
     try:
-        rgb = read_rgb(path)
+        data = torch.from_numpy(read_bands(path)) if raw else read_rgb_chw(path)
     except (CorruptFileError, FileNotFoundError) as err:
         raise CorruptFileError(
             f"cannot read image {path}: {err}. Re-download or remove it."
         ) from err
-    return tv_tensors.Image(torch.from_numpy(rgb).permute(2, 0, 1).contiguous())
+    return tv_tensors.Image(data)
 
 
 def read_label(path: Path, lut: np.ndarray | None = None) -> tv_tensors.Mask:
-    """Read a single-channel label PNG (grey or palette: the stored indices, never the colours).
-
-    Args:
-        path: Label file.
-        lut: Optional 256-entry table mapping stored values to class ids (values above 255,
-            from 16-bit files, become 255).
-
-    Returns:
-        ``tv_tensors.Mask`` of ``int64`` class ids, shape ``(H, W)``.
+    """Read a single-channel label PNG (grey or palette: the stored indices, never the colours)
+    as ``int64`` class ids ``(H, W)``, mapped by the 256-entry ``lut`` if given (values above
+    255, from 16-bit files, become 255).
 
     Raises:
         CorruptFileError: If the file cannot be decoded or is not a single-channel index image.
@@ -112,13 +100,8 @@ def read_label(path: Path, lut: np.ndarray | None = None) -> tv_tensors.Mask:
 def pair_files(
     images: Sequence[Path], label_for: Callable[[Path], Path | None], name: str, where: Path
 ) -> list[tuple[Path, Path]]:
-    """Pair each image with its label file.
-
-    Args:
-        images: Image files of the split (at least one).
-        label_for: Returns the label path of an image, or ``None`` if it has none.
-        name: Dataset and split, for messages.
-        where: Folder that was searched, for messages.
+    """Pair each image with its label file ``label_for(image)`` (``None``: it has none);
+    ``name`` (dataset and split) and ``where`` (the folder searched) are for messages.
 
     Raises:
         EmptySplitError: If ``images`` is empty.

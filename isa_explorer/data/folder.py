@@ -22,7 +22,6 @@ Values outside the classes, and colours outside the palette, also become ``ignor
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,15 +32,17 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision import tv_tensors
 
+from isa_explorer.config_dict import FromDict
 from isa_explorer.data.common import (
     DatasetNotFoundError,
     EmptySplitError,
     OrphanImageError,
     PairedSegmentationDataset,
     Transforms,
+    read_image,
 )
 from isa_explorer.data.info import DatasetInfo
-from isa_explorer.images import IMAGE_EXTENSIONS, CorruptFileError, read_bands
+from isa_explorer.images import IMAGE_EXTENSIONS, CorruptFileError
 from isa_explorer.palette import default_palette
 
 MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp")
@@ -53,7 +54,7 @@ LAYOUT_HELP = (
 
 
 @dataclass
-class FolderConfig:
+class FolderConfig(FromDict):
     """How a folder dataset is read (``TrainConfig.folder``; ``--classes`` on the command line).
 
     Args:
@@ -80,6 +81,7 @@ class FolderConfig:
     image_mode: str = "auto"
     mean: list[float] | None = None
     std: list[float] | None = None
+    section = "folder"
 
     def __post_init__(self) -> None:
         if isinstance(self.classes, str):  # "a,b,c" from --classes / --set
@@ -89,18 +91,6 @@ class FolderConfig:
         if self.image_mode not in ("auto", "rgb", "raw"):
             raise ValueError(f"folder.image_mode must be auto, rgb or raw, got {self.image_mode!r}")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | FolderConfig | None) -> FolderConfig:
-        """From a (partial) dict; unknown keys raise ``ValueError`` naming the valid ones."""
-        if isinstance(d, cls):
-            return d
-        d = dict(d or {})
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown folder keys {unknown}; valid: {', '.join(valid)}")
-        return cls(**d)
-
 
 #: The mask value of unlabelled pixels once read, whatever the files store (the project's).
 IGNORE = 255
@@ -108,11 +98,8 @@ IGNORE = 255
 
 @dataclass(frozen=True)
 class FolderSpec:
-    """The resolved classes and mask rules of one folder dataset.
-
-    ``ignore_index`` is the value the mask *files* use for unlabelled pixels; once read, such
-    pixels are :data:`IGNORE` (255), as in every dataset of the project.
-    """
+    """The resolved classes and mask rules of one folder dataset (``ignore_index``: the value of
+    unlabelled pixels in the mask *files*; once read they are :data:`IGNORE`, as everywhere)."""
 
     info: DatasetInfo
     reduce_zero_label: bool
@@ -126,10 +113,8 @@ class FolderSpec:
     @property
     def code_to_class(self) -> dict[int, int]:
         """``{colour_code(palette colour): class id}`` (the first class of a repeated colour)."""
-        codes: dict[int, int] = {}
-        for k, (r, g, b) in enumerate(self.info.palette):
-            codes.setdefault((int(r) << 16) | (int(g) << 8) | int(b), k)
-        return codes
+        codes = colour_codes(np.array(self.info.palette, np.int64).reshape(-1, 3)).tolist()
+        return {code: codes.index(code) for code in codes}
 
 
 def colour_codes(rgb: np.ndarray) -> np.ndarray:
@@ -290,14 +275,13 @@ def read_mask_array(path: Path) -> np.ndarray:
                 return np.array(im).astype(np.int64)  # palette PNGs give their indices
             if im.mode in ("RGB", "RGBA"):
                 return np.array(im.convert("RGB"))
-            raise CorruptFileError(
-                f"mask {path} is a {im.mode!r} image; expected class indices (8/16-bit grey or "
-                "palette PNG) or RGB colours of the palette"
-            )
+            mode = im.mode
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        if isinstance(e, CorruptFileError):
-            raise
         raise CorruptFileError(f"cannot read mask {path}: {e}") from None
+    raise CorruptFileError(
+        f"mask {path} is a {mode!r} image; expected class indices (8/16-bit grey or "
+        "palette PNG) or RGB colours of the palette"
+    )
 
 
 def to_class_ids(stored: np.ndarray, spec: FolderSpec) -> np.ndarray:
@@ -355,13 +339,7 @@ class FolderDataset(PairedSegmentationDataset):
 
     def read_image_at(self, index: int) -> tv_tensors.Image:
         """8-bit RGB, or with ``image_mode="raw"`` the file's bands as float32 ``(C, H, W)``."""
-        if not self.spec.raw:
-            return super().read_image_at(index)
-        path = self.pairs[index][0]
-        try:
-            return tv_tensors.Image(torch.from_numpy(read_bands(path)))
-        except (CorruptFileError, FileNotFoundError) as e:
-            raise CorruptFileError(f"cannot read image {path}: {e}") from None
+        return read_image(self.pairs[index][0], self.spec.raw)
 
     def read_mask_at(self, index: int) -> tv_tensors.Mask:
         """The mask, index or colour, as class ids (:func:`to_class_ids`)."""

@@ -3,11 +3,9 @@
 Problems that block training (unless ``--allow-data-issues``): mask values outside the
 classes (and not ignore), RGB mask colours outside the palette, image/mask size mismatches,
 images without masks and masks without images, unreadable files, a missing split. Classes
-that never appear only warn. The report also gives the pixel share of every class.
-
-The result is cached under ``$ISA_EXPLORER_HOME/data_checks/``, keyed by the folder, the
-settings and every file's size and modification time, so a restart does not rescan unchanged
-data; ``--check-data`` always rescans.
+that never appear only warn. The report also gives every class's pixel share. It is cached
+under ``$ISA_EXPLORER_HOME/data_checks/``, keyed by the folder, the settings and every file's
+size and modification time (a restart does not rescan); ``--check-data`` always rescans.
 """
 
 from __future__ import annotations
@@ -25,12 +23,14 @@ from PIL import Image
 
 from isa_explorer.data.common import DatasetNotFoundError, EmptySplitError
 from isa_explorer.data.folder import (
+    IGNORE,
     FolderConfig,
     FolderSpec,
     colour_codes,
     read_mask_array,
     resolve_spec,
     split_files,
+    to_class_ids,
 )
 from isa_explorer.images import CorruptFileError, read_bands
 from isa_explorer.paths import home
@@ -140,13 +140,8 @@ class BandStats:
         if self.sum is None:
             self.sum, self.sumsq, self.first = np.zeros(len(flat)), np.zeros(len(flat)), name
         if len(flat) != len(self.sum):
-            return [
-                Problem(
-                    "band count mismatch",
-                    name,
-                    f"{len(flat)} band(s), but {self.first} has {len(self.sum)}",
-                )
-            ]
+            detail = f"{len(flat)} band(s), but {self.first} has {len(self.sum)}"
+            return [Problem("band count mismatch", name, detail)]
         if accumulate:
             self.sum += flat.sum(1)
             self.sumsq += (flat**2).sum(1)
@@ -191,56 +186,35 @@ def _scan_pair(
     except CorruptFileError as e:
         return [*problems, Problem("unreadable mask", rel(mask), str(e).split(": ", 1)[-1])], 0
     if image_size is not None and tuple(stored.shape[:2]) != tuple(image_size):
-        problems.append(
-            Problem(
-                "size mismatch",
-                rel(mask),
-                f"mask is {stored.shape[0]}x{stored.shape[1]} but image {rel(image)} is "
-                f"{image_size[0]}x{image_size[1]} (HxW)",
-            )
-        )
+        (h, w), (ih, iw) = stored.shape[:2], image_size
+        detail = f"mask is {h}x{w} but image {rel(image)} is {ih}x{iw} (HxW)"
+        problems.append(Problem("size mismatch", rel(mask), detail))
     k, ignore = spec.info.num_classes, spec.ignore_index
     if stored.ndim == 3:
-        values, counts = np.unique(colour_codes(stored), return_counts=True)
         lut = spec.code_to_class
-        unknown = [int(v) for v in values if int(v) not in lut]
+        unknown = [v for v in np.unique(colour_codes(stored)).tolist() if v not in lut]
         if unknown:
             shown = ", ".join(f"({v >> 16}, {v >> 8 & 255}, {v & 255})" for v in unknown[:_SHOWN])
             more = f" and {len(unknown) - _SHOWN} more" if len(unknown) > _SHOWN else ""
-            problems.append(
-                Problem("unknown mask colours", rel(mask), f"{shown}{more} are not in the palette")
+            detail = f"{shown}{more} are not in the palette"
+            problems.append(Problem("unknown mask colours", rel(mask), detail))
+    else:
+        offset = 1 if spec.reduce_zero_label else 0
+        unlabelled = {ignore, 0} if spec.reduce_zero_label else {ignore}
+        values = np.unique(stored).tolist()
+        bad = [v for v in values if v not in unlabelled and not offset <= v < k + offset]
+        if bad:
+            zero = " (reduce_zero_label: 0 is ignored)" if offset else ""
+            more = " ..." if len(bad) > _SHOWN else ""
+            detail = (
+                f"values {bad[:_SHOWN]}{more} are neither classes {offset}..{k - 1 + offset}"
+                f"{zero} nor ignore {ignore}"
             )
-        ignored = 0
-        for v, c in zip(values, counts, strict=True):
-            if int(v) in lut:
-                pixels[lut[int(v)]] += int(c)
-            else:
-                ignored += int(c)
-        return problems, ignored
-    values, counts = np.unique(stored, return_counts=True)
-    offset = 1 if spec.reduce_zero_label else 0
-    unlabelled = {ignore, 0} if spec.reduce_zero_label else {ignore}
-    bad = [int(v) for v in values if v not in unlabelled and not offset <= v < k + offset]
-    if bad:
-        valid = f"{offset}..{k - 1 + offset}" + (
-            " (reduce_zero_label: 0 is ignored)" if offset else ""
-        )
-        problems.append(
-            Problem(
-                "out-of-range mask values",
-                rel(mask),
-                f"values {bad[:_SHOWN]}{' ...' if len(bad) > _SHOWN else ''} are neither classes "
-                f"{valid} nor ignore {ignore}",
-            )
-        )
-    ignored = 0
-    for v, c in zip(values, counts, strict=True):
-        v = int(v)
-        if offset <= v < k + offset and v not in unlabelled:
-            pixels[v - offset] += int(c)
-        else:
-            ignored += int(c)
-    return problems, ignored
+            problems.append(Problem("out-of-range mask values", rel(mask), detail))
+    ids = to_class_ids(stored, spec)  # (H, W): IGNORE where unlabelled or not a class
+    labelled = ids != IGNORE
+    pixels += np.bincount(ids[labelled], minlength=k)
+    return problems, int((~labelled).sum())
 
 
 def scan_folder(

@@ -121,32 +121,22 @@ VOC_INFO = DatasetInfo(
         (0, 192, 0), (128, 192, 0), (0, 64, 128),
     ),
 )
-# fmt: on
 
-#: Other names accepted for the datasets (``"voc-aug"`` is VOC trained on the SBD-augmented split).
 #: The synthetic long-range-context scenes (:mod:`isa_explorer.data.synthetic`).
 SYNTHETIC_INFO = DatasetInfo(
     name="synthetic-context",
     class_names=(
-        "background",
-        "cue-red",
-        "cue-blue",
-        "object-red-context",
-        "object-blue-context",
-        "green-disc",
-        "yellow-bar",
+        "background", "cue-red", "cue-blue", "object-red-context", "object-blue-context",
+        "green-disc", "yellow-bar",
     ),
     palette=(
-        (0, 0, 0),
-        (220, 40, 40),
-        (40, 80, 220),
-        (255, 150, 150),
-        (150, 185, 255),
-        (40, 180, 60),
+        (0, 0, 0), (220, 40, 40), (40, 80, 220), (255, 150, 150), (150, 185, 255), (40, 180, 60),
         (230, 210, 40),
     ),
 )
+# fmt: on
 
+#: Other names accepted for the datasets (``"voc-aug"`` is VOC trained on the SBD-augmented split).
 ALIASES = {"voc-aug": "voc", "voc2012": "voc", "ade": "ade20k", "ade20k-150": "ade20k"}
 
 
@@ -161,10 +151,8 @@ def get_info(name: str) -> DatasetInfo:
         ValueError: If the name is not a known dataset.
     """
     key = ALIASES.get(name.lower(), name.lower())
-    if key == "synthetic-context":
-        return SYNTHETIC_INFO
-    infos = {i.name: i for i in (CITYSCAPES_INFO, ADE20K_INFO, VOC_INFO)}
+    infos = {i.name: i for i in (CITYSCAPES_INFO, ADE20K_INFO, VOC_INFO, SYNTHETIC_INFO)}
     if key not in infos:
-        known = sorted([*infos, "synthetic-context", *ALIASES])
+        known = sorted([*infos, *ALIASES])
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(known)}")
     return infos[key]

@@ -1,22 +1,19 @@
 """The synthetic long-range-context dataset: scenes whose labels depend on a far-away cue.
 
 Every image holds one coloured *cue* patch near the left or right edge: red (context A) or blue
-(context B). Grey squares and discs on the far side of the image -- more than a third of the
-width away from the cue -- are ``object-red-context`` when the cue is red and
-``object-blue-context`` when it is blue. Their pixels, and everything around them, look the same
-in both contexts, so no local window can tell the two classes apart: only a model that relates
-them to the cue (e.g. through self-attention) can. Green discs and yellow bars are classes that
-a local window decides, and the cue itself is a class. Everything else (a smooth random texture
-and faintly coloured distractor blobs) is background.
-
-Scenes are generated on the fly: item ``i`` is a pure function of ``(seed, i, size)``; nothing is
-read from disk. One 256x512 scene takes a few milliseconds on one core.
+(context B). Grey squares and discs more than a third of the width away from the cue are
+``object-red-context`` when the cue is red and ``object-blue-context`` when it is blue. They and
+their surroundings look the same in both contexts, so no local window can tell the two classes
+apart: only a model that relates them to the cue (e.g. through self-attention) can. Green discs,
+yellow bars and the cue are classes a local window decides; everything else (a smooth texture,
+faint distractor blobs) is background. Item ``i`` is generated on the fly, a pure function of
+``(seed, i, size)`` (a few milliseconds for 256x512 on one core).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -24,15 +21,14 @@ import numpy as np
 import torch
 from torchvision import tv_tensors
 
+from isa_explorer.config_dict import FromDict
 from isa_explorer.data.info import SYNTHETIC_INFO, DatasetInfo
 
 
 @dataclass(frozen=True)
-class SyntheticConfig:
-    """The synthetic-context data of a training recipe: the one home of its defaults.
-
-    Read like a mapping too (``cfg.synthetic["size"]``). Unknown keys are refused with the
-    valid names (:meth:`from_dict`).
+class SyntheticConfig(FromDict):
+    """The synthetic-context data of a training recipe, the one home of its defaults; read like a
+    mapping too (``cfg.synthetic["size"]``).
 
     Attributes:
         train_length: Training scenes (generated on the fly from ``train_seed``).
@@ -47,6 +43,7 @@ class SyntheticConfig:
     train_seed: int = 0
     val_seed: int = 10_000
     size: tuple[int, int] = (128, 256)
+    section = "synthetic"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", check_size(tuple(int(v) for v in self.size)))
@@ -56,17 +53,6 @@ class SyntheticConfig:
 
     def get(self, key: str, default: Any = None) -> Any:
         return getattr(self, key, default)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | SyntheticConfig) -> SyntheticConfig:
-        """From a (partial) dict; unknown keys raise ``ValueError`` naming the valid ones."""
-        if isinstance(d, cls):
-            return d
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown synthetic keys {unknown}; valid: {', '.join(valid)}")
-        return cls(**d)
 
 
 #: Ids of the classes that only the far cue decides (grey objects in context A / B).
@@ -167,9 +153,14 @@ def _distractors(rng, canvas, labels, h: int, w: int) -> None:
         _paint(canvas, labels, cy[i] - ry[i], cx[i] - rx[i], shape, colours[i], 0)
 
 
-def _render(seed: int, index: int, h: int, w: int, context: int | None):
-    """Scene ``(image (3, h, w) uint8, labels (h, w) int64)``; see :func:`generate`."""
-    rng = np.random.default_rng((seed, index, h, w))
+def _render(seed: int, index: int, size: tuple[int, int], context: int | None = None):
+    """Scene ``(image (3, H, W) uint8, labels (H, W) int64)``; see :func:`generate`."""
+    if seed < 0 or index < 0:
+        raise ValueError(f"seed and index must be non-negative, got seed={seed}, index={index}")
+    if context not in (None, 0, 1):
+        raise ValueError(f"context must be None, 0 (red cue) or 1 (blue cue), got {context!r}")
+    h, w = check_size(size)
+    rng = np.random.default_rng((int(seed), int(index), h, w))
     (obj_lo, obj_hi), (cue_lo, cue_hi) = _sizes(h, w)
     cell, y0s, x0s, far_x0 = _layout(h, w)
     drawn_context = int(rng.integers(0, 2))
@@ -241,17 +232,8 @@ def generate(
     Returns:
         ``(image, labels)``: ``(H, W, 3)`` uint8 RGB and ``(H, W)`` int64 class ids.
     """
-    image, labels = _generate_chw(seed, index, size, context)
+    image, labels = _render(seed, index, size, context)
     return np.ascontiguousarray(image.transpose(1, 2, 0)), labels  # (3, H, W) -> (H, W, 3)
-
-
-def _generate_chw(seed: int, index: int, size: tuple[int, int], context: int | None = None):
-    if seed < 0 or index < 0:
-        raise ValueError(f"seed and index must be non-negative, got seed={seed}, index={index}")
-    if context not in (None, 0, 1):
-        raise ValueError(f"context must be None, 0 (red cue) or 1 (blue cue), got {context!r}")
-    h, w = check_size(size)
-    return _render(int(seed), int(index), h, w, context)
 
 
 class SyntheticContextDataset(torch.utils.data.Dataset):
@@ -289,7 +271,7 @@ class SyntheticContextDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         if not -self.length <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} items")
-        image, labels = _generate_chw(self.seed, index % self.length, self.size)
+        image, labels = _render(self.seed, index % self.length, self.size)
         item = (
             tv_tensors.Image(torch.from_numpy(image)),
             tv_tensors.Mask(torch.from_numpy(labels)),

@@ -1,15 +1,12 @@
 """mmsegmentation's training and test pipelines as torchvision ``transforms.v2`` callables.
 
 Every transform takes and returns ``(image, mask)``: ``tv_tensors.Image`` uint8 ``(3, H, W)``
-and ``tv_tensors.Mask`` int64 ``(H, W)``. Geometric steps move both together (masks always with
-nearest interpolation); photometric steps touch the image only. torchvision's own transforms are
-used where they do what mmseg does (flip); the rest are small ``v2.Transform`` subclasses:
-
-- :class:`RandomRescale`: mmseg's ``RandomResize(scale, ratio_range, keep_ratio=True)``;
-- :class:`CatMaxRatioCrop`: mmseg's ``RandomCrop(crop_size, cat_max_ratio)``;
-- :class:`PhotoMetricDistortion`: mmseg's ``PhotoMetricDistortion`` (v2's
-  ``RandomPhotometricDistort`` also permutes channels and scales brightness instead of shifting);
-- :class:`PadToSize`: pad bottom/right to the crop size (image 0, mask 255).
+and ``tv_tensors.Mask`` int64 ``(H, W)``. Geometric steps move both (masks always with nearest
+interpolation); photometric steps touch the image only. Besides torchvision's flip, small
+``v2.Transform`` subclasses do what mmseg does: :class:`RandomRescale` (``RandomResize``),
+:class:`CatMaxRatioCrop` (``RandomCrop``), :class:`PhotoMetricDistortion` (v2's
+``RandomPhotometricDistort`` also permutes channels and scales brightness instead of shifting)
+and :class:`PadToSize` (pad bottom/right to the crop size: image 0, mask 255).
 """
 
 from __future__ import annotations
@@ -52,9 +49,9 @@ def rescale_size(size: tuple[int, int], scale: tuple[int, int], ratio: float = 1
 class RandomRescale(v2.Transform):
     """Resize keeping the aspect ratio to a random multiple of a base scale (mmseg ``RandomResize``).
 
-    The ratio is drawn uniformly from ``ratio_range`` (fixed 1.0 when ``None``), then the image
-    is fitted within ``scale * ratio`` (see :func:`rescale_size`). Images use bilinear
-    interpolation without antialiasing (as OpenCV's, which mmseg uses); masks use nearest.
+    The ratio is drawn uniformly from ``ratio_range`` (1.0 when ``None``); the image is fitted
+    within ``scale * ratio`` (:func:`rescale_size`), bilinearly without antialiasing (as mmseg's
+    OpenCV), the mask with nearest.
 
     Args:
         scale: ``(long, short)`` base scale, e.g. ``(2048, 1024)``.
@@ -90,9 +87,7 @@ class RandomRescale(v2.Transform):
 
 
 class KeepRatioResize(RandomRescale):
-    """Test-time keep-ratio resize of the image only; the mask keeps its original size.
-
-    mmseg evaluates predictions at the label's resolution, so the label is not resized.
+    """Test-time keep-ratio resize of the image only: mmseg evaluates at the label's size.
 
     Args:
         scale: ``(long, short)`` bound, e.g. ``(2048, 512)``.
@@ -105,17 +100,13 @@ class KeepRatioResize(RandomRescale):
         super().__init__(scale, None, antialias)
 
 
-def _find_mask(flat_inputs: list[Any]) -> torch.Tensor | None:
-    return next((x for x in flat_inputs if isinstance(x, tv_tensors.Mask)), None)
-
-
 class CatMaxRatioCrop(v2.Transform):
     """Random crop where no single class covers too much (mmseg ``RandomCrop``).
 
-    A crop window of ``min(crop_size, image size)`` is drawn uniformly; it is accepted if it
-    holds at least two classes and the largest covers less than ``cat_max_ratio`` of the
-    labelled (non-ignore) pixels. After ``max_tries`` rejected windows one more is drawn and
-    used as is. ``cat_max_ratio >= 1`` (or no mask) accepts the first window.
+    A window of ``min(crop_size, image size)`` is drawn uniformly and accepted if it holds two
+    classes or more and the largest covers less than ``cat_max_ratio`` of the labelled pixels;
+    after ``max_tries`` rejections one more is drawn and used. ``cat_max_ratio >= 1`` (or no
+    mask) accepts the first window.
 
     Args:
         crop_size: ``(H, W)`` of the crop.
@@ -139,30 +130,23 @@ class CatMaxRatioCrop(v2.Transform):
         self.ignore_index = ignore_index
         self.max_tries = max_tries
 
-    def _window(self, h: int, w: int) -> tuple[int, int, int, int]:
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = v2.query_size(flat_inputs)
         ch, cw = min(self.crop_size[0], h), min(self.crop_size[1], w)
-        top = int(torch.randint(0, h - ch + 1, ()))
-        left = int(torch.randint(0, w - cw + 1, ()))
-        return top, left, ch, cw
+        mask = next((x for x in flat_inputs if isinstance(x, tv_tensors.Mask)), None)
+        tries = self.max_tries if mask is not None and self.cat_max_ratio < 1.0 else 0
+        for attempt in range(tries + 1):  # the last window is used as drawn
+            top = int(torch.randint(0, h - ch + 1, ()))
+            left = int(torch.randint(0, w - cw + 1, ()))
+            if attempt == tries or self._accept(mask[..., top : top + ch, left : left + cw]):
+                break
+        return {"top": top, "left": left, "height": ch, "width": cw}
 
-    def _accept(self, mask: torch.Tensor, window: tuple[int, int, int, int]) -> bool:
-        top, left, ch, cw = window
-        crop = mask[..., top : top + ch, left : left + cw]
+    def _accept(self, crop: torch.Tensor) -> bool:
         counts = torch.bincount(crop.reshape(-1).long(), minlength=self.ignore_index + 1)
         counts[self.ignore_index] = 0
         counts = counts[counts > 0]
         return len(counts) > 1 and float(counts.max()) / float(counts.sum()) < self.cat_max_ratio
-
-    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        h, w = v2.query_size(flat_inputs)
-        window = self._window(h, w)
-        mask = _find_mask(flat_inputs)
-        if mask is not None and self.cat_max_ratio < 1.0:
-            for _ in range(self.max_tries):
-                if self._accept(mask, window):
-                    break
-                window = self._window(h, w)
-        return dict(zip(("top", "left", "height", "width"), window, strict=True))
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         return self._call_kernel(F.crop, inpt, **params)
@@ -263,7 +247,7 @@ class PadToSize(v2.Transform):
     ):
         super().__init__()
         self.size = tuple(size)
-        self.image_fill = image_fill
+        self.image_fill = list(image_fill) if isinstance(image_fill, Sequence) else image_fill
         self.mask_fill = mask_fill
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
@@ -274,8 +258,6 @@ class PadToSize(v2.Transform):
         if not any(params["padding"]):
             return inpt
         fill = self.mask_fill if isinstance(inpt, tv_tensors.Mask) else self.image_fill
-        if isinstance(fill, Sequence):
-            fill = list(fill)
         return self._call_kernel(F.pad, inpt, params["padding"], fill=fill)
 
 

@@ -54,11 +54,7 @@ def find_voc_root(root: str | Path) -> Path:
 def read_id_list(path: Path) -> list[str]:
     """Image ids of a split list: one per line, as ``2007_000032`` or ``/JPEGImages/2007_000032.jpg
     /SegmentationClassAug/2007_000032.png`` (the first column's file stem is the id)."""
-    ids = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            ids.append(Path(line.split()[0]).stem)
-    return ids
+    return [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
 
 
 class VOCDataset(PairedSegmentationDataset):
@@ -90,22 +86,16 @@ class VOCDataset(PairedSegmentationDataset):
         img_dir = base / "JPEGImages"
         lists = base / "ImageSets" / "Segmentation"
         label_dirs = [base / "SegmentationClass"]
-        if split == "train_aug":
-            names = [lists / n for n in AUG_LISTS]
-            list_file = next((p for p in names if p.is_file()), None)
-            if list_file is None:
-                raise DatasetNotFoundError(
-                    f"VOC train_aug list not found: expected {names[0]} or {names[1]}. {AUG_DOWNLOAD}"
-                )
-            aug_dir = require_dir(base / "SegmentationClassAug", "SBD labels", AUG_DOWNLOAD)
-            label_dirs.insert(0, aug_dir)
+        if split == "train_aug":  # SBD labels first, VOC's own for ids not converted there
+            names, how = [lists / n for n in AUG_LISTS], AUG_DOWNLOAD
+            label_dirs.insert(0, require_dir(base / "SegmentationClassAug", "SBD labels", how))
         else:
-            require_dir(label_dirs[0], "VOC labels", DOWNLOAD)
-            list_file = lists / f"{split}.txt"
-            if not list_file.is_file():
-                raise DatasetNotFoundError(
-                    f"VOC split list not found: expected {list_file}. {DOWNLOAD}"
-                )
+            names, how = [lists / f"{split}.txt"], DOWNLOAD
+            require_dir(label_dirs[0], "VOC labels", how)
+        list_file = next((p for p in names if p.is_file()), None)
+        if list_file is None:
+            expected = " or ".join(str(p) for p in names)
+            raise DatasetNotFoundError(f"VOC {split} list not found: expected {expected}. {how}")
         ids = read_id_list(list_file)
         if not ids:
             raise EmptySplitError(f"voc {split}: the list {list_file} names no images")

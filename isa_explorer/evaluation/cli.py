@@ -57,15 +57,11 @@ def resolve_test_mode(args: argparse.Namespace) -> None:
     A zoo model is tested as published (``whole``, or ``slide`` 769/513 for the 769x769
     Cityscapes models); any other model whole-image, with the slide defaults if asked to slide.
     """
-    entry = None
     if args.mode is None or args.crop is None or args.stride is None:
         from isa_explorer.pretrained import DEFAULT_MODEL_DIR, resolve_model_dir
         from isa_explorer.zoo import read_entry
 
         entry = read_entry(resolve_model_dir(args.checkpoint or DEFAULT_MODEL_DIR))
-    if args.mode is None:
-        args.mode = entry.test_mode if entry is not None else "whole"
-    if args.crop is None:
-        args.crop = (entry.test_crop if entry is not None else None) or SLIDE_CROP
-    if args.stride is None:
-        args.stride = (entry.test_stride if entry is not None else None) or SLIDE_STRIDE
+        args.mode = args.mode or (entry.test_mode if entry is not None else "whole")
+        args.crop = args.crop or (entry and entry.test_crop) or SLIDE_CROP
+        args.stride = args.stride or (entry and entry.test_stride) or SLIDE_STRIDE

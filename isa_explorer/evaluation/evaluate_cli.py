@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from isa_explorer.evaluation.evaluator import evaluate
 from isa_explorer.evaluation.inference import MS_SCALES
 from isa_explorer.evaluation.metrics import format_table
 from isa_explorer.pretrained import load_model
+from isa_explorer.training.logs import jsonable
 
 
 def parse_args(
@@ -126,12 +126,9 @@ def build_loader(args: argparse.Namespace) -> tuple[Any, DataLoader]:
     kwargs = {}
     if args.dataset.lower() == "folder":
         kwargs = dict(config=folder_settings(args.checkpoint)[0])
-    if args.dataset.lower() == "synthetic-context":
-        kwargs = dict(
-            length=args.synthetic_length,
-            seed=args.synthetic_seed,
-            size=tuple(args.synthetic_size),
-        )
+    elif args.dataset.lower() == "synthetic-context":
+        size = tuple(args.synthetic_size)
+        kwargs = dict(length=args.synthetic_length, seed=args.synthetic_seed, size=size)
     dataset = build_dataset(args.dataset, args.data_root, args.split, transforms, **kwargs)
     info = dataset.info
     if args.limit is not None:
@@ -145,17 +142,6 @@ def build_loader(args: argparse.Namespace) -> tuple[Any, DataLoader]:
         pin_memory=args.device.startswith("cuda"),
     )
     return info, loader
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN (absent classes) -> ``null``, so the file is strict JSON."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return value
 
 
 def main(argv: list[str] | None = None, prog: str = "isa-explorer evaluate") -> int:
@@ -220,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
             "seconds": round(seconds, 3),
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(_json_safe(record), indent=2) + "\n")
+        args.json.write_text(json.dumps(jsonable(record), indent=2) + "\n")
         print(f"metrics written to {args.json}")
     return 0
 

@@ -1,8 +1,7 @@
 """Evaluate a segmentation model on a dataset as mmsegmentation does: mIoU, mAcc, aAcc.
 
-Predictions are compared with the labels at the labels' resolution and counted in one
-confusion matrix over the whole set; IoU is computed per class from it (classes absent from
-both labels and predictions are ``nan`` and left out of the mean).
+Predictions are counted at the labels' resolution in one confusion matrix over the whole set
+(:class:`~isa_explorer.evaluation.metrics.ConfusionMatrix`: absent classes are left out).
 
 Example:
     >>> from torch.utils.data import DataLoader
@@ -17,23 +16,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from isa_explorer.distributed import world
-from isa_explorer.evaluation.inference import (
-    SLIDE_CROP,
-    SLIDE_STRIDE,
-    Mode,
-    aug_inference,
-    inference,
-)
+from isa_explorer.evaluation.inference import SLIDE_CROP, SLIDE_STRIDE, Mode, scores_at
 from isa_explorer.evaluation.metrics import ConfusionMatrix
-
-
-def _plain(x: torch.Tensor) -> torch.Tensor:
-    return x.as_subclass(torch.Tensor) if type(x) is not torch.Tensor else x
 
 
 @torch.inference_mode()
@@ -87,29 +75,19 @@ def evaluate(
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
     model.eval().to(device)
-    align_corners = bool(getattr(model, "align_corners", False))
-    tta = len(scales) > 1 or flip or tuple(scales) != (1.0,)
     matrix = ConfusionMatrix(num_classes, ignore_index)
     rank, world_size = world()
     n_images = torch.zeros((), dtype=torch.int64)
     bar = tqdm(loader, desc="evaluate", unit="batch", disable=not progress or rank != 0)
     for images, masks in bar:
-        images, masks = _plain(images).to(device), _plain(masks).to(device)
+        images = images.as_subclass(torch.Tensor).to(device)
+        masks = masks.as_subclass(torch.Tensor).to(device)
         if images.ndim == 3:  # a single image (3, H, W)
             images, masks = images[None], masks[None]
         masks = masks.reshape(masks.shape[0], *masks.shape[-2:])  # (B, H', W')
         x = normalize(images.float())
         out_size = tuple(masks.shape[-2:])
-        if tta:
-            scores = aug_inference(
-                model, x, scales, flip, mode, crop_size, stride, num_classes, out_size
-            )
-        else:
-            scores = inference(model, x, mode, crop_size, stride, num_classes)
-            if scores.shape[-2:] != out_size:
-                scores = F.interpolate(
-                    scores, out_size, mode="bilinear", align_corners=align_corners
-                )
+        scores = scores_at(model, x, out_size, mode, crop_size, stride, scales, flip, num_classes)
         matrix.update(scores.argmax(dim=1), masks)
         n_images += images.shape[0]
         if not bar.disable:
@@ -120,9 +98,7 @@ def evaluate(
         n_images = n_images.to(matrix.mat.device)
         torch.distributed.all_reduce(n_images)
     metrics = matrix.compute()
-    metrics["class_names"] = (
-        list(class_names) if class_names else [str(i) for i in range(num_classes)]
-    )
+    metrics["class_names"] = list(class_names or map(str, range(num_classes)))
     metrics["num_images"] = int(n_images)
     return metrics
 

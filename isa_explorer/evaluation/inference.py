@@ -41,10 +41,8 @@ def slide_inference(
 ) -> torch.Tensor:
     """Sliding-window logits, averaged where windows overlap (mmseg's ``slide_inference``).
 
-    Windows of ``crop_size`` start every ``stride`` pixels; the last row/column of windows is
-    shifted back to end at the image border. Where the image is smaller than the crop, the
-    window is the whole extent (as mmseg, no padding). Each window's logits are placed on a
-    zero canvas of the image size and the sum is divided by the number of windows per pixel.
+    Windows of ``crop_size`` start every ``stride`` pixels, the last row/column shifted back to
+    end at the border; an image smaller than the crop is one window (as mmseg, no padding).
 
     Args:
         model: Normalised images -> logits at the input size.
@@ -176,6 +174,32 @@ def aug_inference(
             n += 1
     assert probs is not None
     return probs / n
+
+
+def scores_at(
+    model: nn.Module,
+    image: torch.Tensor,
+    out_size: tuple[int, int],
+    mode: Mode = "whole",
+    crop_size: tuple[int, int] = SLIDE_CROP,
+    stride: tuple[int, int] = SLIDE_STRIDE,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    num_classes: int | None = None,
+) -> torch.Tensor:
+    """Class scores ``(B, K, *out_size)`` to take the argmax of: the logits of :func:`inference`
+    resized bilinearly to ``out_size``, or with other ``scales`` or ``flip`` the probabilities of
+    :func:`aug_inference` (same arguments)."""
+    if flip or tuple(scales) != (1.0,):
+        return aug_inference(
+            model, image, scales, flip, mode, crop_size, stride, num_classes, out_size
+        )
+    logits = inference(model, image, mode, crop_size, stride, num_classes)
+    if logits.shape[-2:] != tuple(out_size):
+        logits = F.interpolate(
+            logits, out_size, mode="bilinear", align_corners=_align_corners(model)
+        )
+    return logits
 
 
 #: mmseg's multi-scale test ratios.

@@ -115,8 +115,5 @@ def format_table(metrics: dict, class_names: Sequence[str] | None = None) -> str
         f"| {n:<{width}} | {pct(i):>6} | {pct(a):>6} |"
         for n, i, a in zip(names, ious, accs, strict=True)
     ]
-    lines.append(rule)
-    lines.append(
-        f"mIoU {pct(metrics['mIoU'])}  mAcc {pct(metrics['mAcc'])}  aAcc {pct(metrics['aAcc'])}"
-    )
-    return "\n".join(lines)
+    means = "  ".join(f"{key} {pct(metrics[key])}" for key in ("mIoU", "mAcc", "aAcc"))
+    return "\n".join([*lines, rule, means])

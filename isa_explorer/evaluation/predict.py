@@ -1,8 +1,7 @@
 """Prediction of image files: label maps at the image's size, and the files they are saved as.
 
-``isa-explorer predict`` (:mod:`~isa_explorer.evaluation.predict_cli`) runs
-:func:`predict_image` per file; images are read by :func:`isa_explorer.images.read_image` and
-coloured by :mod:`isa_explorer.palette`.
+``isa-explorer predict`` (:mod:`~isa_explorer.evaluation.predict_cli`) runs :func:`predict_image`
+per file (read by :func:`isa_explorer.images.read_image`, coloured by :mod:`isa_explorer.palette`).
 """
 
 from __future__ import annotations
@@ -12,19 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torchvision import tv_tensors
 
 from isa_explorer.data.transforms import KeepRatioResize
-from isa_explorer.evaluation.inference import (
-    SLIDE_CROP,
-    SLIDE_STRIDE,
-    Mode,
-    aug_inference,
-    inference,
-)
+from isa_explorer.evaluation.inference import SLIDE_CROP, SLIDE_STRIDE, Mode, scores_at
 
 
 def _check_image(image: torch.Tensor, model: nn.Module) -> None:
@@ -80,14 +72,7 @@ def predict_image(
     if scale is not None:
         image = KeepRatioResize(scale)(tv_tensors.Image(image))
     x = model.normalize(image.as_subclass(torch.Tensor)[None].to(device).float())  # (1, C, h, w)
-    if len(scales) > 1 or flip or tuple(scales) != (1.0,):
-        scores = aug_inference(model, x, scales, flip, mode, crop_size, stride, out_size=(h, w))
-    else:
-        scores = inference(model, x, mode, crop_size, stride)
-        if scores.shape[-2:] != (h, w):
-            align = bool(getattr(model, "align_corners", False))
-            scores = F.interpolate(scores, (h, w), mode="bilinear", align_corners=align)
-    return scores[0].argmax(0).cpu()
+    return scores_at(model, x, (h, w), mode, crop_size, stride, scales, flip)[0].argmax(0).cpu()
 
 
 def save_png(image: torch.Tensor, path: str | Path) -> None:

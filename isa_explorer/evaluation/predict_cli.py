@@ -90,13 +90,11 @@ def collect_inputs(inputs: list[str], recursive: bool = False) -> list[Path]:
 def output_stems(files: list[Path]) -> list[str]:
     """Output name per input: its stem, with the extension added where two stems collide."""
     stems = [f.stem for f in files]
-    seen: set[str] = set()
-    names = []
+    names: list[str] = []
     for f, stem in zip(files, stems, strict=True):
         name = stem if stems.count(stem) == 1 else f"{stem}_{f.suffix.lstrip('.')}"
-        while name in seen:
+        while name in names:
             name += "_"
-        seen.add(name)
         names.append(name)
     return names
 

@@ -8,13 +8,9 @@ decides, time per training iteration and peak memory; for the attention heads al
 a context object's attention lands on the cue (the combined map's mass on the cue, relative to
 the cue's share of the image).
 
-Usage::
-
-    isa-explorer experiment context --runs-dir runs/context \\
-        --out results/context_experiment.json
-
-A head whose run directory already holds ``final/`` is not trained again (so the ISA run of
-``python train/fit.py --config synthetic-context --run-dir runs/context/isa`` is reused).
+``isa-explorer experiment context`` writes ``results/context_experiment.json`` and ``.md``; a
+head whose run (``runs/context/HEAD``) already holds ``final/`` is not trained again, so the run
+of ``python train/fit.py --config synthetic-context --run-dir runs/context/isa`` is reused.
 """
 
 from __future__ import annotations
@@ -31,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from isa_explorer import heads as registry
 from isa_explorer.attention import capture_attention, query_maps
 from isa_explorer.data.synthetic import (
     SYNTHETIC_CONTEXT_CLASSES,
@@ -40,9 +37,10 @@ from isa_explorer.data.synthetic import (
     generate,
 )
 from isa_explorer.evaluation import evaluate
-from isa_explorer.models.isa.model import ISANet
+from isa_explorer.models.isanet import ISANet
 
-HEADS = ("fcn", "isa", "dense")
+#: The heads compared: every registered head (built in: ``isa``, ``dense``, ``fcn``).
+HEADS = tuple(registry.names())
 #: Seed of the held-out scenes: no config trains or validates on it.
 HELD_OUT_SEED = 20261124
 CUE_CLASSES = (1, 2)
@@ -74,40 +72,34 @@ def held_out_metrics(
     return metrics
 
 
-def _erode(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Binary erosion of an ``(H, W)`` mask by a square of side ``2 * radius + 1``."""
-    m = mask[None, None].float()
-    return (-F.max_pool2d(-m, 2 * radius + 1, stride=1, padding=radius))[0, 0] > 0.5
-
-
 def cue_attention_ratio(
     model: ISANet,
     size: tuple[int, int] = SyntheticConfig.size,
     n_scenes: int = 16,
     seed: int = HELD_OUT_SEED,
-    map_name: str = "combined",
+    map_name: str | None = None,
 ) -> dict:
     """How much more attention a context object pays to the cue than the cue's area share.
 
     For each scene, the query is a pixel well inside a context-decided object (class 3 or 4);
-    its ``map_name`` map (``"combined"`` for ISA, ``"dense"`` for the dense head) is summed over
+    its ``map_name`` map (default: the head's ``main_map``, ISA's combined one) is summed over
     the feature cells that lie mostly on the cue, and divided by the fraction of cells that do.
-    A ratio of 1 is attention spread evenly; the cue is what decides the object's class.
-
-    Reported per context class too: a model may find one cue colour and decide the other class
-    by its absence (the shipped model looks for the red cue), so one class can attend to the cue
-    and the other not.
+    A ratio of 1 is attention spread evenly; the cue is what decides the object's class. Per
+    context class too: a model may find one cue colour and decide the other class by its absence
+    (the shipped model looks for the red cue), so one class can attend to the cue and the other not.
 
     Returns:
         ``{"ratios": [...], "median": float, "min": float, "cue_share": [...], "classes": [...],
         "by_class": {name: {"median": float, "count": int}}, "map": map_name}``.
     """
+    map_name = map_name or registry.of(model).main_map
     rng = np.random.default_rng(seed)
     ratios, shares, classes = [], [], []
     for index in range(n_scenes):
         image, labels = generate(seed, index, size)
         labels = torch.from_numpy(labels)
-        objects = _erode(torch.isin(labels, torch.tensor(SYNTHETIC_CONTEXT_CLASSES)), 4)
+        mask = torch.isin(labels, torch.tensor(SYNTHETIC_CONTEXT_CLASSES))[None, None].float()
+        objects = (-F.max_pool2d(-mask, 9, stride=1, padding=4))[0, 0] > 0.5  # eroded by 4 px
         ys, xs = torch.nonzero(objects, as_tuple=True)
         if len(ys) == 0:
             continue
@@ -122,14 +114,11 @@ def cue_attention_ratio(
         ratios.append(float(m[cue_cells].sum() / m.sum()) / share)
         shares.append(share)
         classes.append(int(labels[ys[pick], xs[pick]]))
-    by_class = {}
-    for c in SYNTHETIC_CONTEXT_CLASSES:
-        r = [v for v, k in zip(ratios, classes, strict=True) if k == c]
-        if r:
-            by_class[SYNTHETIC_INFO.class_names[c]] = {
-                "median": float(np.median(r)),
-                "count": len(r),
-            }
+    by_class = {
+        SYNTHETIC_INFO.class_names[c]: {"median": float(np.median(r)), "count": len(r)}
+        for c in SYNTHETIC_CONTEXT_CLASSES
+        if (r := [v for v, k in zip(ratios, classes, strict=True) if k == c])
+    }
     return {
         "ratios": ratios,
         "median": float(np.median(ratios)),
@@ -144,13 +133,13 @@ def cue_attention_ratio(
 def train_step_cost(cfg_overrides: Sequence[str], steps: int = 6, warmup: int = 2) -> dict:
     """Median time and peak memory growth of one training step of a ``synthetic-context`` model.
 
-    Runs in the calling process (use :func:`measure_train_steps` for a fresh process per head,
-    so the heads are measured under the same conditions, one after the other).
+    Runs in the calling process; :func:`run_experiment` runs it in a fresh process per head
+    (:func:`train_step_worker`), so the heads are measured under the same conditions.
     """
-    from isa_explorer.bench.measure import PeakMemory, median_ms, time_runs
     from isa_explorer.configs import get_config
+    from isa_explorer.costs.measure import PeakMemory, median_ms, time_runs
     from isa_explorer.training.model import build_model
-    from isa_explorer.training.steps import segmentation_loss
+    from isa_explorer.training.steps import loss_weights, segmentation_loss
 
     cfg = get_config("synthetic-context", cfg_overrides)
     torch.manual_seed(cfg.seed)
@@ -161,7 +150,8 @@ def train_step_cost(cfg_overrides: Sequence[str], steps: int = 6, warmup: int = 
     masks = torch.stack([data[i][1] for i in range(cfg.batch_size)]).long()
 
     def step() -> None:
-        loss, _ = segmentation_loss(model.forward_train(model.normalize(images)), masks, 0.0, 255)
+        outputs = model.forward_train(model.normalize(images))
+        loss, _ = segmentation_loss(outputs, masks, loss_weights(model, 0.0), 255)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -172,16 +162,6 @@ def train_step_cost(cfg_overrides: Sequence[str], steps: int = 6, warmup: int = 
     return {"ms_per_step": median_ms(times), "peak_memory_bytes": peak.growth(),
             "batch": cfg.batch_size, "size": list(cfg.synthetic.size),
             "threads": torch.get_num_threads()}  # fmt: skip
-
-
-def measure_train_steps(heads: Sequence[str] = HEADS, overrides: Sequence[str] = ()) -> dict:
-    """:func:`train_step_cost` of each head, each in a fresh process, one after the other."""
-    from isa_explorer.bench.worker import run_worker
-
-    return {
-        head: run_worker("train-step", {"overrides": [*overrides, f"model.head={head}"]})
-        for head in heads
-    }
 
 
 def train_step_worker(spec: dict) -> dict:
@@ -208,6 +188,7 @@ def run_experiment(
     Returns:
         ``{"config": ..., "heads": {head: {...}}, "environment": ...}``.
     """
+    from isa_explorer.bench.worker import run_worker
     from isa_explorer.configs import get_config
     from isa_explorer.pretrained import load_model
     from isa_explorer.training import train
@@ -234,15 +215,14 @@ def run_experiment(
             "params": sum(p.numel() for p in model.parameters()),
             "run_dir": str(run_dir),
         }
-        if head != "fcn":
-            row["cue_attention"] = cue_attention_ratio(
-                model, size=size, map_name="combined" if head == "isa" else "dense"
-            )
+        if registry.get(head).maps:  # heads without attention maps have none to analyse
+            row["cue_attention"] = cue_attention_ratio(model, size=size)
         out["heads"][head] = row
         out["config"] = cfg.to_dict()
     # Training runs may have shared the machine differently: time one step of each head afresh.
-    for head, cost in measure_train_steps(heads, overrides).items():
-        out["heads"][head]["train_step"] = cost
+    for head in heads:
+        spec = {"overrides": [*overrides, f"model.head={head}"]}
+        out["heads"][head]["train_step"] = run_worker("train-step", spec)
     out["held_out"] = {"seed": HELD_OUT_SEED, "images": n_eval}
     out["environment"] = {
         "torch": torch.__version__,
@@ -262,22 +242,15 @@ def format_results(results: dict) -> str:
     ]
     for head, r in results["heads"].items():
         mem = r.get("train_step", {}).get("peak_memory_bytes")
-        spi = r.get("train_step", {}).get("ms_per_step")
-        spi = None if spi is None else spi / 1000
+        ms = r.get("train_step", {}).get("ms_per_step")
         by_class = r.get("cue_attention", {}).get("by_class", {})
-        cue = (
-            " / ".join(
-                f"{by_class[n]['median']:.1f}" if n in by_class else "-"
-                for n in (SYNTHETIC_INFO.class_names[c] for c in SYNTHETIC_CONTEXT_CLASSES)
-            )
-            if by_class
-            else None
-        )
+        names = (SYNTHETIC_INFO.class_names[c] for c in SYNTHETIC_CONTEXT_CLASSES)
+        cue = " / ".join(f"{by_class[n]['median']:.1f}" if n in by_class else "-" for n in names)
         lines.append(
             f"| {head} | {r['mIoU']:.3f} | {r['context_mIoU']:.3f} | "
-            f"{'-' if spi is None else f'{spi:.2f}'} | "
+            f"{'-' if ms is None else f'{ms / 1000:.2f}'} | "
             f"{'-' if mem is None else f'{mem / 2**20:.0f}'} | "
-            f"{'-' if cue is None else cue} |"
+            f"{cue if by_class else '-'} |"
         )
     return "\n".join(lines)
 

@@ -1,13 +1,10 @@
 """Export a ``synthetic-context`` training run as the embedded default model.
 
-Usage::
-
-    python train/fit.py --config synthetic-context --run-dir runs/context/isa
-    isa-explorer experiment default-model runs/context/isa
-
-Writes ``isa_explorer/assets/default_model/``: the weights in float16 safetensors (half the
-size; they load back as float32), smp's ``config.json``, ``training.json`` (the effective
-training config and the held-out scores) and ``MODEL_CARD.md``.
+After ``python train/fit.py --config synthetic-context --run-dir runs/context/isa``,
+``isa-explorer experiment default-model runs/context/isa`` writes
+``isa_explorer/assets/default_model/``: the weights in float16 safetensors (half the size; they
+load back as float32), smp's ``config.json``, ``training.json`` (the effective training config
+and the held-out scores) and ``MODEL_CARD.md``.
 """
 
 from __future__ import annotations
@@ -25,24 +22,24 @@ from isa_explorer.pretrained import DEFAULT_MODEL_DIR, load_model, resolve_model
 
 _CARD = """# ISA Explorer default model
 
-ISANet with a timm ResNet-10-T encoder (`{encoder}`, output stride {stride}, random
-initialisation: no ImageNet weights) and the ISA head (channels {channels}, isa channels
-{isa_channels}, groups 8x8, order long-short), {params:.2f} M parameters, stored in float16
+ISANet with a timm ResNet-10-T encoder (`{encoder_name}`, output stride {stride}, random
+initialisation: no ImageNet weights) and the ISA head (channels {decoder_channels}, isa channels
+{decoder_isa_channels}, groups 8x8, order long-short), {params:.2f} M parameters, stored in float16
 ({size_mb:.1f} MB).
 
 **Data.** The synthetic long-range-context scenes of `isa_explorer/data/synthetic.py`
-({h}x{w}), {classes} classes: {class_list}. The classes `object-red-context` and
+({size[0]}x{size[1]}), {classes} classes: {class_list}. The classes `object-red-context` and
 `object-blue-context` are grey shapes that only the coloured cue at the far edge of the image
 tells apart.
 
-**Training.** `{command}` ({iters} iterations, batch {batch}, SGD lr {lr}, poly schedule;
-training seed {train_seed}, validation seed {val_seed}), then
+**Training.** `{command}` ({iters} iterations, batch {batch_size}, SGD lr {lr}, poly schedule;
+training seed {seed}, validation seed {val_seed}), then
 `isa-explorer experiment context` for the scores and
 `isa-explorer experiment default-model RUN_DIR` to export. Measured {spi} s per
 iteration on {device}.
 
 **Scores** on {n_eval} held-out scenes (seed {heldout}, used by no training or validation run):
-mIoU **{miou:.3f}**, context classes mIoU **{ctx:.3f}** ({ctx_detail}).
+mIoU **{metrics[mIoU]:.3f}**, context classes mIoU **{metrics[context_mIoU]:.3f}** ({ctx_detail}).
 
 **Attention.** A query on a context object, combined map (long-range then short-range), mass on
 the cue relative to the cue's area share (1 = spread evenly), median over held-out scenes:
@@ -91,31 +88,23 @@ def export_default_model(
         "cue_attention": cue,
     }
     (tmp / "training.json").write_text(json.dumps(info, indent=2))
-    weights_mb = (tmp / "model.safetensors").stat().st_size / 2**20
     mcfg = config.get("model", {})
     card = _CARD.format(
-        encoder=mcfg.get("encoder_name"),
+        **{k: mcfg.get(k) for k in ("encoder_name", "decoder_channels", "decoder_isa_channels")},
         stride=model.output_stride,
-        channels=mcfg.get("decoder_channels"),
-        isa_channels=mcfg.get("decoder_isa_channels"),
         params=sum(p.numel() for p in model.parameters()) / 1e6,
-        size_mb=weights_mb,
-        h=size[0],
-        w=size[1],
+        size_mb=(tmp / "model.safetensors").stat().st_size / 2**20,
+        size=size,
         classes=SYNTHETIC_INFO.num_classes,
         class_list=", ".join(f"`{n}`" for n in SYNTHETIC_INFO.class_names),
         command=info["command"],
-        iters=config.get("iters"),
-        batch=config.get("batch_size"),
-        lr=config.get("lr"),
-        train_seed=config.get("seed"),
+        **{k: config.get(k) for k in ("iters", "batch_size", "lr", "seed")},
         val_seed=config.get("synthetic", {}).get("val_seed"),
         spi=f"{summary['sec_per_iter']:.2f}" if summary.get("sec_per_iter") else "?",
         device=summary.get("device", "a 2-core CPU"),
         n_eval=n_eval,
         heldout=HELD_OUT_SEED,
-        miou=metrics["mIoU"],
-        ctx=metrics["context_mIoU"],
+        metrics=metrics,
         ctx_detail=", ".join(
             f"{SYNTHETIC_INFO.class_names[c]} {metrics['IoU'][c]:.3f}"
             for c in SYNTHETIC_CONTEXT_CLASSES

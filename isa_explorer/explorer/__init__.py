@@ -1,32 +1,34 @@
 """Interactive exploration of ISA models: the logic behind ``app.py``.
 
-``Explorer`` (handlers) loads images, predicts and answers clicks from cached queries/keys;
-``images`` validates user images; ``session`` holds the lazily loaded model and the bounded
-per-session store; ``render`` draws overlays and heat maps; ``attribution`` runs captum.
+``service`` (:class:`Explorer`) loads images, predicts and answers clicks from cached
+queries/keys; ``uploads`` checks user images; ``model`` holds the lazily loaded model and
+``store`` the bounded per-session store; ``render`` draws overlays and heat maps;
+``attribution`` runs captum.
 """
 
-from isa_explorer.explorer.handlers import ClickResult, Explorer, ExplorerError
-from isa_explorer.explorer.images import (
+from isa_explorer.explorer.model import ExplorerModel
+from isa_explorer.explorer.service import ClickResult, Explorer, ExplorerError
+from isa_explorer.explorer.store import ImageState, SessionStore
+from isa_explorer.explorer.uploads import (
     MAX_SIDE,
     MIN_SIDE,
+    CheckedImage,
     ImageInputError,
-    PreparedImage,
+    check_image,
     load_image_file,
-    prepare_image,
 )
-from isa_explorer.explorer.session import ExplorerModel, ImageState, SessionStore
 
 __all__ = [
     "MAX_SIDE",
     "MIN_SIDE",
+    "CheckedImage",
     "ClickResult",
     "Explorer",
     "ExplorerError",
     "ExplorerModel",
     "ImageInputError",
     "ImageState",
-    "PreparedImage",
     "SessionStore",
+    "check_image",
     "load_image_file",
-    "prepare_image",
 ]

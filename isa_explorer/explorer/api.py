@@ -1,10 +1,8 @@
 """Stateless answers for programmatic clients (the app's ``predict`` / ``attention`` endpoints).
 
-Each call takes an image; the analysed image is kept in the explorer's store under a key made
-from its pixels, so repeated queries on the same image run the network once.
-
-Sizes in the answers are objects ``{"width": W, "height": H}``; points are ``[x, y]`` (column,
-row); 2-D maps are nested lists, rows first: ``maps[name][row][column]``.
+Each call takes an image, analysed once: it is kept in the explorer's store under a key made
+from its pixels. Sizes in the answers are ``{"width": W, "height": H}``; points are ``[x, y]``
+(column, row); 2-D maps are nested lists, rows first: ``maps[name][row][column]``.
 """
 
 from __future__ import annotations
@@ -15,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from isa_explorer.explorer.handlers import Explorer, ExplorerError
-from isa_explorer.explorer.images import ImageInputError, load_image_file, prepare_image
-from isa_explorer.explorer.session import ImageState
+from isa_explorer.explorer.service import Explorer, ExplorerError
+from isa_explorer.explorer.store import ImageState
+from isa_explorer.explorer.uploads import check_image, load_image_file
 
 
 def analyse_cached(
@@ -36,20 +34,10 @@ def analyse_cached(
     """
     if image is None:
         raise ExplorerError("no image received; send a PNG, JPEG or WebP file")
-    try:
-        is_file = isinstance(image, str | Path)
-        prepared = load_image_file(image) if is_file else prepare_image(image)
-    except ImageInputError as err:
-        raise ExplorerError(str(err)) from None
-    rgb = prepared.rgb
-    digest = hashlib.sha1(rgb.tobytes()).hexdigest()[:20]
-    key = f"api:{rgb.shape[0]}x{rgb.shape[1]}:{digest}"
-    state = explorer.store.get(key)
-    if state is None:
-        state = explorer.model.analyse(rgb)
-        state.source = "api" + (f" -- {'; '.join(prepared.notes)}" if prepared.notes else "")
-        explorer.store.put(key, state)
-    return state
+    checked = load_image_file(image) if isinstance(image, str | Path) else check_image(image)
+    rgb = checked.rgb
+    key = f"api:{rgb.shape[0]}x{rgb.shape[1]}:{hashlib.sha1(rgb.tobytes()).hexdigest()[:20]}"
+    return explorer.store.get(key) or explorer.load_checked(key, checked, "api")
 
 
 def size_dict(hw: tuple[int, int]) -> dict[str, int]:
@@ -88,9 +76,10 @@ def attention_summary(explorer: Explorer, state: ImageState, x: object, y: objec
 
     Returns:
         ``query`` ``[x, y]``, ``feature_cell`` ``[fx, fy]``, ``image_size`` and
-        ``feature_size`` (``{"width", "height"}``), ``stride``, ``head``, ``predicted_class``,
-        ``confidence``, ``maps`` (``{name: nested lists, rows first}``, ``maps[name][fy][fx]``:
-        ``long``/``short``/``combined`` or ``dense``) and ``sums``.
+        ``feature_size`` (``{"width", "height"}``), ``stride``, ``head`` (its registry name),
+        ``predicted_class``, ``confidence``, ``maps`` (``{name: nested lists, rows first}``,
+        ``maps[name][fy][fx]``, the head's maps in its order) and ``sums`` (``1 - sums[name]``
+        is the share of the query's attention on the head's padding).
 
     Raises:
         ExplorerError: A coordinate missing, not a whole number or outside the image.
@@ -98,15 +87,16 @@ def attention_summary(explorer: Explorer, state: ImageState, x: object, y: objec
     maps = explorer.attention(state, x, y)
     qx, qy = maps.query
     label = int(state.labels[qy, qx])
+    names = [m.name for m in state.cache.head.maps]  # the head's order
     return {
         "query": [qx, qy],
         "feature_cell": list(maps.query_feature),
         "feature_size": size_dict(state.cache.feature_size),
         "stride": state.cache.stride,
-        "head": state.cache.head,
+        "head": state.cache.head.name,
         "image_size": size_dict(state.size),
         "predicted_class": explorer.model.class_names[label],
         "confidence": round(float(state.confidence[qy, qx]), 6),
-        "maps": {k: v.numpy().round(8).tolist() for k, v in maps.maps.items()},
-        "sums": {k: float(v.sum()) for k, v in maps.maps.items()},
+        "maps": {n: maps[n].numpy().round(8).tolist() for n in names},
+        "sums": {n: float(maps[n].sum()) for n in names},
     }

@@ -2,10 +2,9 @@
 
 Run ``isa-explorer app`` or ``python app.py`` (the embedded default model), or add
 ``--checkpoint MODEL`` (a ``train/fit.py`` run, a converted mmseg model, or a zoo name such as
-``cityscapes-r50``, downloaded and converted on first use); open
-http://127.0.0.1:7860. ``--host``, ``--port`` and ``--share`` (off by default) choose where it is
-served. The logic lives in the rest of :mod:`isa_explorer.explorer`; this module only lays out
-the Gradio UI.
+``cityscapes-r50``, downloaded and converted on first use); open http://127.0.0.1:7860
+(``--host``, ``--port``, ``--share``: off by default). This module only lays out the Gradio UI;
+the logic lives in the rest of :mod:`isa_explorer.explorer`.
 
 Limits: uploads up to ``MAX_FILE_SIZE``; images need sides of at least 32 px and are resized
 down to a longest side of 2048 px; the analysed images of at most ``--max-sessions`` sessions
@@ -36,26 +35,15 @@ from isa_explorer.explorer import (
     efficiency,
 )
 from isa_explorer.explorer import api as api_fns
-from isa_explorer.explorer.handlers import CONTEXTS, MAP_TITLES, NUM_EXAMPLES
-from isa_explorer.explorer.images import FORMAT_NAMES, MAX_SIDE, MIN_SIDE
+from isa_explorer.explorer.service import CONTEXTS, NUM_EXAMPLES
 from isa_explorer.explorer.ui import api_guard, guard, session_key
+from isa_explorer.explorer.uploads import FORMAT_NAMES, MAX_SIDE, MIN_SIDE
 from isa_explorer.pretrained import model_card
 
 #: Largest upload accepted by the server.
 MAX_FILE_SIZE = "20mb"
 #: Encoding of the images drawn for the browser: JPEG costs ~3 ms per 512x1024 image, PNG 30-100.
 DISPLAY_FORMAT = "jpeg"
-_MAP_SLOTS = ("long", "short", "combined")
-#: The maps' labels are their names, "Long-range (same offset ...)" -> "Long-range": a long
-#: label runs under the image's toolbar buttons. What each shows is said in a caption above.
-_MAP_LABELS = {n: title.partition(" (")[0] for n, title in MAP_TITLES.items()}
-_MAP_CAPTION = "; ".join(
-    f"**{_MAP_LABELS[n]}**: {MAP_TITLES[n].partition(' (')[2].removesuffix(')')}"
-    for n in _MAP_SLOTS
-)
-_DENSE_CAPTION = (
-    f"**{_MAP_LABELS['dense']}**: this model's head gives one map, over every position."
-)
 #: The status line before any image is loaded (and once the file box is cleared).
 _START = "Pick an example or upload an image."
 #: Toolbar of the images: no share button (nothing to share from a local server).
@@ -88,8 +76,10 @@ def build_app(
     if explorer is None:
         store = SessionStore(max_sessions, max_cache_mb << 20)
         explorer = Explorer(ExplorerModel(checkpoint), store)
-    em = explorer.model
-    ex = explorer
+    ex, em = explorer, explorer.model
+    # One image per map of the served model's head (short titles; captions say what each shows).
+    head_maps = em.head_class.maps
+    caption = "; ".join(f"**{m.title}**: {m.caption}" for m in head_maps)
 
     def loaded_outputs(state, note: str = ""):
         view = ex.prediction_view(state, 0.5, False)
@@ -97,13 +87,12 @@ def build_app(
         status = f"Loaded {state.source}: {w}x{h} pixels. Click the prediction to see attention."
         if note:
             status += f"\n\n**Note:** {note}"
-        return (view, ex.legend(state), status, None, None, None, "", "")
+        return (view, ex.legend(state), status, *[None] * len(head_maps), "", "")
 
     with gr.Blocks(title="ISA Explorer", analytics_enabled=False) as demo:
         gr.Markdown(_INTRO)
         gr.Markdown(em.summary, elem_id="model-summary")
-        card = model_card(em.model_dir)
-        if card:
+        if card := model_card(em.model_dir):
             with gr.Accordion("Model card", open=False):
                 gr.Markdown(card)
         with gr.Tab("Explore"):
@@ -135,27 +124,15 @@ def build_app(
                     )
                     status = gr.Markdown(_START, elem_id="status")
                 with gr.Column(scale=2):
-                    pred = gr.Image(
-                        label="Prediction (click a pixel)",
-                        interactive=False,
-                        format=DISPLAY_FORMAT,
-                        buttons=_IMAGE_BUTTONS,
-                        elem_id="prediction",
-                    )
+                    pred = _image("Prediction (click a pixel)", "prediction")
                     legend = gr.HTML(elem_id="legend")
             query_md = gr.Markdown(elem_id="query")
-            gr.Markdown(_DENSE_CAPTION if em.head == "dense" else _MAP_CAPTION, elem_id="maps-help")
+            gr.Markdown(
+                caption or f"This model's {em.head!r} head has no attention maps.",
+                elem_id="maps-help",
+            )
             with gr.Row():
-                slots = [
-                    gr.Image(
-                        label=_MAP_LABELS[n],
-                        interactive=False,
-                        format=DISPLAY_FORMAT,
-                        buttons=_IMAGE_BUTTONS,
-                        elem_id=f"map-{n}",
-                    )
-                    for n in _MAP_SLOTS
-                ]
+                slots = [_image(m.title, f"map-{m.name}") for m in head_maps]
             regions = gr.Markdown(elem_id="regions")
 
         with gr.Tab("Attribution"):
@@ -229,12 +206,9 @@ def build_app(
 
         click_outputs = [pred, *slots, query_md, regions, status]
 
-        def click_values(result, state, op, grid, with_status=True):
-            x, y = result.query
-            fx, fy = result.cell
-            panels = [result.panels.get(n) for n in _MAP_SLOTS]
-            if "dense" in result.panels:
-                panels = [None, None, gr.Image(result.panels["dense"], label=_MAP_LABELS["dense"])]
+        def click_values(result, op, grid, with_status=True):
+            state, (x, y), (fx, fy) = result.state, result.query, result.cell
+            panels = [result.panels.get(m.name) for m in head_maps]
             query = (
                 f"**Query** pixel (x={x}, y={y}), feature cell ({fx}, {fy}): predicted "
                 f"**{result.class_name}** (p = {result.confidence:.2f})."
@@ -248,42 +222,35 @@ def build_app(
             if evt is None or evt.index is None or len(evt.index) != 2:
                 raise ExplorerError("click on a pixel of the prediction image")
             result = ex.click_display(session_key(request), evt.index[0], evt.index[1], op, grid)
-            return click_values(result, ex.state(session_key(request)), op, grid)
+            return click_values(result, op, grid)
 
         @guard(len(click_outputs), status_index=len(click_outputs) - 1)
         def on_view(op, grid, request: gr.Request):
             state = ex.store.get(session_key(request))
+            skip = [gr.skip()] * (len(click_outputs) - 1)
             if state is None:
-                return tuple([gr.skip()] * len(click_outputs))
+                return (gr.skip(), *skip)
             if state.query is None or state.cache is None:
-                return (
-                    ex.prediction_view(state, op, grid),
-                    *[gr.skip()] * (len(click_outputs) - 1),
-                )
+                return (ex.prediction_view(state, op, grid), *skip)
             result = ex.click(session_key(request), *state.query, op, grid)
-            return click_values(result, state, op, grid, with_status=False)
+            return click_values(result, op, grid, with_status=False)
 
         @guard(2, status_index=1)
         def on_explain(tgt, meth, steps, op, request: gr.Request):
             return attribution.explain(ex, session_key(request), tgt, meth, int(steps), op)
 
-        def efficiency_outputs(fn):
+        @guard(2, status_index=1)
+        def on_efficiency(live: bool):
             try:
-                return fn()
+                return efficiency.live_run() if live else efficiency.committed_report()
             except efficiency.EfficiencyUnavailable as err:
                 return None, f"**Not available:** {err}"
 
-        @guard(2, status_index=1)
-        def on_efficiency_tab():
-            return efficiency_outputs(efficiency.committed_report)
-
-        @guard(2, status_index=1)
-        def on_live_run():
-            return efficiency_outputs(efficiency.live_run)
-
         vis = dict(api_visibility="private")
-        eff_tab.select(on_efficiency_tab, None, [committed_plot, committed_text], **vis)
-        live_button.click(on_live_run, None, [live_plot, live_text], concurrency_limit=1, **vis)
+        eff_tab.select(on_efficiency, gr.State(False), [committed_plot, committed_text], **vis)
+        live_button.click(
+            on_efficiency, gr.State(True), [live_plot, live_text], concurrency_limit=1, **vis
+        )
         explain_button.click(
             on_explain, [target, method, n_steps, opacity], [attr_image, attr_text], **vis
         )
@@ -306,6 +273,17 @@ def build_app(
 
         demo.unload(forget_session)
     return demo
+
+
+def _image(label: str, elem_id: str) -> gr.Image:
+    """An output image of the Explore tab: display format, download and fullscreen buttons."""
+    return gr.Image(
+        label=label,
+        interactive=False,
+        format=DISPLAY_FORMAT,
+        buttons=_IMAGE_BUTTONS,
+        elem_id=elem_id,
+    )
 
 
 def _api_endpoints(ex: Explorer) -> None:
@@ -333,7 +311,7 @@ def _api_endpoints(ex: Explorer) -> None:
 
     @api_guard
     def attention(image, x, y):
-        """Long-range, short-range and combined attention maps (feature grid) of pixel (x, y)."""
+        """The attention maps of the model's head (feature grid) of pixel (x, y)."""
         state = api_fns.analyse_cached(ex, image)
         return api_fns.attention_summary(ex, state, x, y)
 

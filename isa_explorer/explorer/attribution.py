@@ -1,15 +1,11 @@
 """Attribution maps with captum: which pixels made the model predict a class?
 
-Two methods, both bounded in cost so a click stays interactive on a CPU:
-
-* ``"LayerGradCam"`` on the decoder's last feature layer (``out_conv``'s batch norm, before
-  its ReLU): one forward and one backward pass at most :data:`GRADCAM_MAX_SIDE` pixels.
-* ``"IntegratedGradients"`` on the input pixels from a black baseline: ``n_steps`` (at most
-  :data:`IG_MAX_STEPS`) forward/backward passes in batches of :data:`IG_BATCH`, at most
-  :data:`IG_MAX_SIDE` pixels.
-
-The target is a class, scored by its mean logit over the pixels predicted as that class (all
-pixels if none), or the logit of one pixel.
+Both methods are bounded in cost so a click stays interactive on a CPU: ``"LayerGradCam"`` on
+the decoder's last feature layer (``out_conv``'s batch norm, before its ReLU), one forward and
+backward pass at most :data:`GRADCAM_MAX_SIDE` pixels; ``"IntegratedGradients"`` on the input
+pixels from a black baseline, at most :data:`IG_MAX_STEPS` passes in batches of
+:data:`IG_BATCH` at most :data:`IG_MAX_SIDE` pixels. The target is a class, scored by its mean
+logit over the pixels predicted as it (all pixels if none), or the logit of one pixel.
 """
 
 from __future__ import annotations
@@ -26,8 +22,8 @@ from PIL import Image
 from torch import nn
 
 from isa_explorer.explorer import render
-from isa_explorer.explorer.handlers import Explorer, ExplorerError
-from isa_explorer.models.isa.model import ISANet
+from isa_explorer.explorer.service import Explorer, ExplorerError
+from isa_explorer.models.isanet import ISANet
 from isa_explorer.models.layers import ConvBNReLU
 
 METHODS = ("LayerGradCam", "IntegratedGradients")
@@ -75,15 +71,6 @@ def feature_layer(model: ISANet) -> nn.Module:
     return layers[-1].bn
 
 
-def _resize(rgb: np.ndarray, max_side: int) -> np.ndarray:
-    h, w = rgb.shape[:2]
-    if max(h, w) <= max_side:
-        return rgb
-    s = max_side / max(h, w)
-    size = (max(8, round(w * s)), max(8, round(h * s)))
-    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
-
-
 def attribute(
     model: ISANet,
     rgb: np.ndarray,
@@ -116,7 +103,10 @@ def attribute(
         raise ValueError(f"class {target} is not in 0..{model.classes - 1}")
     start = time.perf_counter()
     H, W = rgb.shape[:2]
-    small = _resize(rgb, GRADCAM_MAX_SIDE if method == "LayerGradCam" else IG_MAX_SIDE)
+    small, side = rgb, GRADCAM_MAX_SIDE if method == "LayerGradCam" else IG_MAX_SIDE
+    if (s := side / max(H, W)) < 1:  # the longest side down to `side`, aspect kept
+        size = (max(8, round(W * s)), max(8, round(H * s)))
+        small = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
     h, w = small.shape[:2]
     device = next(model.parameters()).device
     image = torch.from_numpy(np.ascontiguousarray(small.transpose(2, 0, 1)))[None].to(device)
@@ -159,15 +149,9 @@ def attribute(
     heat = heat.detach().float().cpu().numpy()
     top = float(np.percentile(heat, 99.5)) if method != "LayerGradCam" else float(heat.max())
     heat = np.clip(heat / top, 0, 1) if top > 0 else np.zeros_like(heat)
-    return Attribution(
-        heat.astype(np.float32),
-        (h, w),
-        method,
-        int(target),
-        None if pixel is None else (int(pixel[0]), int(pixel[1])),
-        time.perf_counter() - start,
-        note,
-    )
+    pixel = None if pixel is None else (int(pixel[0]), int(pixel[1]))
+    seconds = time.perf_counter() - start
+    return Attribution(heat.astype(np.float32), (h, w), method, int(target), pixel, seconds, note)
 
 
 #: Target choice meaning "the predicted class of the clicked pixel, at that pixel".
@@ -218,10 +202,9 @@ def explain(
     panel = render.heat_overlay(explorer._view(state, "rgb"), result.heat, opacity)
     if pixel is not None:
         panel = render.mark_query(panel, *pixel, d)
-    panel = np.asarray(panel)
     h, w = result.size
     text = (
         f"**{method}** for **{names[cls]}** ({result.note}); computed at {w}x{h} pixels "
         f"in {result.seconds:.1f} s. Brighter = more evidence for the class."
     )
-    return panel, text
+    return np.asarray(panel), text

@@ -1,8 +1,8 @@
-"""The Efficiency tab: memory and time of ISA vs dense attention against the resolution.
+"""The Efficiency tab: memory and time of the attention heads against the resolution.
 
-Shows the committed CPU measurement of :mod:`isa_explorer.bench.attention` and runs a small live
-measurement on request, bounded in sizes, passes and seconds, one run at a time per server.
-The benchmark module is imported only when the tab is used.
+Shows the committed CPU measurement (:mod:`isa_explorer.costs.cases`) and runs a small live
+measurement in this process on request, bounded in sizes, passes and seconds, one run at a
+time per server.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+
+from isa_explorer.costs import cases, plot
+from isa_explorer.costs.analytic import analytic_costs
 
 #: Inputs of the live run (feature maps at 1/8), all run unless the time budget runs out.
 LIVE_RESOLUTIONS = ((128, 256), (256, 512), (512, 1024))
@@ -36,35 +39,24 @@ _live_lock = threading.Lock()
 
 
 class EfficiencyUnavailable(RuntimeError):
-    """The benchmark module or its results are not available; the message says what to do."""
-
-
-def _benchmark():
-    try:
-        from isa_explorer.bench import attention as benchmark
-    except ImportError as err:
-        raise EfficiencyUnavailable(
-            f"the benchmark module could not be imported ({err}); reinstall the package"
-        ) from None
-    return benchmark
+    """No results, or a live run already running; the message says what to do."""
 
 
 def committed_report(path: str | Path | None = None) -> tuple[Figure, str]:
     """Plot of the committed benchmark results and a table of them.
 
     Args:
-        path: A report JSON; default the committed one (``benchmark.COMMITTED_RESULTS``).
+        path: A report JSON; default the committed one (``cases.COMMITTED_RESULTS``).
 
     Raises:
         EfficiencyUnavailable: No results at ``path`` (the message gives the command).
     """
-    bench = _benchmark()
-    path = Path(path) if path is not None else Path(bench.COMMITTED_RESULTS)
+    path = Path(path) if path is not None else cases.COMMITTED_RESULTS
     try:
-        report = bench.load_results(path)
+        report = cases.load_results(path)
     except (FileNotFoundError, ValueError) as err:
         raise EfficiencyUnavailable(str(err)) from None
-    fig = bench.plot_results(report)
+    fig = plot.plot_results(report)
     system = report.get("system", {})
     keys = ("device_name", "threads", "torch", "loadavg", "time_utc", "command")
     where = ", ".join(f"{k} `{system[k]}`" for k in keys if k in system)
@@ -87,13 +79,11 @@ def live_plan(
         One dict per case: ``resolution``, ``module``, ``estimate_s`` (one pass, analytic FLOPs
         at :data:`LIVE_ESTIMATE_GFLOPS`), ``runs`` and ``warmup``.
     """
-    from isa_explorer.bench.analytic import MODULES, analytic_costs
-
     plan = []
     for res in sorted(resolutions, key=lambda r: r[0] * r[1]):
         costs = analytic_costs(res[0] // 8, res[1] // 8, 8, channels, isa_channels)
-        for module in MODULES:
-            seconds = costs[module]["flops"]["forward"] / (LIVE_ESTIMATE_GFLOPS * 1e9)
+        for module, cost in costs.items():
+            seconds = cost["flops"]["forward"] / (LIVE_ESTIMATE_GFLOPS * 1e9)
             runs, warmup = (2, 1) if seconds < LIVE_REPEAT_SECONDS else (1, 0)
             case = dict(resolution=tuple(res), module=module, estimate_s=seconds)
             plan.append(case | dict(runs=runs, warmup=warmup))
@@ -129,30 +119,27 @@ def live_run(
     resolutions: tuple[tuple[int, int], ...] = LIVE_RESOLUTIONS,
     max_seconds: float = LIVE_MAX_SECONDS,
     budget_seconds: float = LIVE_BUDGET_SECONDS,
-    subprocess: bool = False,
     channels: int = LIVE_CHANNELS,
     isa_channels: int = LIVE_ISA_CHANNELS,
 ) -> tuple[Figure, str]:
-    """Measure the four attention modules (forward pass) at small sizes, now.
+    """Measure the attention modules (forward pass) at small sizes, now, in this process.
 
     Runs the cases of :func:`live_plan`. Only one live run executes at a time; a concurrent
     request is refused. Resolutions run from the smallest; once ``budget_seconds`` have passed,
-    the larger ones are not started. In-process (the default), peak memory is the growth of the
-    server's resident memory during the case: approximate (other requests and the allocator's
-    reuse blur it; peaks under :data:`LIVE_MIN_PEAK_MIB` are reported as not measured), unlike
-    the committed results, measured in a fresh process per case.
+    the larger ones are not started. Peak memory is the growth of the server's resident memory
+    during the case: approximate (other requests and the allocator's reuse blur it; peaks under
+    :data:`LIVE_MIN_PEAK_MIB` are reported as not measured), unlike the committed results,
+    measured in a fresh process per case.
 
     Args:
         resolutions: Input sizes ``(H, W)``.
         max_seconds: Skip cases the benchmark predicts to take longer per pass.
         budget_seconds: Time after which no further resolution is started.
-        subprocess: Each case in a fresh process (exact peak memory, seconds more per case).
         channels: Head channels; isa_channels: query/key channels.
 
     Raises:
-        EfficiencyUnavailable: Another live run is in progress, or no benchmark module.
+        EfficiencyUnavailable: Another live run is in progress.
     """
-    bench = _benchmark()
     if not _live_lock.acquire(blocking=False):
         raise EfficiencyUnavailable("a live benchmark is already running; try again shortly")
     shape = dict(channels=channels, isa_channels=isa_channels)
@@ -164,14 +151,13 @@ def live_run(
                 not_run.append(_size(res))
                 continue
             for case in (c for c in plan if c["resolution"] == res):
-                results += bench.run_benchmark(
+                results += cases.run_cases(
                     resolutions=[res],
                     modules=[case["module"]],
                     passes=["forward"],
                     group=8,
                     device="cpu",
                     max_seconds=max_seconds,
-                    subprocess=subprocess,
                     runs=case["runs"],
                     warmup=case["warmup"],
                     **shape,
@@ -179,23 +165,15 @@ def live_run(
         seconds = time.perf_counter() - start
     finally:
         _live_lock.release()
-    min_peak = _plot().MIN_PEAK_MIB if subprocess else LIVE_MIN_PEAK_MIB
-    fig = bench.plot_results(results, passes=("forward",), min_peak_mib=min_peak)
-    memory = "fresh process per case" if subprocess else "in-process RSS growth, approximate"
+    fig = plot.plot_results(results, passes=("forward",), min_peak_mib=LIVE_MIN_PEAK_MIB)
     stopped = f"; not started (time budget {budget_seconds:g} s): {', '.join(not_run)}"
     header = (
         f"**Live run** on this server's CPU (which may be busy): forward pass, the median of 2 "
         f"runs after 1 warm-up (under {LIVE_REPEAT_SECONDS:g} s estimated) or 1 run, memory "
-        f"{memory}; {seconds:.0f} s in all{stopped if not_run else ''}.\n\n"
+        f"in-process RSS growth, approximate; {seconds:.0f} s in all"
+        f"{stopped if not_run else ''}.\n\n"
     )
-    return fig, header + results_table(results, min_peak)
-
-
-def _plot():
-    """The benchmark's plotting module (:mod:`isa_explorer.bench.plot`)."""
-    from isa_explorer.bench import plot
-
-    return plot
+    return fig, header + results_table(results, LIVE_MIN_PEAK_MIB)
 
 
 def results_table(results: list[dict[str, Any]], min_peak_mib: float | None = None) -> str:
@@ -208,7 +186,6 @@ def results_table(results: list[dict[str, Any]], min_peak_mib: float | None = No
         min_peak_mib: Resolution of the peak memory (default the record's, 0.1 MiB): a smaller
             peak reads ``< resolution (not measured)``, never ``0.0``.
     """
-    plot = _plot()
     min_peak_mib = plot.MIN_PEAK_MIB if min_peak_mib is None else min_peak_mib
     lines = [
         "*input*: image size (feature map at 1/8); *runs*: timed + warm-up; *ms*: median per "

@@ -1,27 +1,27 @@
 """Drawing for the explorer: prediction overlays, attention heat maps, grid lines and legends.
 
-All drawing happens on PIL images (arrays are accepted) at a *display* size (:class:`Display`): small images are enlarged by an
-integer factor (crisp cells), large ones reduced so the longest side is at most
-:data:`DISPLAY_MAX_SIDE`. Maps live on the feature grid; a display pixel looks up its feature
-cell through precomputed index arrays, so a panel costs a gather and a blend, no resampling.
+All drawing happens on PIL images (arrays are accepted) at a *display* size (:class:`Display`):
+small images are enlarged by an integer factor (crisp cells), large ones reduced to a longest
+side of :data:`DISPLAY_MAX_SIDE`. A display pixel looks up its feature cell through index
+arrays, so a map's panel costs a gather and a blend, no resampling.
 """
 
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
+from numpy.typing import ArrayLike
 from PIL import Image, ImageDraw
-
-from isa_explorer.models.isa.decoder import GroupGrid
 
 #: Longest side of the images drawn for the browser.
 DISPLAY_MAX_SIDE = 1024
 _BLOCK_RGB = (0, 230, 255)  # block boundaries and highlighted cells
 _CELL_RGB = (200, 200, 200)  # feature-cell lines
-#: Most long-range group cells outlined one by one (beyond, the heat map alone shows them).
+#: Most reached cells outlined one by one (beyond, the heat map alone shows them).
 _MAX_OUTLINED_CELLS = 256
 ImageLike = Image.Image | np.ndarray
 
@@ -96,9 +96,8 @@ def as_pil(image: ImageLike) -> Image.Image:
 
 
 def blend(base: ImageLike, top: ImageLike, opacity: float) -> Image.Image:
-    """``base * (1 - opacity) + top * opacity`` of two RGB images."""
-    a = float(np.clip(opacity, 0.0, 1.0))
-    return Image.blend(as_pil(base), as_pil(top), a)
+    """``base * (1 - opacity) + top * opacity`` of two RGB images (opacity clipped to [0, 1])."""
+    return Image.blend(as_pil(base), as_pil(top), float(np.clip(opacity, 0.0, 1.0)))
 
 
 def heat_panel(
@@ -108,12 +107,9 @@ def heat_panel(
     display: Display,
     opacity: float,
 ) -> Image.Image:
-    """A feature-grid map ``(h, w)`` as a heat map over ``base`` ``(dh, dw, 3)``.
-
-    Colours are scaled to the map's maximum; every image pixel shows its cell's value, the
-    cells of ``pixel_cells`` (``AttentionCache.pixel_cells``: the cell row of each image row,
-    the cell column of each image column).
-    """
+    """A feature-grid map ``(h, w)`` as a heat map over ``base`` ``(dh, dw, 3)``, scaled to its
+    maximum: every image pixel shows the value of its cell, the cell row of its row and column
+    of its column in ``pixel_cells`` (``AttentionCache.pixel_cells``)."""
     base = as_pil(base)
     peak = float(m.max())
     idx = np.zeros(m.shape, np.uint8) if peak <= 0 else (m / peak * 255).round().astype(np.uint8)
@@ -124,29 +120,26 @@ def heat_panel(
     heat = heat.convert("RGB")
     if heat.size != base.size:
         heat = heat.resize(base.size, Image.Resampling.NEAREST)
-    a = float(np.clip(opacity, 0.0, 1.0))
-    return Image.blend(base, heat, a)
+    return blend(base, heat, opacity)
 
 
 def draw_grid(
     panel: ImageLike,
-    grid: GroupGrid | None,
+    block_edges: tuple[Sequence[int], Sequence[int]],
     cell_edges: tuple[np.ndarray, np.ndarray],
     display: Display,
-    query_cell: tuple[int, int] | None = None,
-    highlight: str | None = None,
+    reach: ArrayLike | None = None,
 ) -> Image.Image:
-    """Draw the ISA grouping over a display image.
+    """Draw a head's groups over a display image.
 
-    Lines: block boundaries (every ``lh x lw`` feature cells, short-range groups) and, when
-    cells are at least 8 display pixels, the feature cells. ``highlight`` ``"long"`` outlines
-    the cells of the query's long-range group (positions ``lh``/``lw`` cells apart), ``"short"``
-    the query's block. ``cell_edges`` are the image pixel edges of the cells
-    (``AttentionCache.cell_edges()``: ``(h + 1,)`` rows, ``(w + 1,)`` columns).
+    Lines: the head's block edges (``Record.block_edges()``: rows and columns of feature cells
+    where a group begins) and, when cells are at least 8 display pixels, the feature cells.
+    ``reach``, an ``(h, w)`` bool mask of the cells a step reaches from the query
+    (``AttentionMaps.reach``), is outlined: as one rectangle when it is one, else cell by cell
+    up to :data:`_MAX_OUTLINED_CELLS` cells. ``cell_edges`` are the image pixel edges of the
+    cells (``AttentionCache.cell_edges()``: ``(h + 1,)`` rows, ``(w + 1,)`` columns).
     """
     im = as_pil(panel).copy()
-    if grid is None:
-        return im
     draw = ImageDraw.Draw(im)
     dw, dh = im.size
     row_edges, col_edges = cell_edges
@@ -158,32 +151,25 @@ def draw_grid(
     def px(v: int) -> int:  # feature column -> display pixel of its left edge
         return round(col_edges[min(v, len(col_edges) - 1)] * display.scale)
 
-    if cell >= 8:
-        for r in range(1, grid.h):
-            draw.line([(0, py(r)), (dw, py(r))], fill=_CELL_RGB, width=1)
-        for c in range(1, grid.w):
-            draw.line([(px(c), 0), (px(c), dh)], fill=_CELL_RGB, width=1)
-    block_rows, block_cols = grid.block_edges()
-    for r in block_rows:
-        draw.line([(0, py(r)), (dw, py(r))], fill=_BLOCK_RGB, width=2)
-    for c in block_cols:
-        draw.line([(px(c), 0), (px(c), dh)], fill=_BLOCK_RGB, width=2)
-    if query_cell is not None and highlight is not None:
-        bi, bj, li, lj = grid.locate(*query_cell)
-        if highlight == "short":
-            r0, c0, r1, c1 = grid.block_bounds(bi, bj)
-            draw.rectangle(
-                [px(c0), py(r0), px(c1) - 1, py(r1) - 1], outline=(255, 255, 255), width=3
-            )
-        elif highlight == "long" and grid.gh * grid.gw <= _MAX_OUTLINED_CELLS:
-            rows, cols = grid.group_cells(li, lj)
-            for r in rows:
-                for c in cols:
-                    draw.rectangle(
-                        [px(c), py(r), max(px(c + 1) - 1, px(c)), max(py(r + 1) - 1, py(r))],
-                        outline=(255, 255, 255),
-                        width=1,
-                    )
+    def outline(r0: int, c0: int, r1: int, c1: int, width: int) -> None:  # cells [r0, r1)
+        box = [px(c0), py(r0), max(px(c1) - 1, px(c0)), max(py(r1) - 1, py(r0))]
+        draw.rectangle(box, outline=(255, 255, 255), width=width)
+
+    lines = [(range(1, len(row_edges) - 1), range(1, len(col_edges) - 1), _CELL_RGB, 1)]
+    lines = (lines if cell >= 8 else []) + [(*block_edges, _BLOCK_RGB, 2)]
+    for rows, cols, colour, width in lines:
+        for r in rows:
+            draw.line([(0, py(r)), (dw, py(r))], fill=colour, width=width)
+        for c in cols:
+            draw.line([(px(c), 0), (px(c), dh)], fill=colour, width=width)
+    if reach is not None and (mask := np.asarray(reach, dtype=bool)).any():
+        rr, cc = np.nonzero(mask)
+        r0, r1, c0, c1 = rr.min(), rr.max() + 1, cc.min(), cc.max() + 1
+        if mask[r0:r1, c0:c1].all():  # one rectangle (a block, or everything)
+            outline(r0, c0, r1, c1, 3)
+        elif len(rr) <= _MAX_OUTLINED_CELLS:
+            for r, c in zip(rr.tolist(), cc.tolist(), strict=True):
+                outline(r, c, r + 1, c + 1, 1)
     return im
 
 
@@ -222,9 +208,7 @@ def legend_html(
 def heat_overlay(base: ImageLike, heat: np.ndarray, opacity: float) -> Image.Image:
     """A ``[0, 1]`` map ``(h, w)`` of any size, smoothly resized, as a heat map over ``base``."""
     base = as_pil(base)
-    dw, dh = base.size
     idx = (np.clip(heat, 0, 1) * 255).round().astype(np.uint8)
-    im = Image.fromarray(idx, "L").resize((dw, dh), Image.Resampling.BILINEAR)
+    im = Image.fromarray(idx, "L").resize(base.size, Image.Resampling.BILINEAR)
     im.putpalette(heat_lut().ravel().tolist())
-    a = float(np.clip(opacity, 0.0, 1.0))
-    return Image.blend(base, im.convert("RGB"), a)
+    return blend(base, im.convert("RGB"), opacity)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import gradio as gr
 
-from isa_explorer.explorer.handlers import ExplorerError
+from isa_explorer.explorer.service import ExplorerError
 
 log = logging.getLogger("isa_explorer.app")
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from isa_explorer.bench.measure import parse_size
+from isa_explorer.cli import parse_size
 from isa_explorer.export.graph import ExportError
 from isa_explorer.export.writer import SUFFIX, export_model
 from isa_explorer.pretrained import load_model

@@ -6,10 +6,9 @@ symmetric padding and cropping as index gathers, explicit copies), so tracing ne
 the size and the program holds for every H and W.
 
 The trace uses size-oblivious reasoning (``backed_size_oblivious``): a size that *could* be 1
-(the number of ISA blocks per side is 1 for sides up to 64 pixels) is treated like any other
-size instead of being fixed at trace time. That reasoning leaves runtime checks that such
-sizes are not 1; they guard nothing the graph relies on (it computes the same numbers when the
-size is 1, as ``tests/test_export.py`` checks at 32x32 and 40x56), so they are removed.
+(ISA blocks per side, for sides up to 64 pixels) is not fixed at trace time. The runtime checks
+it leaves that such sizes are not 1 guard nothing (the graph computes the same numbers at 1, as
+``tests/test_export.py`` checks at 32x32 and 40x56), so they are removed.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from torch import nn
 from torch.export import Dim, ExportedProgram
 
 from isa_explorer.images import MIN_SIDE  # the smallest side any model input may have
-from isa_explorer.models.isa.model import ISANet
+from isa_explorer.models.isanet import ISANet
 
 #: Largest side the dynamic shapes declare (a 64k-pixel side would need ~100 GB anyway).
 MAX_SIDE = 16384
@@ -62,17 +61,6 @@ class ExportWrapper(nn.Module):
         return logits.argmax(1) if self.argmax else logits
 
 
-def check_exportable(model: nn.Module) -> None:
-    """Raise :class:`ExportError` for models the exported graph cannot represent."""
-    if not isinstance(model, ISANet):
-        raise ExportError(f"only ISANet models export, got a {type(model).__name__}")
-    if model.mean.numel() != 3:
-        raise ExportError(
-            f"the exported graph takes RGB images, but this model has {model.mean.numel()} "
-            "input channels; export it with torch.export yourself, or train an RGB model"
-        )
-
-
 def trace(
     model: ISANet,
     static: Sequence[int] | None = None,
@@ -94,7 +82,13 @@ def trace(
     Raises:
         ExportError: An unsupported model or option.
     """
-    check_exportable(model)
+    if not isinstance(model, ISANet):
+        raise ExportError(f"only ISANet models export, got a {type(model).__name__}")
+    if model.mean.numel() != 3:
+        raise ExportError(
+            f"the exported graph takes RGB images, but this model has {model.mean.numel()} "
+            "input channels; export it with torch.export yourself, or train an RGB model"
+        )
     batch = Dim("batch", min=1, max=MAX_BATCH)
     if static is not None:
         h, w = (int(v) for v in static)
@@ -114,25 +108,13 @@ def trace(
             dynamic_shapes=shapes,
             prefer_deferred_runtime_asserts_over_guards=True,
         )
-    _drop_size_one_checks(program)
-    _integer_ceil(program)
+    _simplify(program)
     return program
 
 
-def _drop_size_one_checks(program: ExportedProgram) -> None:
-    """Remove the runtime checks ``size != 1`` that size-oblivious tracing leaves."""
-    graph = program.graph_module.graph
-    for node in list(graph.nodes):
-        if node.target is torch.ops.aten._assert_scalar.default and _SIZE_ONE_CHECK.search(
-            str(node.args[1])
-        ):
-            graph.erase_node(node)
-    graph.eliminate_dead_code()
-    program.graph_module.recompile()
-
-
-def _integer_ceil(program: ExportedProgram) -> None:
-    """Rewrite size arithmetic ``math.ceil(a / b)`` as ``(a + b - 1) // b``.
+def _simplify(program: ExportedProgram) -> None:
+    """Remove the runtime checks ``size != 1`` that size-oblivious tracing leaves, and rewrite
+    size arithmetic ``math.ceil(a / b)`` as ``(a + b - 1) // b``.
 
     timm's "same" padding (``AvgPool2dSame`` of dilated ResNets) computes sizes with
     ``math.ceil``, which the ``.pt2`` serializer cannot store; for the positive integer sizes
@@ -140,6 +122,10 @@ def _integer_ceil(program: ExportedProgram) -> None:
     """
     graph = program.graph_module.graph
     for node in list(graph.nodes):
+        if node.target is torch.ops.aten._assert_scalar.default:
+            if _SIZE_ONE_CHECK.search(str(node.args[1])):
+                graph.erase_node(node)
+            continue
         div = node.args[0] if node.target is math.ceil and node.args else None
         if not (isinstance(div, torch.fx.Node) and div.target is operator.truediv):
             continue

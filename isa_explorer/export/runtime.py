@@ -74,13 +74,8 @@ def check_images(images: Any, static: list[int] | None = None) -> np.ndarray:
 class OnnxSegmenter:
     """An exported ``.onnx`` model under onnxruntime (CPU unless ``providers`` say otherwise).
 
-    Example::
-
-        seg = OnnxSegmenter("isanet.onnx", threads=2)
-        logits = seg(image)                 # (N, K, H, W) float32, or (N, H, W) with --argmax
-
-    which runs ``onnxruntime.InferenceSession(path).run(None, {"image": images})`` after
-    :func:`check_images`.
+    ``OnnxSegmenter("isanet.onnx", threads=2)(image)`` runs :func:`check_images`, then
+    ``InferenceSession.run``: logits ``(N, K, H, W)`` float32, or ``(N, H, W)`` with --argmax.
     """
 
     def __init__(self, path: str | Path, threads: int | None = None, providers: list | None = None):
@@ -142,8 +137,7 @@ def check_pt2_holds_only_tensors(path: str | Path) -> None:
     ]
     for data in samples:
         try:
-            with warnings.catch_warnings():  # the unpickler warns about odd protocols of junk
-                warnings.simplefilter("ignore")
+            with warnings.catch_warnings(action="ignore"):  # warnings on odd protocols of junk
                 torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception:  # noqa: BLE001  (anything but plain tensors)
             unsafe.append("data/sample_inputs/model.pt")

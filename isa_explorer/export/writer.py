@@ -12,7 +12,7 @@ import torch
 
 from isa_explorer.export.graph import ExportError, trace
 from isa_explorer.export.runtime import _META_KEY, meta_path
-from isa_explorer.models.isa.model import ISANet
+from isa_explorer.models.isanet import ISANet
 
 Format = Literal["onnx", "torch-export"]
 SUFFIX = {"onnx": ".onnx", "torch-export": ".pt2"}

@@ -1,8 +1,8 @@
 """Atomic training checkpoints (model, optimiser, schedule, RNG and data position) and model dirs.
 
-A checkpoint is written to a temporary file in the same folder and moved over the old one with
-``os.replace``, so a run killed at any moment leaves either the previous or the new checkpoint,
-never a torn one. Everything in it loads with ``torch.load(..., weights_only=True)``.
+Written to a temporary file and moved over the old one (``os.replace``): a run killed at any
+moment leaves the previous or the new checkpoint, never a torn one. Everything in it loads with
+``torch.load(..., weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -24,17 +24,17 @@ CHECKPOINT_VERSION = 1
 
 def rng_state() -> dict[str, Any]:
     """The state of every random generator this process uses (torch, CUDA, numpy, python)."""
-    np_state = np.random.get_state(legacy=False)
+    name, key, pos, has_gauss, np_gauss = np.random.get_state()
     version, internal, gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "numpy": {
-            "bit_generator": np_state["bit_generator"],
-            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-            "pos": int(np_state["state"]["pos"]),
-            "has_gauss": int(np_state["has_gauss"]),
-            "gauss": float(np_state["gauss"]),
+            "bit_generator": name,
+            "key": torch.from_numpy(key.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(np_gauss),
         },
         "python": {"version": version, "internal": list(internal), "gauss": gauss},
     }
@@ -46,14 +46,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
     n = state["numpy"]
-    np.random.set_state(
-        {
-            "bit_generator": n["bit_generator"],
-            "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
-            "has_gauss": n["has_gauss"],
-            "gauss": n["gauss"],
-        }
-    )
+    key = n["key"].numpy().astype(np.uint32)
+    np.random.set_state((n["bit_generator"], key, n["pos"], n["has_gauss"], n["gauss"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
 

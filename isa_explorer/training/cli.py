@@ -101,17 +101,14 @@ def _check_folder_data(cfg: TrainConfig, args: argparse.Namespace) -> int | None
     """Run the data check of a folder dataset; an exit code if training must not start."""
     from isa_explorer.data.folder_check import check_folder
 
-    if cfg.dataset != "folder":
-        print(f"error: --check-data is for the folder dataset, not {cfg.dataset}", file=sys.stderr)
-        return 2
-    if cfg.data_root is None:
-        print("error: the folder dataset needs --data-root DIR", file=sys.stderr)
-        return 2
-    main_process = int(os.environ.get("RANK", "0")) == 0
     try:
+        if cfg.dataset != "folder":
+            raise ValueError(f"--check-data is for the folder dataset, not {cfg.dataset}")
+        if cfg.data_root is None:
+            raise ValueError("the folder dataset needs --data-root DIR")
         splits = (cfg.train_split, cfg.val_split)
         report = check_folder(cfg.data_root, cfg.folder, rescan=args.check_data, splits=splits)
-    except (OSError, ValueError) as e:  # no such folder, no class names
+    except (OSError, ValueError) as e:  # not a folder run, no such folder, no class names
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.check_data:
@@ -125,7 +122,7 @@ def _check_folder_data(cfg: TrainConfig, args: argparse.Namespace) -> int | None
             file=sys.stderr,
         )
         return 1
-    if main_process and (report.warnings or not report.ok):
+    if int(os.environ.get("RANK", "0")) == 0 and (report.warnings or not report.ok):
         print(report.format())
     return None
 
@@ -153,10 +150,8 @@ def main(argv: list[str] | None = None, prog: str = "isa-explorer fit") -> int:
             progress=not args.no_progress,
             debug_rank_weights=args.debug_rank_weights,
         )
-    except (NonFiniteLossError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except (CheckpointFileError, ValueError) as e:  # a damaged file, a run that cannot resume
+    # nan/inf, an existing run, a damaged file, a run that cannot resume
+    except (NonFiniteLossError, FileExistsError, CheckpointFileError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:

@@ -1,9 +1,8 @@
 """Training and validation data: reproducible augmentation and a resumable sample order.
 
-The order of training samples comes from a :class:`~torch.utils.data.DistributedSampler`
-(``set_epoch`` per epoch, one shard per process) and the augmentation of a sample is seeded by
-``(seed, epoch, index)``, so iteration ``i`` always sees the same batch, whatever the number of
-workers and whether the run was resumed in between.
+Samples come in the order of a ``DistributedSampler`` (``set_epoch`` per epoch, one shard per
+process), augmented with the seed ``(seed, epoch, index)``: iteration ``i`` always sees the same
+batch, whatever the number of workers and whether the run was resumed in between.
 """
 
 from __future__ import annotations
@@ -136,9 +135,8 @@ def build_loaders(
 ) -> tuple[DataLoader, ResumableBatchSampler, DataLoader, Any]:
     """Training loader (endless, resumable), its batch sampler, the val loader and its info.
 
-    Every process evaluates its own slice of the val set (images ``rank, rank + world, ...``;
-    :func:`isa_explorer.evaluation.evaluate` sums the confusion matrices). Synthetic scenes are batched like training;
-    real datasets are evaluated one image at a time (their sizes differ).
+    Every process evaluates its own shard of the val set (:func:`isa_explorer.evaluation.evaluate`
+    sums them): synthetic scenes batched like training, real images one at a time (sizes differ).
 
     Returns:
         ``(train_loader, batch_sampler, val_loader, dataset_info)``.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
@@ -21,7 +20,8 @@ from isa_explorer.configs import TrainConfig
 from isa_explorer.distributed import (
     DistInfo,
     all_reduce_mean,
-    average_buffers,
+    average_tensors,
+    average_training_state,
     barrier,
     cleanup_distributed,
     gather_objects,
@@ -39,6 +39,7 @@ from isa_explorer.training.steps import (
     all_finite,
     amp_dtype,
     check_resume_config,
+    loss_weights,
     poly_factor,
     segmentation_loss,
 )
@@ -113,9 +114,9 @@ class _Trainer:
         if info.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
-            start = state["iteration"] if state else 0
             # On resume, events logged after the checkpoint (by the killed run) are dropped.
-            self.writer = SummaryWriter(self.run_dir, purge_step=start + 1 if state else None)
+            purge = state["iteration"] + 1 if state else None
+            self.writer = SummaryWriter(self.run_dir, purge_step=purge)
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every process
         self.train_loader, self.batches, self.val_loader, self.data_info = build_loaders(cfg, info)
@@ -124,15 +125,10 @@ class _Trainer:
         if why_not is not None:
             self.log.info(why_not)
         if cfg.checkpoint_attention:
-            if not hasattr(model.decoder, "checkpoint_relations"):
-                raise ValueError(
-                    f"checkpoint_attention is for the 'isa' head, not {model.head!r}; "
-                    "set checkpoint_attention=false"
-                )
-            model.decoder.checkpoint_relations = True
+            model.decoder.set_full_checkpoint(True)  # refused by heads without it
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.model = model
+        self.model, self.loss_weights = model, loss_weights(model, cfg.aux_weight)
         self.optimizer = torch.optim.SGD(
             model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
@@ -168,10 +164,8 @@ class _Trainer:
             ckpt.set_rng_state(rngs[self.info.rank])
             self.batches.load_state_dict(state["sampler"][self.info.rank])
         else:  # another world size shards the data differently: continue the new stream
-            per_epoch = self.batches.batches_per_epoch
-            self.batches.load_state_dict(
-                {"epoch": self.start_iter // per_epoch, "batch": self.start_iter % per_epoch}
-            )
+            epoch, batch = divmod(self.start_iter, self.batches.batches_per_epoch)
+            self.batches.load_state_dict({"epoch": epoch, "batch": batch})
             self.log.warning(
                 f"checkpoint from {len(rngs)} processes resumed on {self.info.world_size}: "
                 "data order and random states are not those of an uninterrupted run"
@@ -180,10 +174,11 @@ class _Trainer:
 
     # -- iteration pieces ----------------------------------------------------------------------
     def _sync_bn_stats(self) -> None:
-        # SyncBatchNorm (CUDA) keeps them equal already; CPU replicas each track their own.
+        # CPU replicas each track their own BatchNorm statistics (CUDA: SyncBatchNorm): average.
         if self.info.distributed and self.info.device.type != "cuda":
+            buffers = [b for b in self.model.buffers() if b.is_floating_point()]
             with torch.no_grad():
-                average_buffers(self.model, self.info)
+                average_tensors(buffers, self.info)
 
     def _evaluate(self, it: int) -> dict[str, Any]:
         cfg, info = self.cfg, self.info
@@ -208,11 +203,10 @@ class _Trainer:
                     self.model, images, masks, self.data_info.palette, info.device
                 )
                 self.writer.add_image("val/predictions", grid, it)
+                for key in ("mIoU", "mAcc", "aAcc"):
+                    self.writer.add_scalar(f"val/{key}", metrics[key], it)
         self.model.train()
         self.history.append({"iter": it, **metrics})
-        if self.writer is not None:
-            for key in ("mIoU", "mAcc", "aAcc"):
-                self.writer.add_scalar(f"val/{key}", metrics[key], it)
         self.log.info(
             f"iter {it}: mIoU {100 * metrics['mIoU']:.2f} mAcc {100 * metrics['mAcc']:.2f} "
             f"aAcc {100 * metrics['aAcc']:.2f}"
@@ -248,9 +242,10 @@ class _Trainer:
         barrier(self.info)
 
     def _non_finite(self, it: int, what: str) -> None:
+        saved = self.last_saved is not None
         where = (
             f"the last good checkpoint ({self.ckpt_path}, iteration {self.last_saved}) is intact"
-            if self.last_saved is not None
+            if saved
             else "no checkpoint was written yet"
         )
         msg = (
@@ -259,8 +254,7 @@ class _Trainer:
             "check the data, then resume with --resume or start a new run"
         )
         self.log.error(msg)
-        ckpt_file = str(self.ckpt_path) if self.last_saved is not None else None
-        raise NonFiniteLossError(msg, it, ckpt_file)
+        raise NonFiniteLossError(msg, it, str(self.ckpt_path) if saved else None)
 
     # -- the run -------------------------------------------------------------------------------
     def run(self, resume: bool, debug_rank_weights: bool) -> dict[str, Any]:
@@ -310,15 +304,11 @@ class _Trainer:
             x = self.model.normalize(images.float())
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            autocast = (
-                torch.autocast(info.device.type, dtype=self.amp_dtype)
-                if self.amp_dtype is not None
-                else contextlib.nullcontext()
-            )
-            with autocast:
+            amp = self.amp_dtype is not None
+            with torch.autocast(info.device.type, dtype=self.amp_dtype, enabled=amp):
                 outputs = self.step_fn(x)
             loss, parts = segmentation_loss(
-                outputs, masks.long(), cfg.aux_weight, self.data_info.ignore_index
+                outputs, masks.long(), self.loss_weights, self.data_info.ignore_index
             )
             mean_loss = float(all_reduce_mean(loss, info))  # also agrees on nan across ranks
             if not math.isfinite(mean_loss):
@@ -331,6 +321,7 @@ class _Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            average_training_state(self.model, info)
             self.scheduler.step()
             self.batches.advance()
             if cuda:
@@ -380,13 +371,8 @@ class _Trainer:
             torch.save(weights, self.run_dir / "debug" / f"rank{info.rank}.pt")
         if info.is_main:
             ckpt.save_model_dir(self.model, self.run_dir / "final")
-            summary = {
-                **result,
-                "world_size": info.world_size,
-                "history": self.history,
-                "losses": self.losses,
-            }
-            text = json.dumps(jsonable(summary), indent=2, allow_nan=False)
+            more = {"world_size": info.world_size, "history": self.history, "losses": self.losses}
+            text = json.dumps(jsonable({**result, **more}), indent=2, allow_nan=False)
             (self.run_dir / "metrics.json").write_text(text + "\n")
         barrier(info)
         self.log.info(

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from isa_explorer.data.info import DatasetInfo
-from isa_explorer.models.isa.model import ISANet
+from isa_explorer.models.isanet import ISANet
 from isa_explorer.safe_load import read_torch_file
 
 _WEIGHT_FILES = (".safetensors", ".pt", ".pth", ".bin")
@@ -122,8 +122,7 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
             f"encoder's state dict (keys like {sorted(expected)[:3]}), an ISANet state dict, or "
             "a timm model of the same architecture"
         )
-    best = fitting[0]
     try:
-        encoder.load_state_dict(best, strict=True)
+        encoder.load_state_dict(fitting[0], strict=True)
     except RuntimeError as e:
         raise RuntimeError(f"{path} does not fit the encoder: {e}") from e

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -46,30 +46,36 @@ class TrainForward(nn.Module):
 
 
 def segmentation_loss(
-    outputs: dict[str, torch.Tensor], target: torch.Tensor, aux_weight: float, ignore_index: int
+    outputs: dict[str, torch.Tensor], target: torch.Tensor, weights: Mapping, ignore_index: int
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Cross-entropy of the main head plus ``aux_weight`` times that of the auxiliary head.
+    """Weighted sum of the cross-entropies of the model's training outputs.
 
     As mmseg's ``CrossEntropyLoss`` (``avg_non_ignore=False``): summed over labelled pixels and
     divided by all pixels, so a crop with no label gives 0, not nan.
 
     Args:
-        outputs: ``{"out": (B, K, H, W), "aux": (B, K, H, W) (optional)}`` logits.
+        outputs: ``{"out": (B, K, H, W), ...}`` logits (``model.forward_train``).
         target: ``(B, H, W)`` class ids with ``ignore_index``.
-        aux_weight: Weight of the auxiliary loss.
+        weights: Loss weight of each output (:func:`loss_weights`).
         ignore_index: Unlabelled value.
 
     Returns:
-        ``(total, {"main": ..., "aux": ...})``.
+        ``(total, parts)``: the unweighted parts by output, ``"out"`` logged as ``"main"``.
     """
-    parts = {}
+    total, parts = 0.0, {}
     for key, logits in outputs.items():
         ce = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
-        parts["main" if key == "out" else key] = ce / target.numel()
-    total = parts["main"]
-    if "aux" in parts:
-        total = total + aux_weight * parts["aux"]
+        if key not in weights:
+            raise KeyError(f"no loss weight for the output {key!r}: add it to loss_weights")
+        part = parts["main" if key == "out" else key] = ce / target.numel()
+        total = total + weights[key] * part
     return total, parts
+
+
+def loss_weights(model: nn.Module, aux_weight: float) -> dict[str, float]:
+    """The loss weight of each training output of ``model``: its head's
+    (:attr:`~isa_explorer.heads.protocol.Head.loss_weights`) and ``aux_weight`` for ``"aux"``."""
+    return {**type(model.decoder).loss_weights, "aux": aux_weight}
 
 
 def poly_factor(cfg: TrainConfig) -> Callable[[int], float]:
@@ -85,15 +91,8 @@ def poly_factor(cfg: TrainConfig) -> Callable[[int], float]:
 
 #: Config keys that may change when a run is resumed (they do not change what is computed).
 RESUMABLE_CHANGES = frozenset(
-    {
-        "workers",
-        "log_interval",
-        "eval_interval",
-        "ckpt_interval",
-        "data_root",
-        "compile",
-        "checkpoint_attention",
-    }
+    {"workers", "data_root", "compile", "checkpoint_attention"}  # how it runs
+    | {"log_interval", "eval_interval", "ckpt_interval"}  # what it records, and when
 )
 
 

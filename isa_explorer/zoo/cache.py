@@ -73,7 +73,11 @@ def fetch(name: str | ZooEntry, progress: bool = True) -> Path:
         try:
             download(entry.url, checkpoint, entry.sha256, progress)
         except DownloadError as e:
-            raise ZooError(f"{e}.\n{_manual_steps(entry, checkpoint)}") from None
+            raise ZooError(
+                f"{e}.\nWithout network access here: download it elsewhere, then either convert "
+                f"it yourself, `isa-explorer convert {entry.filename} DIR` and pass DIR instead of "
+                f"the name, or copy it to {checkpoint} and use the name again"
+            ) from None
         _convert_into(entry, checkpoint, target)
         checkpoint.unlink(missing_ok=True)
     return target
@@ -95,9 +99,7 @@ def remove(name: str | ZooEntry) -> bool:
 def read_entry(model_directory: str | Path) -> ZooEntry | None:
     """The zoo entry a cached model directory was made from (``None`` for other models)."""
     path = Path(model_directory) / ENTRY_FILE
-    if not path.is_file():
-        return None
-    try:
+    try:  # a missing file is an OSError too
         return ZooEntry.from_dict(json.loads(path.read_text()), str(path))
     except (OSError, ValueError):
         return None
@@ -143,11 +145,3 @@ def model_card(entry: ZooEntry, report: str = "") -> str:
     if report:
         lines += ["Conversion:", "", "```", report, "```", ""]
     return "\n".join(lines)
-
-
-def _manual_steps(entry: ZooEntry, checkpoint: Path) -> str:
-    return (
-        "Without network access here: download it elsewhere, then either convert it yourself, "
-        f"`isa-explorer convert {entry.filename} DIR` and pass DIR instead of the name, or "
-        f"copy it to {checkpoint} and use the name again"
-    )

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from isa_explorer.zoo.cache import fetch, is_cached, remove, zoo_home
-from isa_explorer.zoo.entries import ZooEntry, ZooError, entries, get_entry
+from isa_explorer.zoo.entries import ZooError, entries, get_entry
 
 _COLUMNS = ("name", "alias", "dataset", "backbone", "crop", "test", "mIoU", "ms+flip", "cached")
 
@@ -42,12 +42,11 @@ def table_rows(cached: bool = True) -> list[list[str]]:
 
 def markdown_table() -> str:
     """The zoo as a markdown table (the README's, without the cache column)."""
-    head = list(_COLUMNS[:-1])
-    rows = table_rows(cached=False)
+    head = _COLUMNS[:-1]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
     lines += [
         "| " + " | ".join(f"`{c}`" if i < 2 and c else c for i, c in enumerate(r)) + " |"
-        for r in rows
+        for r in table_rows(cached=False)
     ]
     return "\n".join(lines)
 
@@ -58,10 +57,6 @@ def _plain_table() -> str:
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
     )
-
-
-def _describe(e: ZooEntry) -> str:
-    return f"{e.name} ({e.dataset_title}, {e.backbone}, mIoU {e.miou})"
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "isa-explorer zoo") -> int:
@@ -84,14 +79,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "isa-explorer zoo") -> i
             if not args.markdown:
                 print(f"\ncache: {zoo_home() / 'zoo'} (set ISA_EXPLORER_HOME to move it)")
         elif args.action == "download":
-            for name in args.names:
-                entry = get_entry(name)
-                path = fetch(entry, progress=not args.no_progress)
-                print(f"{_describe(entry)}: {path}")
+            for e in map(get_entry, args.names):
+                path = fetch(e, progress=not args.no_progress)
+                print(f"{e.name} ({e.dataset_title}, {e.backbone}, mIoU {e.miou}): {path}")
         else:
-            for name in args.names:
-                entry = get_entry(name)
-                print(f"{entry.name}: {'removed' if remove(entry) else 'was not cached'}")
+            for e in map(get_entry, args.names):
+                print(f"{e.name}: {'removed' if remove(e) else 'was not cached'}")
     except ZooError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

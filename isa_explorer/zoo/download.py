@@ -5,9 +5,8 @@ matches is renamed to ``FILE``. An interrupted transfer leaves the ``.part``, an
 call asks the server for the rest (HTTP ``Range``); a server that ignores ``Range`` sends the
 whole file again and the download starts over. A file of the wrong hash is deleted.
 
-Kept here rather than ``torch.hub.download_url_to_file`` (which also checks a hash prefix)
-because that function cannot resume and reports a connection cut mid-file as a hash
-mismatch; researchers fetch 180-300 MB checkpoints over unreliable links.
+Not ``torch.hub.download_url_to_file``: it cannot resume and reports a connection cut mid-file
+as a hash mismatch, and researchers fetch 180-300 MB checkpoints over unreliable links.
 """
 
 from __future__ import annotations
@@ -51,13 +50,12 @@ def download(url: str, dest: str | Path, sha256_prefix: str, progress: bool = Tr
             kept for a retry to resume) or a hash mismatch (the file is deleted).
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     prefix = sha256_prefix.lower()
     locks = dest.parent / ".locks"
-    locks.mkdir(exist_ok=True)
+    locks.mkdir(parents=True, exist_ok=True)  # and dest's folder
     with FileLock(locks / f"{dest.name}.lock"):  # one download per file, across processes
         if dest.is_file():
-            if _sha256(dest).startswith(prefix):
+            if _sha256(dest).hexdigest().startswith(prefix):
                 return dest
             dest.unlink()  # a file placed by hand with the wrong content
         part = dest.with_name(dest.name + ".part")
@@ -97,7 +95,8 @@ def _fetch(url: str, part: Path, progress: bool) -> str:
         raise DownloadError(f"cannot reach {url} ({reason})") from None
     with response:
         resumed = have and getattr(response, "status", 200) == 206
-        if resumed and not _range_starts_at(response.headers.get("Content-Range"), have):
+        start = re.match(r"bytes (\d+)-", response.headers.get("Content-Range") or "")
+        if resumed and not (start and int(start.group(1)) == have):
             response.close()  # a 206 of other bytes than the rest of the .part: start over
             part.unlink()
             return _fetch(url, part, progress)
@@ -105,11 +104,7 @@ def _fetch(url: str, part: Path, progress: bool) -> str:
             have = 0
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None and length.isdigit() else None
-        hasher = hashlib.sha256()
-        if resumed:
-            with part.open("rb") as f:
-                while block := f.read(_CHUNK):
-                    hasher.update(block)
+        hasher = _sha256(part) if resumed else hashlib.sha256()
         written = have
         with (
             part.open("ab" if resumed else "wb") as f,
@@ -137,12 +132,6 @@ def _fetch(url: str, part: Path, progress: bool) -> str:
     return hasher.hexdigest()
 
 
-def _range_starts_at(content_range: str | None, start: int) -> bool:
-    """Whether a ``Content-Range: bytes START-END/TOTAL`` header starts at ``start``."""
-    found = re.match(r"bytes (\d+)-", content_range or "")
-    return found is not None and int(found.group(1)) == start
-
-
 def _cut_short(url: str, written: int, total: int | None, why: object) -> DownloadError:
     of = f" of {total}" if total is not None else ""
     return DownloadError(
@@ -151,9 +140,7 @@ def _cut_short(url: str, written: int, total: int | None, why: object) -> Downlo
     )
 
 
-def _sha256(path: Path) -> str:
-    hasher = hashlib.sha256()
+def _sha256(path: Path) -> hashlib._Hash:
+    """The SHA-256 of a file's bytes (a hash object, to add more bytes to)."""
     with path.open("rb") as f:
-        while block := f.read(_CHUNK):
-            hasher.update(block)
-    return hasher.hexdigest()
+        return hashlib.file_digest(f, "sha256")

@@ -15,9 +15,7 @@ Overrides, for mirrors and private zoos:
   (``{base}/{0.x name}/{file}``).
 * ``ISA_EXPLORER_ZOO_FILE``: a JSON file of extra or replacing entries, a list of objects (or
   ``{"models": [...]}``) with ``name``, ``url`` and ``sha256`` (a prefix of at least 8 hex
-  digits) and optionally ``dataset``, ``backbone``, ``crop``, ``iters``, ``test_mode``,
-  ``test_crop``, ``test_stride``, ``miou``, ``miou_ms``, ``align_corners``, ``aliases`` and
-  ``old_name``.
+  digits) and optionally any other field of :class:`ZooEntry`.
 """
 
 from __future__ import annotations
@@ -27,7 +25,8 @@ import os
 import re
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -40,46 +39,29 @@ BASE_URL_ENV = "ISA_EXPLORER_ZOO_URL"
 ZOO_FILE_ENV = "ISA_EXPLORER_ZOO_FILE"
 
 _DATASET_TITLES = {"cityscapes": "Cityscapes", "ade20k": "ADE20K", "voc": "PASCAL VOC 2012 aug"}
-_ALIAS_DATASET = {"cityscapes": "cityscapes", "ade20k": "ade20k", "voc": "voc"}
 _FILE = re.compile(r"^(?P<old>isanet_.+)_\d{8}_\d{6}-(?P<sha>[0-9a-f]{8})\.pth$")
 _HEX = re.compile(r"^[0-9a-f]{8,64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a name is also a folder of the cache
 
-# config name -> (released file, mIoU, mIoU ms+flip): mmsegmentation's configs/isanet/README.md.
-_RELEASED: dict[str, tuple[str, float, float]] = {
-    "isanet_r50-d8_4xb2-40k_cityscapes-512x1024": (
-        "isanet_r50-d8_512x1024_40k_cityscapes_20210901_054739-981bd763.pth", 78.49, 79.44),
-    "isanet_r50-d8_4xb2-80k_cityscapes-512x1024": (
-        "isanet_r50-d8_512x1024_80k_cityscapes_20210901_074202-89384497.pth", 78.68, 80.25),
-    "isanet_r50-d8_4xb2-40k_cityscapes-769x769": (
-        "isanet_r50-d8_769x769_40k_cityscapes_20210903_050200-4ae7e65b.pth", 78.70, 80.28),
-    "isanet_r50-d8_4xb2-80k_cityscapes-769x769": (
-        "isanet_r50-d8_769x769_80k_cityscapes_20210903_101126-99b54519.pth", 79.29, 80.53),
-    "isanet_r101-d8_4xb2-40k_cityscapes-512x1024": (
-        "isanet_r101-d8_512x1024_40k_cityscapes_20210901_145553-293e6bd6.pth", 79.58, 81.05),
-    "isanet_r101-d8_4xb2-80k_cityscapes-512x1024": (
-        "isanet_r101-d8_512x1024_80k_cityscapes_20210901_145243-5b99c9b2.pth", 80.32, 81.58),
-    "isanet_r101-d8_4xb2-40k_cityscapes-769x769": (
-        "isanet_r101-d8_769x769_40k_cityscapes_20210903_111320-509e7224.pth", 79.68, 80.95),
-    "isanet_r101-d8_4xb2-80k_cityscapes-769x769": (
-        "isanet_r101-d8_769x769_80k_cityscapes_20210903_111319-24f71dfa.pth", 80.61, 81.59),
-    "isanet_r50-d8_4xb4-80k_ade20k-512x512": (
-        "isanet_r50-d8_512x512_80k_ade20k_20210903_124557-6ed83a0c.pth", 41.12, 42.35),
-    "isanet_r50-d8_4xb4-160k_ade20k-512x512": (
-        "isanet_r50-d8_512x512_160k_ade20k_20210903_104850-f752d0a3.pth", 42.59, 43.07),
-    "isanet_r101-d8_4xb4-80k_ade20k-512x512": (
-        "isanet_r101-d8_512x512_80k_ade20k_20210903_162056-68b235c2.pth", 43.51, 44.38),
-    "isanet_r101-d8_4xb4-160k_ade20k-512x512": (
-        "isanet_r101-d8_512x512_160k_ade20k_20210903_211431-a7879dcd.pth", 43.80, 45.40),
-    "isanet_r50-d8_4xb4-20k_voc12aug-512x512": (
-        "isanet_r50-d8_512x512_20k_voc12aug_20210901_164838-79d59b80.pth", 76.78, 77.79),
-    "isanet_r50-d8_4xb4-40k_voc12aug-512x512": (
-        "isanet_r50-d8_512x512_40k_voc12aug_20210901_151349-7d08a54e.pth", 76.20, 77.22),
-    "isanet_r101-d8_4xb4-20k_voc12aug-512x512": (
-        "isanet_r101-d8_512x512_20k_voc12aug_20210901_115805-3ccbf355.pth", 78.46, 79.16),
-    "isanet_r101-d8_4xb4-40k_voc12aug-512x512": (
-        "isanet_r101-d8_512x512_40k_voc12aug_20210901_145814-bc71233b.pth", 78.12, 79.04),
-}  # fmt: skip
+# (released file, mIoU, mIoU ms+flip): mmsegmentation's configs/isanet/README.md.
+_RELEASED = (
+    ("isanet_r50-d8_512x1024_40k_cityscapes_20210901_054739-981bd763.pth", 78.49, 79.44),
+    ("isanet_r50-d8_512x1024_80k_cityscapes_20210901_074202-89384497.pth", 78.68, 80.25),
+    ("isanet_r50-d8_769x769_40k_cityscapes_20210903_050200-4ae7e65b.pth", 78.70, 80.28),
+    ("isanet_r50-d8_769x769_80k_cityscapes_20210903_101126-99b54519.pth", 79.29, 80.53),
+    ("isanet_r101-d8_512x1024_40k_cityscapes_20210901_145553-293e6bd6.pth", 79.58, 81.05),
+    ("isanet_r101-d8_512x1024_80k_cityscapes_20210901_145243-5b99c9b2.pth", 80.32, 81.58),
+    ("isanet_r101-d8_769x769_40k_cityscapes_20210903_111320-509e7224.pth", 79.68, 80.95),
+    ("isanet_r101-d8_769x769_80k_cityscapes_20210903_111319-24f71dfa.pth", 80.61, 81.59),
+    ("isanet_r50-d8_512x512_80k_ade20k_20210903_124557-6ed83a0c.pth", 41.12, 42.35),
+    ("isanet_r50-d8_512x512_160k_ade20k_20210903_104850-f752d0a3.pth", 42.59, 43.07),
+    ("isanet_r101-d8_512x512_80k_ade20k_20210903_162056-68b235c2.pth", 43.51, 44.38),
+    ("isanet_r101-d8_512x512_160k_ade20k_20210903_211431-a7879dcd.pth", 43.80, 45.40),
+    ("isanet_r50-d8_512x512_20k_voc12aug_20210901_164838-79d59b80.pth", 76.78, 77.79),
+    ("isanet_r50-d8_512x512_40k_voc12aug_20210901_151349-7d08a54e.pth", 76.20, 77.22),
+    ("isanet_r101-d8_512x512_20k_voc12aug_20210901_115805-3ccbf355.pth", 78.46, 79.16),
+    ("isanet_r101-d8_512x512_40k_voc12aug_20210901_145814-bc71233b.pth", 78.12, 79.04),
+)
 
 
 class ZooError(OSError):
@@ -148,13 +130,12 @@ class ZooEntry:
         for key in ("name", "url", "sha256"):
             if not isinstance(data.get(key), str) or not data[key]:
                 raise ZooError(f"{source}: field {key!r} is required (a string)")
-        name = data["name"]
+        name, url = data["name"], data["url"]
         if not _NAME.match(name) or ".." in name:
             raise ZooError(
                 f"{source}: name {name!r} must be letters, digits, '.', '_' or '-' (it names the "
                 "model's folder in the cache)"
             )
-        url = data["url"]
         if not url.startswith(("http://", "https://", "file://")):
             raise ZooError(f"{source}: url {url!r} must start with http://, https:// or file://")
         aliases = data.get("aliases") or []
@@ -171,14 +152,12 @@ class ZooEntry:
             )
         if data.get("test_mode", "whole") not in ("whole", "slide"):
             raise ZooError(f"{source}: test_mode must be 'whole' or 'slide'")
-        kw = dict(data, sha256=sha)
+        kw = dict(data, sha256=sha, aliases=tuple(aliases))
         for key in ("crop", "test_crop", "test_stride"):
-            if kw.get(key) is not None:
-                value = kw[key]
+            if (value := kw.get(key)) is not None:
                 if not (isinstance(value, list | tuple) and len(value) == 2):
                     raise ZooError(f"{source}: {key} must be [H, W], got {value!r}")
                 kw[key] = (int(value[0]), int(value[1]))
-        kw["aliases"] = tuple(aliases)
         if kw.get("test_mode") == "slide":
             kw["test_crop"] = kw.get("test_crop") or SLIDE_CROP
             kw["test_stride"] = kw.get("test_stride") or SLIDE_STRIDE
@@ -186,19 +165,20 @@ class ZooEntry:
 
 
 def _released(base_url: str) -> list[ZooEntry]:
+    # 0.x name -> CONFIGS name: ..._512x1024_40k_cityscapes -> ..._4xb2-40k_cityscapes-512x1024
+    config_names = {re.sub(r"_4xb\d-(\d+k_\w+)-(\d+x\d+)$", r"_\2_\1", n): n for n in CONFIGS}
     entries = []
-    for name, (file, miou, miou_ms) in _RELEASED.items():
-        cfg = CONFIGS[name]
+    for file, miou, miou_ms in _RELEASED:
         old, sha = _FILE.match(file).group("old", "sha")
+        cfg = CONFIGS[config_names[old]]
         slide = cfg.evaluation.mode == "slide"
-        depth = "101" if "r101" in name else "50"
         entries.append(
             ZooEntry(
-                name=name,
+                name=cfg.name,
                 url=f"{base_url.rstrip('/')}/{old}/{file}",
                 sha256=sha,
                 dataset=cfg.dataset,
-                backbone=f"R-{depth}-D8",
+                backbone="R-101-D8" if "r101" in old else "R-50-D8",
                 crop=tuple(cfg.crop_size),
                 iters=cfg.iters,
                 test_mode=cfg.evaluation.mode,
@@ -210,22 +190,16 @@ def _released(base_url: str) -> list[ZooEntry]:
                 old_name=old,
             )
         )
-    return _with_short_aliases(entries)
-
-
-def _with_short_aliases(entries: list[ZooEntry]) -> list[ZooEntry]:
-    """Add ``{dataset}-r50`` / ``-r101`` to the best single-scale entry of each pair."""
+    # Short aliases {dataset}-r50 / -r101 name the best single-scale entry of each pair.
     best: dict[str, ZooEntry] = {}
     for e in entries:
         alias = f"{e.dataset}-r{e.backbone.split('-')[1]}"
-        if alias not in best or (e.miou or 0) > (best[alias].miou or 0):
+        if alias not in best or e.miou > best[alias].miou:
             best[alias] = e
     chosen = {e.name: a for a, e in best.items()}
-    out = []
-    for e in entries:
-        aliases = tuple(a for a in (e.old_name, chosen.get(e.name)) if a)
-        out.append(ZooEntry(**{**e.to_dict(), "aliases": aliases}))
-    return out
+    return [
+        replace(e, aliases=tuple(a for a in (e.old_name, chosen.get(e.name)) if a)) for e in entries
+    ]
 
 
 def _user_entries(path: Path) -> list[ZooEntry]:
@@ -264,14 +238,10 @@ def entries() -> dict[str, ZooEntry]:
 def find_entry(name: str) -> ZooEntry | None:
     """The entry called ``name`` (its name, 0.x name or alias; any case), else ``None``."""
     key = str(name).strip().lower().removesuffix(".pth")
-    table = entries()
-    for e in table.values():  # names first: a user entry may reuse an alias as its name
-        if e.name.lower() == key:
-            return e
-    for e in table.values():
-        if key in (a.lower() for a in e.aliases):
-            return e
-    return None
+    table = entries().values()
+    named = (e for e in table if e.name.lower() == key)
+    aliased = (e for e in table if key in (a.lower() for a in e.aliases))
+    return next(chain(named, aliased), None)  # names first: an alias may name a user entry
 
 
 def get_entry(name: str) -> ZooEntry:

@@ -1,15 +1,14 @@
 """Interactive views for the notebooks: JupyterLab's own widgets, no web server.
 
-In a Jupyter kernel each view's figure is an ipympl canvas (what ``%matplotlib widget`` gives,
-without switching the notebook's backend): clicks on it reach :meth:`AttentionView.select`;
-``ipywidgets`` controls redraw the views. Outside a kernel the same callbacks are plain
-methods (the tests call them), and :meth:`snapshot` gives a PNG of the current state, so a
+In a Jupyter kernel each view's figure is an ipympl canvas: clicks on it reach
+:meth:`AttentionView.select`; ``ipywidgets`` controls redraw the views. Outside a kernel the
+same callbacks are plain methods (the tests call them), and :meth:`snapshot` gives a PNG, so a
 notebook read without a kernel (on GitHub, as HTML) still shows the maps.
 
-* :class:`AttentionView` (notebook 3): the image and prediction, and the long-range, short-range
-  and combined maps of the clicked pixel, from the cached queries and keys (the app's
-  :class:`~isa_explorer.explorer.handlers.Explorer`: no forward pass per click); optionally the
-  same pixel under a second model (the dense head) side by side.
+* :class:`AttentionView` (notebook 3): the prediction and the maps the model's head declares
+  of the clicked pixel, from cached queries and keys (the app's
+  :class:`~isa_explorer.explorer.service.Explorer`: no forward pass per click); optionally the
+  same pixel under a second model side by side.
 * :class:`GroupingView` (notebook 1): the interlaced grouping of a map, a position's long-range
   group and short-range block, and the support of ``C = S @ L``.
 * :class:`CostView` (notebook 2): analytic memory and FLOPs against resolution, channels and

@@ -1,4 +1,4 @@
-"""Notebook 3's view: click a pixel, see its long-range, short-range and combined attention."""
+"""Notebook 3's view: click a pixel, see its attention maps, as the model's head declares them."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ from typing import Any
 
 import numpy as np
 
-from isa_explorer.explorer.handlers import (
+from isa_explorer.explorer.model import ExplorerModel
+from isa_explorer.explorer.service import (
     CONTEXTS,
-    MAP_TITLES,
     NUM_EXAMPLES,
     ClickResult,
     Explorer,
     ExplorerError,
 )
-from isa_explorer.explorer.session import ExplorerModel, ImageState
+from isa_explorer.explorer.store import ImageState
+from isa_explorer.explorer.widgets import base
 from isa_explorer.explorer.widgets.base import _View, _widgets, new_figure
 
 _KEY = "notebook"  # the explorer session of a view
@@ -33,14 +34,14 @@ def cached_zoo_models() -> list[str]:
 
 
 class AttentionView(_View):
-    """Click a pixel, see its long-range, short-range and combined attention.
+    """Click a pixel, see the prediction and one panel per map of the model's head.
 
     Args:
         model: A model directory, run, zoo name, an :class:`ExplorerModel`, or ``None`` for the
             embedded default model.
-        compare: A second model (e.g. the dense head built from the same weights) whose map
-            of the same pixel is drawn beside, or ``None``.
-        compare_title: Title of the second model's panel.
+        compare: A second model (e.g. another head built from the same weights) whose main
+            map of the same pixel is drawn beside, or ``None``.
+        compare_title: Title of the second model's panel (default: its head's name).
         opacity: Initial overlay opacity.
     """
 
@@ -48,7 +49,7 @@ class AttentionView(_View):
         self,
         model: str | Path | ExplorerModel | None = None,
         compare: str | Path | ExplorerModel | None = None,
-        compare_title: str = "dense head, same weights",
+        compare_title: str | None = None,
         opacity: float = 0.6,
     ):
         self.explorer = Explorer(
@@ -58,27 +59,37 @@ class AttentionView(_View):
         if compare is not None:
             em = compare if isinstance(compare, ExplorerModel) else ExplorerModel(compare)
             self.compare = Explorer(em)
+            compare_title = f"{em.head} head" if compare_title is None else compare_title
         self.compare_title = compare_title
         self.opacity, self.show_groups = opacity, False
         self.state: ImageState | None = None
         self.result: ClickResult | None = None
         self.compare_result: ClickResult | None = None
-        panels = ["prediction", "long", "short", "combined"] + (["compare"] if self.compare else [])
-        self.fig, axes = new_figure(1, len(panels), (2.6 * len(panels), 2.0))
-        self.axes = dict(zip(panels, np.atleast_1d(axes), strict=True))
-        for ax in self.axes.values():
-            ax.set_axis_off()
-        self._images: dict[str, Any] = {}
+        self.fig, self.axes = new_figure(1, 1, (2.6, 2.0))[0], {}
+        self._layout()
         self.fig.canvas.mpl_connect("button_press_event", self.on_click)
         self.controls = self._build_controls()
 
-    # -- data --------------------------------------------------------------------------------
+    def _layout(self) -> None:
+        """Axes for the prediction, each map of the model's head and the compared model's map;
+        laid out again (same figure and canvas) when a chosen model's head has other maps."""
+        maps = self.explorer.model.head_class.maps
+        titles = {"prediction": "prediction", **{m.name: m.title for m in maps}}
+        self._titles = titles | ({"compare": self.compare_title} if self.compare else {})
+        if list(self.axes) != list(self._titles):
+            n = len(self._titles)
+            self.fig.clear()
+            self.fig.set_size_inches(2.6 * n, 2.0)
+            if base.in_kernel():
+                base.keep_toolbar_strip(self.fig)
+            self.axes = dict(zip(self._titles, np.atleast_1d(self.fig.subplots(1, n)), strict=True))
+            for ax in self.axes.values():
+                ax.set_axis_off()
+            self._images: dict[str, Any] = {}
 
     def load_example(self, index: int = 3, context: str = "as drawn") -> ImageState:
         """Analyse a synthetic example scene (one forward pass) and draw it."""
         self.state = self.explorer.load_example(_KEY, int(index), context)
-        if self.compare is not None:
-            self.compare.load_image(_KEY, self.state.rgb, self.state.source)
         return self._loaded()
 
     def load_image(self, image: Any, source: str = "image") -> ImageState:
@@ -87,28 +98,28 @@ class AttentionView(_View):
             self.state = self.explorer.load_file(_KEY, image)
         else:
             self.state = self.explorer.load_image(_KEY, image, source)
-        if self.compare is not None:
-            self.compare.load_image(_KEY, self.state.rgb, self.state.source)
         return self._loaded()
 
     def _loaded(self) -> ImageState:
+        """The compared model analyses the same pixels; the centre pixel is the first query."""
+        if self.compare is not None:
+            self.compare.load_image(_KEY, self.state.rgb, self.state.source)
         h, w = self.state.size
         self.select(w // 2, h // 2)
         return self.state
-
-    # -- clicks ------------------------------------------------------------------------------
 
     def select(self, x: int, y: int) -> ClickResult:
         """Make image pixel ``(x, y)`` the query and redraw (no forward pass: cached keys)."""
         if self.state is None:
             raise ValueError("load an image first: load_example() or load_image()")
-        ex = self.explorer
-        self.result = ex.click(_KEY, int(x), int(y), self.opacity, self.show_groups)
-        prediction = ex.prediction_view(self.state, 0.5, self.show_groups)
+        self.result = self.explorer.click(_KEY, int(x), int(y), self.opacity, self.show_groups)
+        self.state = self.result.state
+        prediction = self.explorer.prediction_view(self.state, 0.5, self.show_groups)
         drawn = {"prediction": prediction, **self.result.panels}
         if self.compare is not None:
             self.compare_result = self.compare.click(_KEY, int(x), int(y), self.opacity, False)
-            drawn["compare"] = next(iter(self.compare_result.panels.values()))
+            head = self.compare.model.head_class
+            drawn["compare"] = self.compare_result.panels[head.main_map or head.maps[0].name]
         h, w = self.state.size
         for name, ax in self.axes.items():
             if name not in drawn:
@@ -118,7 +129,7 @@ class AttentionView(_View):
                 self._images[name].set_extent((0, w, h, 0))
             else:  # extent in image pixels: a click's xdata/ydata is the image pixel
                 self._images[name] = ax.imshow(drawn[name], extent=(0, w, h, 0))
-            ax.set_title(self._title(name), fontsize=9)
+            ax.set_title(self._titles[name], fontsize=9)
         r = self.result
         self.fig.suptitle(
             f"query ({r.query[0]}, {r.query[1]}), cell {r.cell}: {r.class_name} "
@@ -128,13 +139,6 @@ class AttentionView(_View):
         self.fig.canvas.draw_idle()
         return self.result
 
-    def _title(self, name: str) -> str:
-        if name == "prediction":
-            return "prediction"
-        if name == "compare":
-            return self.compare_title
-        return MAP_TITLES.get(name, name).split(" (")[0]
-
     def on_click(self, event: Any) -> None:
         """Matplotlib ``button_press_event``: a click inside a panel selects that pixel."""
         if self.state is None or event.inaxes not in self.axes.values() or event.xdata is None:
@@ -143,8 +147,6 @@ class AttentionView(_View):
         x = min(max(int(event.xdata), 0), w - 1)
         y = min(max(int(event.ydata), 0), h - 1)
         self.select(x, y)
-
-    # -- controls ----------------------------------------------------------------------------
 
     def _build_controls(self) -> list:
         try:
@@ -173,10 +175,9 @@ class AttentionView(_View):
                 self.select(*self.result.query)
 
         def on_upload(change):
-            files = change["new"]
-            if not files:
+            if not change["new"]:
                 return
-            item = files[0]
+            item = change["new"][0]
             suffix = Path(item["name"]).suffix or ".png"
             with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as f:
                 f.write(bytes(item["content"]))
@@ -192,6 +193,7 @@ class AttentionView(_View):
         def on_model(change):
             name = None if change["new"] == "default" else change["new"]
             self.explorer = Explorer(ExplorerModel(name))
+            self._layout()  # its head's maps
             if self.state is not None:
                 self.load_image(self.state.rgb, self.state.source)
 

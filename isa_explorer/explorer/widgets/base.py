@@ -27,17 +27,15 @@ def in_kernel() -> bool:
         from IPython import get_ipython
     except ImportError:
         return False
-    shell = get_ipython()
-    return shell is not None and hasattr(shell, "kernel")
+    return hasattr(get_ipython(), "kernel")  # None outside IPython
 
 
 def new_figure(nrows: int, ncols: int, figsize: tuple[float, float]) -> tuple[Figure, Any]:
     """A figure and its axes, outside pyplot's figure list.
 
-    In a kernel with ipympl the figure gets ipympl's live canvas (what ``%matplotlib
-    widget`` gives), without switching the notebook's backend: the other figures of the
-    notebook stay inline PNGs, and switching backends (which closes pyplot's figures) cannot
-    close it. Elsewhere it keeps matplotlib's plain canvas: callbacks and snapshots still work.
+    In a kernel with ipympl it gets ipympl's live canvas without switching the notebook's
+    backend (its other figures stay inline PNGs, and a backend switch cannot close this one);
+    elsewhere matplotlib's plain canvas, where callbacks and snapshots still work.
     """
     fig = Figure(figsize=figsize, dpi=LIVE_DPI, layout="constrained")
     axes = fig.subplots(nrows, ncols)
@@ -54,12 +52,9 @@ def new_figure(nrows: int, ncols: int, figsize: tuple[float, float]) -> tuple[Fi
 
 
 def keep_toolbar_strip(fig: Figure) -> None:
-    """Leave the canvas's left ``TOOLBAR_STRIP_PX`` pixels to ipympl's toolbar.
-
-    The toolbar floats over the canvas, so without the strip it covers the left edge of the
-    first panel whenever the pointer is on the figure (e.g. right after a click). The strip is
-    kept in screen pixels: a resize of the canvas lays the figure out again.
-    """
+    """Leave the canvas's left ``TOOLBAR_STRIP_PX`` pixels to ipympl's toolbar, which floats
+    over the first panel's left edge while the pointer is on the figure (call again on resize:
+    the strip is in screen pixels)."""
     left = min(TOOLBAR_STRIP_PX / (fig.get_figwidth() * LIVE_DPI), 0.25)
     fig.get_layout_engine().set(rect=(left, 0.0, 1.0 - left, 1.0))
 

@@ -1,4 +1,4 @@
-"""Notebook 2's view: analytic memory and FLOPs of ISA and dense attention, by slider."""
+"""Notebook 2's view: analytic memory and FLOPs of the attention heads, by slider."""
 
 from __future__ import annotations
 
@@ -7,12 +7,17 @@ from typing import Any
 
 import numpy as np
 
-from isa_explorer.bench.analytic import analytic_costs, auto_group
+from isa_explorer.costs.analytic import analytic_costs, modules
 from isa_explorer.explorer.widgets.base import _View, _widgets, new_figure
+from isa_explorer.heads.isa import ISADecoder, auto_group
+from isa_explorer.heads.protocol import HeadConfig
+
+STYLES, MARKERS = ("-", "--", ":", "-."), "os^D"
 
 
 class CostView(_View):
-    """Analytic memory and FLOPs of ISA and dense attention, with the committed measurements.
+    """Analytic memory and FLOPs of each attention head (explicit), with the committed
+    measurements, and ISA's affinity size against its block side.
 
     Args:
         resolution: Input ``(H, W)`` (output stride 8: the map is ``H/8 x W/8``).
@@ -37,11 +42,13 @@ class CostView(_View):
         self.update()
 
     def costs(self, resolution: Sequence[int] | None = None, group: int | None = None) -> dict:
-        """``analytic_costs`` of ISA (explicit) and dense at a resolution (default: current)."""
+        """``{head: cost}``: ``analytic_costs`` of each head's explicit module at a resolution
+        (default: the current one)."""
         h, w = (v // 8 for v in (resolution or self.resolution))
         c = self.channels
         out = analytic_costs(h, w, group or self.group, channels=c, isa_channels=max(1, c // 2))
-        return {"isa": out["isa-explicit"], "dense": out["dense-explicit"]}
+        known = modules()  # module -> (head, impl)
+        return {known[m][0]: cost for m, cost in out.items() if known[m][1] == "explicit"}
 
     def optimum(self) -> int:
         """The block side that minimises the padded affinity of the current map."""
@@ -67,14 +74,15 @@ class CostView(_View):
         aspect = self.resolution[1] / self.resolution[0]
         heights = [int(s) for s in self.SIDES]
         curves = [self.costs((hh, max(8, int(hh * aspect)))) for hh in heights]
-        n = [c["isa"]["positions"] for c in curves]
-        for kind, style in (("isa", "-"), ("dense", "--")):
-            mem = [c[kind]["predicted_peak_bytes"]["forward"] / 2**20 for c in curves]
-            flops = [c[kind]["flops"]["forward"] / 1e9 for c in curves]
-            label = f"{kind} ({self.group}x{self.group})" if kind == "isa" else kind
-            ax_mem.loglog(n, mem, style, label=f"{label}, analytic")
-            ax_flops.loglog(n, flops, style, label=label)
-        for module, marker in (("isa-explicit", "o"), ("dense-explicit", "s")):
+        for i, head in enumerate(curves[0]):
+            n = [c[head]["positions"] for c in curves]
+            mem = [c[head]["predicted_peak_bytes"]["forward"] / 2**20 for c in curves]
+            flops = [c[head]["flops"]["forward"] / 1e9 for c in curves]
+            label = f"{head} ({self.group}x{self.group})" if curves[0][head]["group"] else head
+            ax_mem.loglog(n, mem, STYLES[i % 4], label=f"{label}, analytic")
+            ax_flops.loglog(n, flops, STYLES[i % 4], label=label)
+        for i, module in enumerate(f"{head}-explicit" for head in curves[0]):
+            marker = MARKERS[i % 4]
             rows = [
                 r for r in self.committed.get("results", [])
                 if r.get("module") == module and r.get("pass") == "forward"
@@ -87,8 +95,7 @@ class CostView(_View):
                 )  # fmt: skip
         now = self.costs()
         for ax, key in ((ax_mem, "mem"), (ax_flops, "flops")):
-            for kind in ("isa", "dense"):
-                c = now[kind]
+            for c in now.values():
                 y = c["predicted_peak_bytes"]["forward"] / 2**20 if key == "mem" else (
                     c["flops"]["forward"] / 1e9
                 )  # fmt: skip
@@ -98,7 +105,11 @@ class CostView(_View):
         ax_mem.set_title(f"peak memory (MiB), C = {self.channels}", fontsize=9)
         ax_flops.set_title("forward GFLOPs (star: the chosen resolution)", fontsize=9)
         sides = np.arange(1, 33)
-        entries = [self.costs(group=int(s))["isa"]["affinity_elements"] for s in sides]
+        fh, fw = (v // 8 for v in self.resolution)
+        entries = [
+            ISADecoder.cost(fh, fw, HeadConfig(1, 1, down_factor=(s, s))).affinity_elements
+            for s in range(1, 33)
+        ]  # ISA's affinity size against its block side
         best = self.optimum()
         ax_group.semilogy(sides, entries)
         ax_group.plot(best, entries[best - 1], "o", label=f"optimum {best}x{best}")

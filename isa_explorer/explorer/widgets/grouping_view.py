@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from isa_explorer.explorer.widgets.base import _View, _widgets, new_figure
-from isa_explorer.models.isa.decoder import GroupGrid
+from isa_explorer.heads.grid import GroupGrid
 
 
 class GroupingView(_View):

@@ -1,60 +1,30 @@
-"""Memory, time and FLOPs of ISA vs dense self-attention as the resolution grows.
+"""Memory, time and FLOPs of the attention modules as the resolution grows, case by case.
 
-Each *attention module* is the context step of a head without its ``in_conv``: a feature map
-``(1, C, h, w)`` goes through the relation block(s) and comes back as ``(1, C, h, w)``.
-
-* ``isa-explicit`` / ``isa-fused`` -- :class:`ISADecoder`'s long- and short-range steps;
-* ``dense-explicit`` -- :class:`DenseAttentionDecoder`'s block with the ``N x N`` affinity;
-* ``dense-fused`` -- the same block through ``scaled_dot_product_attention``.
-
-Input resolutions ``H x W`` give feature maps at 1/8 (an output-stride-8 encoder). Each case
-(module, pass, resolution) runs in a fresh subprocess on the CPU (peak RSS growth) or on CUDA
-(``max_memory_allocated``); FLOPs come from :class:`torch.utils.flop_counter.FlopCounterMode`
-on the meta device (the same operators and shapes, without computing); analytic FLOPs and
-memory (:func:`analytic_costs`) stand beside them. Cases predicted to exceed the available
-memory, ``max_memory`` or ``max_seconds`` are reported as ``"skipped"`` with the prediction.
-
-``isa-explorer bench attention`` prints a table and writes JSON, PNG and SVG.
+Each *attention module* (:func:`~isa_explorer.costs.analytic.modules`) is the context step of
+a registered head without its ``in_conv``: a feature map ``(1, C, h, w)`` goes through the
+attention and comes back as ``(1, C, h, w)``. Input resolutions ``H x W`` give feature maps at
+1/8 (an output-stride-8 encoder). :func:`run_cases` measures every (resolution, module, pass)
+predicted to fit, in this process unless given another way to measure (the benchmark's runner,
+:mod:`isa_explorer.bench.runner`, runs each case in a fresh process); FLOPs are counted on the
+meta device (:func:`~isa_explorer.costs.flops.count_flops`), analytic costs stand beside them.
+Cases predicted to exceed the available memory, ``max_memory`` or ``max_seconds`` are reported
+as ``"skipped"`` with the prediction. :data:`COMMITTED_RESULTS` is the committed CPU run.
 """
 
 from __future__ import annotations
 
 import importlib.resources
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from isa_explorer.bench.analytic import MODULES, PASSES, analytic_costs, auto_group
-from isa_explorer.bench.flops import register_sdpa_formulas
-from isa_explorer.bench.measure import (
-    MiB,
-    PeakMemory,
-    available_memory,
-    median_ms,
-    time_runs,
-)
-from isa_explorer.bench.worker import run_worker
-from isa_explorer.models.heads import DenseAttentionDecoder
-from isa_explorer.models.isa.decoder import ISADecoder
-
-__all__ = [
-    "COMMITTED_RESULTS",
-    "MODULES",
-    "PASSES",
-    "RESOLUTIONS",
-    "AttentionModule",
-    "analytic_costs",
-    "auto_group",
-    "count_flops",
-    "load_results",
-    "measure_case",
-    "plot_results",  # noqa: F822 - imported on first use (module __getattr__)
-    "run_benchmark",
-]
+from isa_explorer.costs.analytic import PASSES, analytic_costs, attention_module
+from isa_explorer.costs.flops import count_flops
+from isa_explorer.costs.measure import MiB, PeakMemory, available_memory, median_ms, time_runs
+from isa_explorer.heads.isa import auto_group
 
 #: The committed CPU measurement, package data (``isa_explorer/assets/results/``), for the app
 #: and notebooks: it is there in a non-editable install too.
@@ -67,70 +37,9 @@ OUTPUT_STRIDE = 8
 #: Seconds per FLOP assumed for time predictions (20 GFLOP/s) until a module's case has run
 #: faster; predictions use the fastest rate measured so far for the module and pass.
 DEFAULT_RATE = 0.05e-9
-
-
-class AttentionModule(nn.Module):
-    """The attention (context) step of an ISA or dense head: ``(B, C, h, w) -> (B, C, h, w)``.
-
-    Args:
-        module: A name in :data:`MODULES` (``isa-fused``, ``dense-explicit``, ...).
-        channels: Head channels ``C``.
-        isa_channels: Query/key channels.
-        group: ISA group side or ``(Ph, Pw)``.
-    """
-
-    def __init__(
-        self,
-        module: str,
-        channels: int = 512,
-        isa_channels: int = 256,
-        group: int | tuple[int, int] = 8,
-    ):
-        super().__init__()
-        if module not in MODULES:
-            raise ValueError(f"unknown module {module!r}: choose from {', '.join(MODULES)}")
-        kind, impl = MODULES[module]
-        if kind == "isa":
-            g = (group, group) if isinstance(group, int) else tuple(group)
-            head = ISADecoder(channels, 1, channels, isa_channels, g, attn_impl=impl)
-        else:
-            head = DenseAttentionDecoder(channels, 1, channels, isa_channels, attn_impl=impl)
-        # Only the context step runs: in_conv becomes the identity, out_conv is dropped. In
-        # training it runs as the algorithm does, without the head's selective checkpointing
-        # (whose recomputation would add the explicit path's batched products to backward).
-        head.in_conv = nn.Identity()
-        head.selective_checkpoint = False
-        del head.out_conv, head.conv_seg
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head.context(x)[0]
-
-
-def count_flops(
-    module: str,
-    size: tuple[int, int],
-    passes: str = "forward",
-    channels: int = 512,
-    isa_channels: int = 256,
-    group: int | tuple[int, int] = 8,
-) -> int:
-    """FLOPs of one pass counted by ``FlopCounterMode`` on the meta device (no compute).
-
-    The meta device runs the same operators on the same shapes without computing or
-    allocating, so cases too large to run are counted too; the counts equal those taken on the
-    CPU (checked in the tests).
-    """
-    register_sdpa_formulas()  # the CPU flash kernel counts as the matmuls it replaces
-    m = AttentionModule(module, channels, isa_channels, group).to("meta")
-    x = torch.randn(1, channels, *size, device="meta", requires_grad=passes != "forward")
-    with FlopCounterMode(display=False) as counter:
-        if passes == "forward":
-            with torch.no_grad():
-                m.eval()(x)
-        else:
-            m.train()(x).sum().backward()
-    return int(counter.get_total_flops())
+#: ``measure(spec, seconds)``: one case's result from its :func:`measure_case` arguments and a
+#: time limit (``None``: none).
+Measure = Callable[[dict[str, Any], float | None], dict[str, Any]]
 
 
 def measure_case(
@@ -144,7 +53,7 @@ def measure_case(
     isa_channels: int = 256,
     group: int | tuple[int, int] = 8,
 ) -> dict[str, Any]:
-    """Time and peak memory growth of one case in this process (see :func:`run_benchmark`).
+    """Time and peak memory growth of one case in this process (see :func:`run_cases`).
 
     ``forward`` runs in eval mode under ``inference_mode``; ``forward+backward`` in training
     mode with gradients for the input and the parameters.
@@ -152,7 +61,7 @@ def measure_case(
     if passes not in PASSES:
         raise ValueError(f"unknown pass {passes!r}: choose from {', '.join(PASSES)}")
     torch.manual_seed(0)
-    m = AttentionModule(module, channels, isa_channels, group).to(device)
+    m = attention_module(module, channels, isa_channels, group).to(device)
     x = torch.randn(1, channels, *size, device=device)  # (1, C, h, w)
     if passes == "forward":
         m.eval()
@@ -186,38 +95,38 @@ def _resolve_group(group: int | str, h: int, w: int) -> int:
     raise ValueError(f"group must be a positive integer or 'auto', got {group!r}")
 
 
-def run_benchmark(
-    resolutions: list[tuple[int, int]] = RESOLUTIONS,
-    modules: list[str] = tuple(MODULES),
-    passes: list[str] = PASSES,
+def run_cases(
+    resolutions: Sequence[tuple[int, int]] = RESOLUTIONS,
+    modules: Sequence[str] | None = None,
+    passes: Sequence[str] = PASSES,
     group: int | str = 8,
     device: str = "cpu",
     max_memory: float | None = None,
     max_seconds: float | None = None,
-    subprocess: bool = True,
     runs: int = 3,
     warmup: int = 1,
     channels: int = 512,
     isa_channels: int = 256,
-    log: Any = None,
+    log: Callable[[dict[str, Any]], Any] | None = None,
+    measure: Measure | None = None,
 ) -> list[dict[str, Any]]:
     """Measure every (resolution, module, pass) that is predicted to fit.
 
     Args:
         resolutions: Input image sizes ``(H, W)``; feature maps are ``(H / 8, W / 8)``.
-        modules: Names from :data:`MODULES`.
+        modules: Names of :func:`~isa_explorer.costs.analytic.modules` (default: all).
         passes: ``"forward"`` and/or ``"forward+backward"``.
-        group: ISA group side, or ``"auto"`` (the ``sqrt(N)``-optimal side per size).
+        group: Block side of grouping heads, or ``"auto"`` (ISA's optimal side per size).
         device: ``"cpu"`` or ``"cuda"``.
         max_memory: Bytes a case may use (default: the memory available now, less 15%).
         max_seconds: Longest predicted time of one pass: counted FLOPs times the fastest
             rate measured so far for the module and pass, or :data:`DEFAULT_RATE` (default:
             no limit).
-        subprocess: Run each case in a fresh process (needed for CPU peak memory).
         runs: Timed runs per case (fewer when ``max_seconds`` would be exceeded; at least 1).
         warmup: Untimed runs before timing.
         channels: Head channels ``C``; isa_channels: query/key channels.
         log: Callable given each finished result (e.g. ``print``-based progress).
+        measure: How a case is measured (default: :func:`measure_case` in this process).
 
     Returns:
         One dict per case: ``module``, ``pass``, ``resolution``, ``feature``, ``group``,
@@ -234,7 +143,7 @@ def run_benchmark(
         h, w = res_h // OUTPUT_STRIDE, res_w // OUTPUT_STRIDE
         g = _resolve_group(group, h, w)
         costs = analytic_costs(h, w, g, **shape)
-        for module, p in ((m, p) for m in modules for p in passes):
+        for module, p in ((m, p) for m in modules or costs for p in passes):
             r = _plan(module, p, (res_h, res_w), (h, w), g, costs[module], shape)
             seconds = r["flops"] * rate.get((module, p), DEFAULT_RATE)
             r["predicted_seconds"] = round(seconds, 2)
@@ -255,14 +164,8 @@ def run_benchmark(
                     n_runs = max(1, min(runs, int(max_seconds / max(seconds, 1e-9)) - n_warm))
                 spec = dict(module=module, size=(h, w), passes=p, runs=n_runs, warmup=n_warm)
                 spec.update(device=device, group=g, **shape)
-                if subprocess:
-                    limit = None
-                    if max_seconds is not None:
-                        limit = 120 + 3 * max_seconds * (n_runs + n_warm)
-                    spec["threads"] = torch.get_num_threads()
-                    r.update(run_worker("attention", spec, limit))
-                else:
-                    r.update(measure_case(**spec))
+                limit = None if max_seconds is None else 120 + 3 * max_seconds * (n_runs + n_warm)
+                r.update(measure_case(**spec) if measure is None else measure(spec, limit))
                 r.update(runs=n_runs, warmup=n_warm)
                 if r["status"] == "ok":  # small cases run below the machine's FLOP rate:
                     seen = r["median_ms"] / 1000 / max(r["flops"], 1)  # keep the fastest
@@ -289,7 +192,7 @@ def _plan(
         "resolution": list(resolution),
         "feature": list(feature),
         "positions": feature[0] * feature[1],
-        "group": group if MODULES[module][0] == "isa" else None,
+        "group": group if cost["group"] else None,
         "analytic": {
             "flops": cost["flops"][p],
             "attention_flops_forward": cost["attention_flops"],
@@ -298,26 +201,6 @@ def _plan(
         },
         "flops": count_flops(module, feature, p, group=group, **shape),
     }
-
-
-def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """One case from a JSON spec, in a fresh process (:mod:`~isa_explorer.bench.worker`)."""
-    spec = dict(spec)
-    threads = spec.pop("threads", None)
-    if threads:
-        torch.set_num_threads(int(threads))
-    spec["size"] = tuple(spec["size"])
-    return measure_case(**spec)
-
-
-def __getattr__(name: str) -> Any:
-    """``plot_results`` (:mod:`~isa_explorer.bench.plot`), imported on first use: measuring
-    needs no matplotlib (the GPU check runs where there is none)."""
-    if name == "plot_results":
-        from isa_explorer.bench.plot import plot_results
-
-        return plot_results
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_results(path: str | Path = COMMITTED_RESULTS) -> dict[str, Any]:

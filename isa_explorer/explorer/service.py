@@ -1,29 +1,34 @@
-"""The explorer's logic, free of any UI: load an image, predict, answer clicks.
+"""The explorer service, free of any UI: load an image, predict, answer clicks.
 
 :class:`Explorer` keeps one analysed image per session key in a bounded
-:class:`~isa_explorer.explorer.session.SessionStore`; every method either returns plain arrays
-and strings or raises :class:`ExplorerError` with a message for the user.
+:class:`~isa_explorer.explorer.store.SessionStore`; every method either returns plain arrays
+and strings or raises :class:`ExplorerError` with a message for the user. Which maps a click
+shows, and their order, come from the model's head class (:mod:`isa_explorer.heads`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from numbers import Real
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from isa_explorer import heads
 from isa_explorer.attention import AttentionMaps, query_maps
 from isa_explorer.data.synthetic import generate
 from isa_explorer.explorer import render
-from isa_explorer.explorer.images import (
+from isa_explorer.explorer.model import ExplorerModel
+from isa_explorer.explorer.store import ImageState, SessionStore
+from isa_explorer.explorer.uploads import (
     FORMAT_NAMES,
-    ImageInputError,
-    PreparedImage,
+    CheckedImage,
+    ExplorerError,
+    check_image,
     load_image_file,
-    prepare_image,
 )
-from isa_explorer.explorer.session import ExplorerModel, ImageState, SessionStore
 
 #: Seed of the example scenes (the explorer draws them on demand, nothing is stored).
 EXAMPLE_SEED = 20260
@@ -31,17 +36,6 @@ EXAMPLE_SEED = 20260
 NUM_EXAMPLES = 100
 #: Context choices of an example: keep the drawn cue or force it red / blue.
 CONTEXTS = {"as drawn": None, "red cue": 0, "blue cue": 1}
-#: Map names in display order per head.
-MAP_TITLES = {
-    "long": "Long-range (same offset in every 8x8 block)",
-    "short": "Short-range (inside the query's block)",
-    "combined": "Combined (long then short)",
-    "dense": "Dense attention",
-}
-
-
-class ExplorerError(ValueError):
-    """A request the explorer cannot answer; the message is for the user."""
 
 
 @dataclass
@@ -53,9 +47,10 @@ class ClickResult:
         cell: Feature cell ``(fx, fy)`` of the query.
         class_name: Predicted class at the query.
         confidence: Its softmax probability.
-        maps: The attention maps on the feature grid.
+        maps: The attention maps on the feature grid, in the head's order.
         panels: ``{name: (dh, dw, 3) uint8}`` heat maps over the image, query marked.
         regions: Markdown list of the most attended cells and mass per predicted class.
+        state: The image's state with this query (the one now stored for the session).
     """
 
     query: tuple[int, int]
@@ -65,6 +60,7 @@ class ClickResult:
     maps: AttentionMaps
     panels: dict[str, np.ndarray]
     regions: str
+    state: ImageState
 
 
 class Explorer:
@@ -79,9 +75,7 @@ class Explorer:
         self.model = model
         self.store = store if store is not None else SessionStore()
 
-    # -- loading ----------------------------------------------------------------------------
-
-    def example_image(self, index: int, context: str = "as drawn") -> PreparedImage:
+    def example_image(self, index: int, context: str = "as drawn") -> CheckedImage:
         """Synthetic scene ``index`` at the model's training size."""
         if not self.model.is_synthetic:
             raise ExplorerError(
@@ -94,36 +88,29 @@ class Explorer:
         if not 0 <= index < NUM_EXAMPLES:
             raise ExplorerError(f"example index must be in 0..{NUM_EXAMPLES - 1}, got {index}")
         rgb, _ = generate(EXAMPLE_SEED, index, self.model.train_size, CONTEXTS[context])
-        return PreparedImage(rgb)
+        return CheckedImage(rgb)
 
     def load_example(self, key: str, index: int, context: str = "as drawn") -> ImageState:
         """Analyse example ``index`` for session ``key``."""
         src = f"example {int(index)} ({context})"  # its size is said with every image's
-        return self._analyse(key, self.example_image(index, context), src)
+        return self.load_checked(key, self.example_image(index, context), src)
 
     def load_file(self, key: str, path: str | Path | None) -> ImageState:
         """Analyse an uploaded file for session ``key``."""
         if path is None:
             raise ExplorerError(f"no file received; upload a {FORMAT_NAMES} image")
-        try:
-            prepared = load_image_file(path)
-        except ImageInputError as err:
-            raise ExplorerError(str(err)) from None
-        return self._analyse(key, prepared, f"upload {Path(path).name}")
+        return self.load_checked(key, load_image_file(path), f"upload {Path(path).name}")
 
     def load_image(
         self, key: str, image: Image.Image | np.ndarray | None, source: str = "image"
     ) -> ImageState:
         """Analyse a PIL image or array for session ``key``."""
-        try:
-            prepared = prepare_image(image)
-        except ImageInputError as err:
-            raise ExplorerError(str(err)) from None
-        return self._analyse(key, prepared, source)
+        return self.load_checked(key, check_image(image), source)
 
-    def _analyse(self, key: str, prepared: PreparedImage, source: str) -> ImageState:
-        state = self.model.analyse(prepared.rgb)
-        notes = "; ".join(prepared.notes)
+    def load_checked(self, key: str, checked: CheckedImage, source: str) -> ImageState:
+        """Analyse a checked image for session ``key`` (its notes added to ``source``)."""
+        state = self.model.analyse(checked.rgb)
+        notes = "; ".join(checked.notes)
         state.source = source + (f" -- {notes}" if notes else "")
         self.store.put(key, state)
         return state
@@ -138,13 +125,12 @@ class Explorer:
             )
         return state
 
-    # -- views ------------------------------------------------------------------------------
-
     def display(self, state: ImageState) -> render.Display:
         return render.Display.of(*state.size)
 
     def _view(self, state: ImageState, name: str) -> np.ndarray:
-        """Display-size arrays derived once per image: ``rgb``, ``labels`` (colours)."""
+        """Arrays derived once per image: ``rgb``, ``labels`` (colours) at display size, and
+        ``cell_labels``, the ``(h, w)`` predicted class at the centre pixel of every cell."""
         if name not in state.view:
             d = self.display(state)
             if name == "rgb":
@@ -152,7 +138,10 @@ class Explorer:
             elif name == "labels":
                 state.view[name] = render.label_image(state.labels, self.model.palette, d)
             elif name == "cell_labels":
-                state.view[name] = _cell_labels(state)
+                rows, cols = (
+                    (e[:-1] + np.maximum(e[1:] - 1, e[:-1])) // 2 for e in state.cache.cell_edges()
+                )
+                state.view[name] = state.labels[rows][:, cols]
         return state.view[name]
 
     def prediction_view(
@@ -162,7 +151,8 @@ class Explorer:
         d = self.display(state)
         out = render.blend(self._view(state, "rgb"), self._view(state, "labels"), opacity)
         if show_grid and state.cache is not None:
-            out = render.draw_grid(out, state.cache.grid, state.cache.cell_edges(), d)
+            edges = state.cache.record.block_edges()
+            out = render.draw_grid(out, edges, state.cache.cell_edges(), d)
         if state.query is not None:
             out = render.mark_query(out, *state.query, d)
         return np.asarray(out)
@@ -173,18 +163,15 @@ class Explorer:
         fractions = np.bincount(state.labels.ravel(), minlength=k) / state.labels.size
         return render.legend_html(self.model.class_names, self.model.palette, fractions)
 
-    # -- clicks -----------------------------------------------------------------------------
-
     def click_display(
         self, key: str, x: float, y: float, opacity: float = 0.6, show_grid: bool = False
     ) -> ClickResult:
         """A click at display pixel ``(x, y)`` of the prediction image of session ``key``."""
-        state = self.state(key)
-        dh, dw = self.display(state).size
+        d = self.display(self.state(key))
+        dh, dw = d.size
         if not (0 <= x < dw and 0 <= y < dh):
             raise ExplorerError(f"the click at ({x}, {y}) is outside the image; click on it")
-        ix, iy = self.display(state).to_image(x, y)
-        return self.click(key, ix, iy, opacity, show_grid)
+        return self.click(key, *d.to_image(x, y), opacity, show_grid)
 
     def click(
         self,
@@ -195,10 +182,12 @@ class Explorer:
         show_grid: bool = False,
         top_k: int = 5,
     ) -> ClickResult:
-        """Attention maps of image pixel ``(x, y)`` of session ``key``, drawn over the image."""
-        state = self.state(key)
-        maps = self.attention(state, x, y)
-        state.query = (int(x), int(y))
+        """Attention maps of image pixel ``(x, y)`` of session ``key``, drawn over the image;
+        the clicked state is a new one (arrays shared, ``query`` set): ``ClickResult.state``."""
+        old = self.state(key)
+        maps = self.attention(old, x, y)
+        state = dataclasses.replace(old, query=maps.query)
+        self.store.put(key, state, replacing=old)
         return self.render_click(state, maps, opacity, show_grid, top_k)
 
     def attention(self, state: ImageState, x: int, y: int) -> AttentionMaps:
@@ -216,8 +205,9 @@ class Explorer:
         """
         if state.cache is None:
             raise ExplorerError(
-                f"this model's {self.model.head!r} head has no attention maps; load an "
-                "ISA or dense-attention model (--checkpoint)"
+                f"this model's {self.model.head!r} head has no attention maps; load a model "
+                f"whose head has attention maps: {', '.join(heads.with_attention())} "
+                "(--checkpoint)"
             )
         h, w = state.size
         coords = []
@@ -227,9 +217,7 @@ class Explorer:
                 raise ExplorerError(
                     f"give both pixel coordinates x and y: {name} is missing; {fix}"
                 )
-            if isinstance(value, bool | np.bool_) or not isinstance(
-                value, int | float | np.integer | np.floating
-            ):
+            if isinstance(value, bool) or not isinstance(value, Real):  # numpy's too, not bool_
                 raise ExplorerError(
                     f"pixel coordinate {name} must be a number, got {value!r} "
                     f"({type(value).__name__}); {fix}"
@@ -259,33 +247,21 @@ class Explorer:
         show_grid: bool = False,
         top_k: int = 5,
     ) -> ClickResult:
-        """Draw the maps of a query over the image and describe where it looks."""
-        d = self.display(state)
-        cache = state.cache
+        """Draw the head's maps of a query over the image (with ``show_grid``, its block edges
+        and the cells each map's step reaches) and describe where it looks."""
+        d, cache = self.display(state), state.cache
         base = render.as_pil(self._view(state, "rgb"))
-        highlight = {"long": "long", "short": "short"}
         panels = {}
-        edges = cache.cell_edges()
-        for name, m in maps.maps.items():
-            panel = render.heat_panel(base, m.numpy(), cache.pixel_cells, d, opacity)
+        blocks, edges = cache.record.block_edges(), cache.cell_edges()
+        for info in cache.head.maps:
+            panel = render.heat_panel(base, maps[info.name].numpy(), cache.pixel_cells, d, opacity)
             if show_grid:
-                panel = render.draw_grid(
-                    panel, cache.grid, edges, d, maps.query_feature, highlight.get(name)
-                )
-            panels[name] = np.asarray(render.mark_query(panel, *maps.query, d))
+                panel = render.draw_grid(panel, blocks, edges, d, maps.reach.get(info.reach))
+            panels[info.name] = np.asarray(render.mark_query(panel, *maps.query, d))
         x, y = maps.query
-        label = int(state.labels[y, x])
-        main = "combined" if "combined" in maps.maps else "dense"
-        regions = self.describe(state, maps, main, top_k)
-        return ClickResult(
-            maps.query,
-            maps.query_feature,
-            self.model.class_names[label],
-            float(state.confidence[y, x]),
-            maps,
-            panels,
-            regions,
-        )
+        name, p = self.model.class_names[int(state.labels[y, x])], float(state.confidence[y, x])
+        regions = self.describe(state, maps, cache.head.main_map or cache.head.maps[0].name, top_k)
+        return ClickResult(maps.query, maps.query_feature, name, p, maps, panels, regions, state)
 
     def describe(self, state: ImageState, maps: AttentionMaps, name: str, top_k: int = 5) -> str:
         """Markdown: the ``top_k`` cells of map ``name`` and its mass per predicted class."""
@@ -303,20 +279,11 @@ class Explorer:
         ]
         for rank, i in enumerate(order, 1):
             fy, fx = divmod(int(i), m.shape[1])
-            xs = f"{cols[fx]}-{cols[fx + 1] - 1}"
-            ys = f"{rows[fy]}-{rows[fy + 1] - 1}"
+            where = f"({fx}, {fy}) | {cols[fx]}-{cols[fx + 1] - 1}, {rows[fy]}-{rows[fy + 1] - 1}"
             cls = names[int(cells[fy, fx])]
-            lines.append(f"| {rank} | ({fx}, {fy}) | {xs}, {ys} | {cls} | {m[fy, fx]:.1%} |")
+            lines.append(f"| {rank} | {where} | {cls} | {m[fy, fx]:.1%} |")
         mass = np.bincount(cells.ravel(), weights=m.ravel(), minlength=len(names))
         top = np.argsort(mass)[::-1][:4]
         parts = [f"{names[k]} {mass[k]:.0%}" for k in top if mass[k] >= 0.005]
         lines += ["", "**Attention by predicted class:** " + ", ".join(parts)]
         return "\n".join(lines)
-
-
-def _cell_labels(state: ImageState) -> np.ndarray:
-    """``(h, w)`` predicted class at the centre pixel of every feature cell."""
-    row_edges, col_edges = state.cache.cell_edges()
-    rows = (row_edges[:-1] + np.maximum(row_edges[1:] - 1, row_edges[:-1])) // 2
-    cols = (col_edges[:-1] + np.maximum(col_edges[1:] - 1, col_edges[:-1])) // 2
-    return state.labels[rows][:, cols]

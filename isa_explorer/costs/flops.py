@@ -9,21 +9,23 @@ are torch's own SDPA counts (``sdpa_flop_count``, ``sdpa_backward_flop_count``: 
 memory-efficient and cuDNN kernels. An op that torch already counts is left alone, so a
 torch release that adds its own formula keeps it.
 
-``count_flops`` (:mod:`isa_explorer.bench.attention`) registers them before it counts
-(idempotent).
+:func:`count_flops` registers them before it counts (idempotent).
 """
 
 from __future__ import annotations
 
 import torch
 from torch.utils.flop_counter import (
+    FlopCounterMode,
     flop_registry,
     register_flop_formula,
     sdpa_backward_flop_count,
     sdpa_flop_count,
 )
 
-__all__ = ["register_sdpa_formulas"]
+from isa_explorer.costs.analytic import attention_module
+
+__all__ = ["count_flops", "register_sdpa_formulas"]
 
 _FORWARD = ("_scaled_dot_product_flash_attention_for_cpu",)
 _BACKWARD = ("_scaled_dot_product_flash_attention_for_cpu_backward",)
@@ -54,3 +56,27 @@ def register_sdpa_formulas() -> list[str]:
             register_flop_formula(ops)(formula)
             done += [str(op) for op in ops]
     return done
+
+
+def count_flops(
+    module: str,
+    size: tuple[int, int],
+    passes: str = "forward",
+    channels: int = 512,
+    isa_channels: int = 256,
+    group: int | tuple[int, int] = 8,
+) -> int:
+    """FLOPs of one pass of an attention module counted by ``FlopCounterMode`` on the meta
+    device: the same operators on the same shapes, without computing or allocating, so cases
+    too large to run are counted too; the counts equal those taken on the CPU (checked in the
+    tests)."""
+    register_sdpa_formulas()  # the CPU flash kernel counts as the matmuls it replaces
+    m = attention_module(module, channels, isa_channels, group).to("meta")
+    x = torch.randn(1, channels, *size, device="meta", requires_grad=passes != "forward")
+    with FlopCounterMode(display=False) as counter:
+        if passes == "forward":
+            with torch.no_grad():
+                m.eval()(x)
+        else:
+            m.train()(x).sum().backward()
+    return int(counter.get_total_flops())

@@ -1,12 +1,11 @@
 """Reading and validating the images a user gives the explorer.
 
-Every image becomes an ``(H, W, 3)`` uint8 RGB array: EXIF rotation applied, grey / palette /
-CMYK converted, alpha composited on white, 16-bit and float images rescaled to 8 bits, by the
-project's one reader (:mod:`isa_explorer.images`), with its limits and messages, the same as
-``isa-explorer predict``'s: images with a side under :data:`MIN_SIDE` are refused. The app
-also resizes images whose longest side exceeds :data:`MAX_SIDE` down (aspect kept), to bound
-the time and memory of an interactive request. Problems raise :class:`ImageInputError` with a
-message meant for the user.
+Every image becomes an ``(H, W, 3)`` uint8 RGB array by the project's one reader
+(:mod:`isa_explorer.images`: EXIF rotation, grey / palette / CMYK, alpha on white, 16-bit and
+float rescaled), with its limits and messages, the same as ``isa-explorer predict``'s: sides
+under :data:`MIN_SIDE` are refused. The app also resizes a longest side over :data:`MAX_SIDE`
+down (aspect kept), to bound an interactive request. Problems raise :class:`ImageInputError`
+(an :class:`ExplorerError`) with a message for the user.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from PIL import Image
 
 from isa_explorer.images import (
     FORMAT_NAMES,
-    MAX_PIXELS,
     MIN_SIDE,
     CorruptFileError,
     ImageArrayError,
@@ -33,25 +31,18 @@ from isa_explorer.images import (
 #: Longest side kept; larger images are resized down to it (CPU time and memory per image).
 MAX_SIDE = 2048
 
-__all__ = [
-    "FORMAT_NAMES",
-    "MAX_PIXELS",
-    "MAX_SIDE",
-    "MIN_SIDE",
-    "ImageInputError",
-    "PreparedImage",
-    "load_image_file",
-    "prepare_image",
-]
+
+class ExplorerError(ValueError):
+    """A request the explorer cannot answer; the message is for the user."""
 
 
-class ImageInputError(ValueError):
+class ImageInputError(ExplorerError):
     """An input image the explorer cannot use; the message says why and what to do."""
 
 
 @dataclass
-class PreparedImage:
-    """An image ready for the model.
+class CheckedImage:
+    """An image checked (and converted) for the model.
 
     Attributes:
         rgb: ``(H, W, 3)`` uint8 RGB pixels.
@@ -62,14 +53,14 @@ class PreparedImage:
     notes: list[str] = field(default_factory=list)
 
 
-def load_image_file(path: str | Path) -> PreparedImage:
-    """Open and prepare an uploaded image file (read by :func:`isa_explorer.images.read_rgb`).
+def load_image_file(path: str | Path) -> CheckedImage:
+    """Open and check an uploaded image file (read by :func:`isa_explorer.images.read_rgb`).
 
     Args:
         path: Path of the file (a temporary upload file).
 
     Returns:
-        The prepared image.
+        The checked image.
 
     Raises:
         ImageInputError: The file is missing, not an image, corrupt, too small or too large.
@@ -85,7 +76,7 @@ def load_image_file(path: str | Path) -> PreparedImage:
     return _checked(rgb, notes, repr(path.name))
 
 
-def prepare_image(image: Image.Image | np.ndarray | None) -> PreparedImage:
+def check_image(image: Image.Image | np.ndarray | None) -> CheckedImage:
     """Validate and convert an image (PIL or array) to ``(H, W, 3)`` uint8 RGB.
 
     Args:
@@ -93,7 +84,7 @@ def prepare_image(image: Image.Image | np.ndarray | None) -> PreparedImage:
             uint16 or float (floats in ``[0, 1]`` or ``[0, 255]``).
 
     Returns:
-        The prepared image and notes on what was changed.
+        The checked image and notes on what was changed.
 
     Raises:
         ImageInputError: No image, an unsupported array, or a side under :data:`MIN_SIDE`.
@@ -112,7 +103,7 @@ def prepare_image(image: Image.Image | np.ndarray | None) -> PreparedImage:
     return _checked(rgb, notes)
 
 
-def _checked(rgb: np.ndarray, notes: list[str], name: str = "this image") -> PreparedImage:
+def _checked(rgb: np.ndarray, notes: list[str], name: str = "this image") -> CheckedImage:
     """Refuse sides under :data:`MIN_SIDE`; resize a longest side over :data:`MAX_SIDE`."""
     h, w = rgb.shape[:2]
     try:
@@ -124,4 +115,4 @@ def _checked(rgb: np.ndarray, notes: list[str], name: str = "this image") -> Pre
         size = (max(MIN_SIDE, round(w * scale)), max(MIN_SIDE, round(h * scale)))
         rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
         notes.append(f"resized from {w}x{h} to {size[0]}x{size[1]} (longest side {MAX_SIDE})")
-    return PreparedImage(np.ascontiguousarray(rgb), notes)
+    return CheckedImage(np.ascontiguousarray(rgb), notes)

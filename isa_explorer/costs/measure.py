@@ -6,13 +6,13 @@ high-water mark ``VmHWM`` (the counter behind ``getrusage``'s ``ru_maxrss``), re
 current size at the baseline through ``/proc/self/clear_refs``: ``ru_maxrss`` itself also holds
 the peak of the parent process that spawned this one, which hides small growths. Elsewhere it
 falls back to ``ru_maxrss``. Freed memory still counts towards the peak of a process, so every
-measured case runs in a fresh subprocess (:func:`run_worker`). On CUDA it is ``torch.cuda.max_memory_allocated`` over the memory
-allocated at the baseline.
+measured case of a benchmark runs in a fresh subprocess
+(:func:`~isa_explorer.bench.worker.run_worker`). On CUDA it is
+``torch.cuda.max_memory_allocated`` over the memory allocated at the baseline.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import resource
@@ -174,18 +174,3 @@ def system_info(device: str | torch.device = "cpu", command: str | None = None) 
 def _module_name() -> str:
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     return spec.name if spec is not None else os.path.basename(sys.argv[0])
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"128x256"`` -> ``(128, 256)``: the ``HxW`` sizes of every benchmark's command line.
-
-    Raises:
-        argparse.ArgumentTypeError: ``text`` is not two positive integers joined by ``x``.
-    """
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-        if h < 1 or w < 1:
-            raise ValueError
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size {text!r}: write HxW, e.g. 128x256") from None
-    return h, w

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -11,12 +11,10 @@ from segmentation_models_pytorch.base import SegmentationModel
 from segmentation_models_pytorch.base.hub_mixin import supports_config_loading
 from segmentation_models_pytorch.encoders import get_encoder
 
+from isa_explorer import heads
+from isa_explorer.heads.protocol import HeadConfig, Record
 from isa_explorer.models.fusion import refuse_training_if_fused
-from isa_explorer.models.heads import DenseAttentionDecoder, FCNHead
-from isa_explorer.models.isa.decoder import ISADecoder, Order
 from isa_explorer.models.layers import AttnImpl, eval_mode
-
-Head = Literal["isa", "dense", "fcn"]
 
 #: mmsegmentation's normalisation (RGB, 0-255 pixels) of the published ISANet models.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -27,8 +25,9 @@ class ISANet(SegmentationModel):
     """ISANet (Huang et al., arXiv 1907.12273) on any smp encoder.
 
     ``ISANet(encoder_name="tu-resnet50c", classes=19, aux_head=True)`` is mmsegmentation's
-    ISANet R-50-D8 (``tu-resnet101c`` the R-101-D8). ``head="dense"`` swaps the ISA head for
-    dense self-attention and ``head="fcn"`` for an FCN head with no attention, for comparisons.
+    ISANet R-50-D8 (``tu-resnet101c`` the R-101-D8). ``head`` names any registered head
+    (:mod:`isa_explorer.heads`): ``"dense"`` is ISA's dense ablation, ``"fcn"`` a head without
+    attention, for comparisons.
 
     Args:
         encoder_name: smp encoder name (``resnet18``, ``tu-resnet50c``, ...).
@@ -42,7 +41,8 @@ class ISANet(SegmentationModel):
         decoder_dropout: Dropout before the classifier.
         decoder_attn_impl: ``"fused"`` (SDPA), ``"explicit"`` (materialised affinities) or
             ``"auto"`` (explicit for CPU training steps on maps up to 128x256, else fused).
-        head: ``"isa"``, ``"dense"`` or ``"fcn"``.
+        head: A registered head's name (``isa_explorer.heads.names()``).
+        head_options: Options of the head's own (documented by the head).
         aux_head: Add mmseg's FCN auxiliary head on the second-to-last stage.
         aux_channels: Channels of the auxiliary head (256).
         in_channels: Image channels.
@@ -81,10 +81,11 @@ class ISANet(SegmentationModel):
         decoder_channels: int = 512,
         decoder_isa_channels: int = 256,
         decoder_down_factor: Sequence[int] = (8, 8),
-        decoder_order: Order = "long-short",
+        decoder_order: str = "long-short",
         decoder_dropout: float = 0.1,
         decoder_attn_impl: AttnImpl = "fused",
-        head: Head = "isa",
+        head: str = "isa",
+        head_options: Mapping[str, Any] | None = None,
         aux_head: bool = False,
         aux_channels: int = 256,
         in_channels: int = 3,
@@ -121,30 +122,18 @@ class ISANet(SegmentationModel):
         # The encoder's weights are saved with the model: a reloaded model must not download them.
         self._hub_mixin_config["encoder_weights"] = None
         enc_ch = self.encoder.out_channels
-        if head == "isa":
-            self.decoder = ISADecoder(
-                enc_ch[-1],
-                classes,
-                decoder_channels,
-                decoder_isa_channels,
-                tuple(decoder_down_factor),
-                decoder_order,
-                decoder_dropout,
-                decoder_attn_impl,
-            )
-        elif head == "dense":
-            self.decoder = DenseAttentionDecoder(
-                enc_ch[-1],
-                classes,
-                decoder_channels,
-                decoder_isa_channels,
-                decoder_dropout,
-                decoder_attn_impl,
-            )
-        elif head == "fcn":
-            self.decoder = FCNHead(enc_ch[-1], classes, decoder_channels, 2, True, decoder_dropout)
-        else:
-            raise ValueError(f"head must be 'isa', 'dense' or 'fcn', got {head!r}")
+        config = HeadConfig(
+            decoder_channels,
+            decoder_isa_channels,
+            decoder_dropout,
+            decoder_attn_impl,
+            tuple(decoder_down_factor),
+            decoder_order,
+            dict(head_options or {}),
+        )
+        self.decoder = heads.get(head).build(enc_ch[-1], classes, config)
+        from isa_explorer.heads.fcn import FCNHead  # mmseg's auxiliary head
+
         self.aux_head = FCNHead(enc_ch[-2], classes, aux_channels, 1) if aux_head else None
         self.segmentation_head = None
         self.classification_head = None
@@ -173,36 +162,41 @@ class ISANet(SegmentationModel):
         return (image.to(self.mean.dtype) - self.mean) / self.std
 
     def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Logits for training: ``{"out": (B, K, H, W), "aux": (B, K, H, W)}`` (aux if any)."""
+        """Logits for training at the input's size: the head's outputs
+        (:meth:`~isa_explorer.heads.protocol.Head.forward_train`, ``"out"`` and any others)
+        and ``"aux"`` (with an auxiliary head)."""
         h, w = x.shape[-2:]
         features = self.encoder(self._pad(x))
-        out = {"out": self._resize(self.decoder(features[-1]), x)[..., :h, :w]}
+        out = {
+            k: self._resize(v, x)[..., :h, :w]
+            for k, v in self.decoder.forward_train(features[-1]).items()
+        }
         if self.aux_head is not None:
             out["aux"] = self._resize(self.aux_head(features[-2]), x)[..., :h, :w]
         return out
 
     def forward(
         self, x: torch.Tensor, return_attention: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, dict]:
+    ) -> torch.Tensor | tuple[torch.Tensor, Record]:
         """``(B, C, H, W)`` normalised images -> ``(B, classes, H, W)`` logits.
 
         The network runs at the input's own size (padded only with ``pad_input=True``).
-        With ``return_attention=True`` (ISA and dense heads): ``(logits, attention)``, the
-        decoder's queries and keys at feature resolution (see :class:`ISADecoder`).
+        With ``return_attention=True`` (heads with attention maps): ``(logits, record)``, the
+        head's :class:`~isa_explorer.heads.protocol.Record` at feature resolution.
         """
         h, w = x.shape[-2:]
         features = self.encoder(self._pad(x))[-1]
         if not return_attention:
             return self._resize(self.decoder(features), x)[..., :h, :w]
-        if self.head == "fcn":
-            raise ValueError("the 'fcn' head has no attention to return")
+        if not type(self.decoder).maps:
+            raise ValueError(f"the {self.head!r} head has no attention to return")
         logits, attn = self.decoder(features, return_attention=True)
         return self._resize(logits, x)[..., :h, :w], attn
 
     @torch.inference_mode()
     def predict(
         self, x: torch.Tensor, return_attention: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, dict]:
+    ) -> torch.Tensor | tuple[torch.Tensor, Record]:
         """:meth:`forward` in eval mode without autograd: the same logits, for any input size.
 
         The model runs in eval mode and is left in the mode it was in: a model in training

@@ -1,26 +1,21 @@
-"""The explorer's model (loaded once, lazily) and its bounded per-session image store.
-
-One :class:`ImageState` per browser session holds what clicks need -- the image, its
-prediction and its :class:`~isa_explorer.attention.AttentionCache` -- so a click never runs the
-network. :class:`SessionStore` keeps them in a least-recently-used map bounded both in number
-of sessions and in bytes: many visitors cannot grow the server's memory without limit.
-"""
+"""The explorer's model: its directory's config at once, its weights on first use, its head's
+class (maps, titles) from the registry (:mod:`isa_explorer.heads`) by the config's name."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import threading
-from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from isa_explorer.attention import AttentionCache, capture_attention
+from isa_explorer import heads
+from isa_explorer.attention import capture_attention
 from isa_explorer.data.synthetic import SyntheticConfig
-from isa_explorer.models.isa.model import ISANet
+from isa_explorer.explorer.store import ImageState
+from isa_explorer.models.isanet import ISANet
 from isa_explorer.palette import palette_or_default
 from isa_explorer.pretrained import (
     DEFAULT_MODEL_DIR,
@@ -34,21 +29,16 @@ from isa_explorer.zoo import ZooEntry, read_entry
 
 #: Training size of models whose directory does not record one (the default model's).
 DEFAULT_TRAIN_SIZE = SyntheticConfig.size
-_SIZE_KEYS = ("train_size", "crop_size", "image_size")
-_SIDE_FILES = ("config.json", "train_config.json", "training.json")
 
 
 def read_train_size(model_dir: Path) -> tuple[int, int]:
     """``(H, W)`` the model was trained at, from its directory's json files, else 128x256."""
-    for name in _SIDE_FILES:
-        path = model_dir / name
-        if not path.is_file():
-            continue
+    for name in ("config.json", "train_config.json", "training.json"):
         try:
-            config = json.loads(path.read_text())
-        except (OSError, ValueError):
+            config = json.loads((model_dir / name).read_text())
+        except (OSError, ValueError):  # absent or not json
             continue
-        for key in _SIZE_KEYS:
+        for key in ("train_size", "crop_size", "image_size"):
             value = config.get(key) if isinstance(config, dict) else None
             if isinstance(value, list | tuple) and len(value) == 2:
                 return int(value[0]), int(value[1])
@@ -110,16 +100,18 @@ class ExplorerModel:
 
     @property
     def head(self) -> str:
+        """The head's registry name (the config's ``head``)."""
         return str(self.config.get("head", "isa"))
+
+    @property
+    def head_class(self) -> type[heads.Head]:
+        """The head's registered class: its maps, titles and captions."""
+        return heads.get(self.head)
 
     @property
     def is_synthetic(self) -> bool:
         """Whether the model was trained on the synthetic context scenes (examples available)."""
         return knows_synthetic_classes_only(self.class_names)
-
-    @property
-    def has_attention(self) -> bool:
-        return self.head in ("isa", "dense")
 
     @property
     def zoo_entry(self) -> ZooEntry | None:
@@ -132,17 +124,13 @@ class ExplorerModel:
         what = (
             f"{self.config.get('encoder_name', '?')}, {self.head} head, {self.num_classes} classes"
         )
-        entry = self.zoo_entry
-        if entry is not None:
+        if (entry := self.zoo_entry) is not None:
             numbers = ""
             if entry.miou is not None:
                 ms = f", {entry.miou_ms:.2f} multi-scale + flip" if entry.miou_ms else ""
                 numbers = f": published mIoU {entry.miou:.2f}{ms}"
             return f"Model: **{entry.dataset_title}** `{entry.name}` ({what}){numbers}."
-        text = f"Model: `{self.model_dir.name}` ({what})."
-        if self.is_synthetic:
-            text += " " + SYNTHETIC_ONLY
-        return text
+        return f"Model: `{self.model_dir.name}` ({what}). {self.upload_note}".rstrip()
 
     @property
     def upload_note(self) -> str:
@@ -153,7 +141,7 @@ class ExplorerModel:
         """Run the model once on ``rgb`` ``(H, W, 3)`` uint8 and keep what clicks need."""
         image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))  # (3, H, W)
         model = self.model  # nothing is stored on it: threads share it without a lock
-        if self.has_attention:
+        if self.head_class.maps:
             cache = capture_attention(model, image)
             logits = cache.logits
             # Clicks need the queries/keys only: drop the full-resolution logits from the cache.
@@ -163,98 +151,10 @@ class ExplorerModel:
             with torch.inference_mode():
                 logits = model.predict(model.normalize(image[None].to(self.device)))[0]
         with torch.inference_mode():
-            probs = logits.float().softmax(0)  # (K, H, W)
-            confidence, labels = probs.max(0)
+            confidence, labels = logits.float().softmax(0).max(0)  # (K, H, W) -> (H, W)
         return ImageState(
             rgb=rgb,
             labels=labels.to(torch.uint8 if self.num_classes <= 256 else torch.int32).numpy(),
             confidence=confidence.half().numpy(),
             cache=cache,
         )
-
-
-@dataclass
-class ImageState:
-    """What the explorer keeps of one analysed image.
-
-    Attributes:
-        rgb: ``(H, W, 3)`` uint8 image.
-        labels: ``(H, W)`` predicted class ids.
-        confidence: ``(H, W)`` float16 softmax probability of the predicted class.
-        cache: Queries/keys for the attention maps (``None`` for heads without attention).
-        source: How the image was obtained, for the status line.
-        query: The last clicked pixel ``(x, y)``, if any.
-        view: Display arrays derived from the image, computed once (see ``explorer.handlers``).
-    """
-
-    rgb: np.ndarray
-    labels: np.ndarray
-    confidence: np.ndarray
-    cache: AttentionCache | None
-    source: str = ""
-    query: tuple[int, int] | None = None
-    view: dict = dataclasses.field(default_factory=dict, repr=False)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """``(H, W)`` of the image."""
-        return self.rgb.shape[0], self.rgb.shape[1]
-
-    @property
-    def nbytes(self) -> int:
-        n = self.rgb.nbytes + self.labels.nbytes + self.confidence.nbytes
-        n += sum(v.nbytes for v in self.view.values() if isinstance(v, np.ndarray))
-        return n + (self.cache.nbytes if self.cache is not None else 0)
-
-
-class SessionStore:
-    """Thread-safe LRU of :class:`ImageState` per session key, bounded in count and bytes.
-
-    Args:
-        max_sessions: Most sessions kept; the least recently used is dropped first.
-        max_bytes: Most bytes kept over all sessions (the newest entry is always kept).
-    """
-
-    def __init__(self, max_sessions: int = 16, max_bytes: int = 1 << 30):
-        if max_sessions < 1 or max_bytes < 1:
-            raise ValueError("max_sessions and max_bytes must be positive")
-        self.max_sessions, self.max_bytes = int(max_sessions), int(max_bytes)
-        self._items: OrderedDict[str, ImageState] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def put(self, key: str, state: ImageState) -> None:
-        """Store ``state`` for ``key`` (replacing any) and evict the least recently used."""
-        with self._lock:
-            self._items.pop(key, None)
-            self._items[key] = state
-            while len(self._items) > 1 and (
-                len(self._items) > self.max_sessions or self._bytes() > self.max_bytes
-            ):
-                self._items.popitem(last=False)
-
-    def get(self, key: str) -> ImageState | None:
-        """The state of ``key`` (marked as recently used), ``None`` if absent or evicted."""
-        with self._lock:
-            state = self._items.get(key)
-            if state is not None:
-                self._items.move_to_end(key)
-            return state
-
-    def discard(self, key: str) -> None:
-        """Drop the state of ``key`` (a closed browser tab), if any."""
-        with self._lock:
-            self._items.pop(key, None)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._items
-
-    @property
-    def nbytes(self) -> int:
-        with self._lock:
-            return self._bytes()
-
-    def _bytes(self) -> int:
-        return sum(s.nbytes for s in self._items.values())

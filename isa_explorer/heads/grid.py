@@ -1,9 +1,10 @@
-"""The geometry of the interlaced grouping: :class:`GroupGrid`.
+"""The geometry of ISA's interlaced grouping: :class:`GroupGrid`.
 
-Pads a feature map to whole ``lh x lw`` blocks (symmetrically, as mmseg) and moves it between
-the map and the token layouts of the two attention steps (see
-:mod:`isa_explorer.models.isa.decoder`); the explorer's views use it to locate a cell's block
-and long-range group.
+Pads a feature map to whole ``lh x lw`` blocks (symmetrically, as mmseg), says which block and
+long-range group a cell belongs to (the explorer's views), and moves a map between its raster
+layout and the token layouts of the two attention steps (:mod:`isa_explorer.heads.isa`). The
+formulation for symbolic sizes (``torch.export``, ONNX) is apart, in
+:mod:`isa_explorer.heads.grid_export`.
 """
 
 from __future__ import annotations
@@ -33,8 +34,6 @@ class GroupGrid:
         lh, lw: Local block size (``down_factor``).
         gh, gw: Number of blocks per column / row.
         pad_top, pad_left: Symmetric zero padding before the map (bottom/right get the rest).
-        symbolic_ops: Use the formulation of symbolic sizes (see :attr:`symbolic`) even for
-            concrete ones, e.g. to check that both give the same numbers.
     """
 
     h: int
@@ -45,18 +44,16 @@ class GroupGrid:
     gw: int
     pad_top: int
     pad_left: int
-    symbolic_ops: bool = False
 
     @classmethod
-    def of(
-        cls, h: int, w: int, down_factor: tuple[int, int], symbolic_ops: bool = False
-    ) -> GroupGrid:
+    def of(cls, h: int, w: int, down_factor: tuple[int, int]) -> GroupGrid:
         """The grid of an ``h x w`` map. Integer arithmetic only (ceil-division, halves), so
-        ``h`` and ``w`` may be symbolic sizes (``torch.export``, ONNX export) and stay so."""
+        ``h`` and ``w`` may be symbolic sizes (``torch.export``, ONNX export) and stay so
+        (:func:`~isa_explorer.heads.grid_export.grid_for` picks the formulation)."""
         lh, lw = down_factor
         gh, gw = (h + lh - 1) // lh, (w + lw - 1) // lw  # ceil(h / lh), ceil(w / lw)
         pad_top, pad_left = (gh * lh - h) // 2, (gw * lw - w) // 2
-        return cls(h, w, lh, lw, gh, gw, pad_top, pad_left, symbolic_ops)
+        return cls(h, w, lh, lw, gh, gw, pad_top, pad_left)
 
     @property
     def padded(self) -> tuple[int, int]:
@@ -100,23 +97,12 @@ class GroupGrid:
             return ((rows % self.lh) * self.lw + cols % self.lw).flatten()
         return ((rows // self.lh) * self.gw + cols // self.lw).flatten()
 
-    @property
-    def symbolic(self) -> bool:
-        """Whether the sizes are symbolic (``torch.export`` / ONNX export with dynamic H, W).
-
-        Symbolic grids use an equivalent formulation without shape-dependent branches (index
-        gathers instead of padding and slicing, explicit copies instead of ``reshape``'s
-        view-or-copy choice), so one exported graph serves every size; concrete grids keep the
-        faster eager one. ``tests/test_export.py`` checks that both give the same numbers.
-        """
-        return self.symbolic_ops or not (isinstance(self.h, int) and isinstance(self.w, int))
+    #: Whether this grid uses the formulation of symbolic sizes (a ``SymbolicGroupGrid``).
+    symbolic = False
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """Zero-pad ``(B, C, h, w)`` to the padded size, symmetrically as mmseg does."""
         hp, wp = self.padded
-        if self.symbolic:
-            x = _gather_pad(x, 2, self.pad_top, self.h, hp)
-            return _gather_pad(x, 3, self.pad_left, self.w, wp)
         if (hp, wp) == (self.h, self.w):
             return x
         pl, pt = self.pad_left, self.pad_top
@@ -124,10 +110,6 @@ class GroupGrid:
 
     def crop(self, x: torch.Tensor) -> torch.Tensor:
         """Crop ``(..., hp, wp)`` back to ``(..., h, w)``."""
-        if self.symbolic:
-            rows = torch.arange(self.h, device=x.device) + self.pad_top
-            cols = torch.arange(self.w, device=x.device) + self.pad_left
-            return x.index_select(-2, rows).index_select(-1, cols)
         return x[..., self.pad_top : self.pad_top + self.h, self.pad_left : self.pad_left + self.w]
 
     def to_tokens(self, x: torch.Tensor, step: str) -> torch.Tensor:
@@ -178,10 +160,6 @@ class GroupGrid:
         return x.contiguous().view(*shape)
 
     def _reshape(self, x: torch.Tensor, *shape: int) -> torch.Tensor:
-        """``x.reshape(shape)``; for symbolic sizes always a copy (reshape's choice between a
-        view and a copy depends on which sizes are 1, and would fix that in an export)."""
-        if self.symbolic:
-            return x.clone(memory_format=torch.contiguous_format).view(*shape)
         return x.reshape(*shape)
 
     def dims(self, step: str) -> tuple[int, int, int, int]:
@@ -197,12 +175,3 @@ class GroupGrid:
 
     def _num_seq(self, step: str) -> int:
         return self.lh * self.lw if step == "long" else self.gh * self.gw
-
-
-def _gather_pad(x: torch.Tensor, dim: int, before, size, total) -> torch.Tensor:
-    """Zero-pad dimension ``dim`` of ``x`` (length ``size``) to ``total``, ``before`` zeros
-    first, as one gather: no branch on whether a side's padding is zero."""
-    idx = torch.arange(total, device=x.device) - before  # source index of each output row
-    idx = torch.where((idx >= 0) & (idx < size), idx, size)  # ``size``: the zero row below
-    zero = torch.zeros_like(x.narrow(dim, 0, 1))
-    return torch.cat([x, zero], dim).index_select(dim, idx)

@@ -11,12 +11,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-COLORS = {
-    "isa-explicit": "tab:blue",
-    "isa-fused": "tab:cyan",
-    "dense-explicit": "tab:red",
-    "dense-fused": "tab:orange",
-}
+#: Module colours, in the order modules first appear in the results (a head's explicit and
+#: fused paths: a dark and a light shade).
+COLORS = ("tab:blue", "tab:cyan", "tab:red", "tab:orange", "tab:green", "tab:olive", "tab:purple")
 STYLES = {"forward": ("o", "-"), "forward+backward": ("s", ":")}
 #: Peaks are recorded to 0.1 MiB: a smaller one (0.0) was not measured and is never drawn.
 MIN_PEAK_MIB = 0.1
@@ -52,8 +49,8 @@ def plot_results(
     The x axis is the number of feature positions, labelled with the input resolution.
 
     Args:
-        results: Result dicts of :func:`isa_explorer.bench.attention.run_benchmark`, or a report
-            from :func:`isa_explorer.bench.attention.load_results`.
+        results: Result dicts of :func:`~isa_explorer.costs.cases.run_cases`, or a report
+            from :func:`~isa_explorer.costs.cases.load_results`.
         path_or_ax: A file to save (format from the suffix: ``.png``, ``.svg``, ...), two
             Axes ``(memory, time)`` to draw into, or ``None``.
         passes: Which passes to draw.
@@ -75,7 +72,9 @@ def plot_results(
         fig = axes[0].figure
     ax_mem, ax_time = axes
     not_drawn = 0
-    for module, color in COLORS.items():
+    names = dict.fromkeys(r["module"] for r in rows)
+    for i, module in enumerate(names):
+        color = COLORS[i % len(COLORS)]
         for p in passes:
             cases = sorted(
                 (r for r in rows if r["module"] == module and r["pass"] == p),
