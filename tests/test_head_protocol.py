@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import small_isanet
 from torch import nn
 
 from isa_explorer import heads
@@ -95,20 +96,11 @@ class LocalWindowHead(ContextHead):
 @pytest.fixture(scope="module")
 def window_model_dir(tmp_path_factory):
     """A small model with the test head, saved as a model directory."""
-    from isa_explorer.models import ISANet
-
     heads.register(LocalWindowHead)
     try:
         torch.manual_seed(0)
-        model = ISANet(
-            encoder_name="resnet18",
-            encoder_weights=None,
-            encoder_depth=3,
-            classes=3,
-            decoder_channels=16,
-            decoder_isa_channels=8,
-            head="local5-test",
-            class_names=["sky", "road", "car"],
+        model = small_isanet(
+            encoder_depth=3, classes=3, head="local5-test", class_names=["sky", "road", "car"]
         ).eval()
         path = tmp_path_factory.mktemp("window") / "model"
         model.save_pretrained(path)

@@ -1,8 +1,4 @@
-"""``isa-explorer bench KIND [ARGS]``: the benchmarks of the package under one command.
-
-The developer benchmarks (decoder, click latency, synthetic data, export) are scripts of the
-repository: ``python benchmarks/NAME.py``.
-"""
+"""``isa-explorer bench KIND [ARGS]``: the package's benchmarks (the rest: ``benchmarks/``)."""
 
 from __future__ import annotations
 

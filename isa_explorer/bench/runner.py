@@ -1,9 +1,7 @@
 """``isa-explorer bench attention``'s runner: every case in a fresh process.
 
-The cases, their skip rules and their in-process measurement are
-:func:`~isa_explorer.costs.cases.run_cases`'s; a CPU process's peak resident memory never goes
-down, so here each case runs in a new process (:func:`~isa_explorer.bench.worker.run_worker`)
-and its peak is its own.
+The cases and their skip rules are :func:`~isa_explorer.costs.cases.run_cases`'s; each case runs
+in a new process (:func:`~isa_explorer.bench.worker.run_worker`), so its peak memory is its own.
 """
 
 from __future__ import annotations

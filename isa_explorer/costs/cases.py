@@ -1,14 +1,13 @@
 """Memory, time and FLOPs of the attention modules as the resolution grows, case by case.
 
-Each *attention module* (:func:`~isa_explorer.costs.analytic.modules`) is the context step of
-a registered head without its ``in_conv``: a feature map ``(1, C, h, w)`` goes through the
-attention and comes back as ``(1, C, h, w)``. Input resolutions ``H x W`` give feature maps at
-1/8 (an output-stride-8 encoder). :func:`run_cases` measures every (resolution, module, pass)
-predicted to fit, in this process unless given another way to measure (the benchmark's runner,
-:mod:`isa_explorer.bench.runner`, runs each case in a fresh process); FLOPs are counted on the
-meta device (:func:`~isa_explorer.costs.flops.count_flops`), analytic costs stand beside them.
-Cases predicted to exceed the available memory, ``max_memory`` or ``max_seconds`` are reported
-as ``"skipped"`` with the prediction. :data:`COMMITTED_RESULTS` is the committed CPU run.
+An *attention module* (:func:`~isa_explorer.costs.analytic.modules`) is a registered head's
+context step without its ``in_conv``: ``(1, C, h, w) -> (1, C, h, w)``, ``h x w`` the input
+resolution at 1/8. :func:`run_cases` measures every (resolution, module, pass) predicted to
+fit, in this process unless given another way (:mod:`isa_explorer.bench.runner`: a fresh
+process per case), beside FLOPs counted on the meta device
+(:func:`~isa_explorer.costs.flops.count_flops`) and analytic costs; a case predicted to exceed
+the memory, ``max_memory`` or ``max_seconds`` is ``"skipped"`` with the prediction.
+:data:`COMMITTED_RESULTS` is the committed CPU run.
 """
 
 from __future__ import annotations
@@ -72,12 +71,8 @@ def measure_case(
         m.train()
         x.requires_grad_()
         grad = torch.randn(1, channels, *size, device=device)  # d loss / d output
-
-        def step() -> None:
-            m(x).backward(grad)
-
         mem = PeakMemory(device).start()
-        times = time_runs(step, runs, warmup, device)
+        times = time_runs(lambda: m(x).backward(grad), runs, warmup, device)
     return {
         "median_ms": round(median_ms(times), 2),
         "times_ms": [round(1000 * t, 2) for t in times],
@@ -144,10 +139,25 @@ def run_cases(
         g = _resolve_group(group, h, w)
         costs = analytic_costs(h, w, g, **shape)
         for module, p in ((m, p) for m in modules or costs for p in passes):
-            r = _plan(module, p, (res_h, res_w), (h, w), g, costs[module], shape)
+            cost = costs[module]
+            r = {  # the record before the case runs: sizes, analytic costs, counted FLOPs
+                "module": module,
+                "pass": p,
+                "resolution": [res_h, res_w],
+                "feature": [h, w],
+                "positions": h * w,
+                "group": g if cost["group"] else None,
+                "analytic": {
+                    "flops": cost["flops"][p],
+                    "attention_flops_forward": cost["attention_flops"],
+                    "affinity_mib": round(cost["affinity_bytes"] / MiB, 2),
+                    "predicted_peak_mib": round(cost["predicted_peak_bytes"][p] / MiB, 1),
+                },
+                "flops": count_flops(module, (h, w), p, group=g, **shape),
+            }
             seconds = r["flops"] * rate.get((module, p), DEFAULT_RATE)
             r["predicted_seconds"] = round(seconds, 2)
-            peak = costs[module]["predicted_peak_bytes"][p]
+            peak = cost["predicted_peak_bytes"][p]
             if peak > budget:
                 r["status"] = "skipped"
                 r["reason"] = (
@@ -174,33 +184,6 @@ def run_cases(
             if log is not None:
                 log(r)
     return results
-
-
-def _plan(
-    module: str,
-    p: str,
-    resolution: tuple[int, int],
-    feature: tuple[int, int],
-    group: int,
-    cost: dict[str, Any],
-    shape: dict[str, int],
-) -> dict[str, Any]:
-    """The record of one case before it runs: sizes, analytic costs and counted FLOPs."""
-    return {
-        "module": module,
-        "pass": p,
-        "resolution": list(resolution),
-        "feature": list(feature),
-        "positions": feature[0] * feature[1],
-        "group": group if cost["group"] else None,
-        "analytic": {
-            "flops": cost["flops"][p],
-            "attention_flops_forward": cost["attention_flops"],
-            "affinity_mib": round(cost["affinity_bytes"] / MiB, 2),
-            "predicted_peak_mib": round(cost["predicted_peak_bytes"][p] / MiB, 1),
-        },
-        "flops": count_flops(module, feature, p, group=group, **shape),
-    }
 
 
 def load_results(path: str | Path = COMMITTED_RESULTS) -> dict[str, Any]:

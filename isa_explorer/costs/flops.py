@@ -27,14 +27,6 @@ from isa_explorer.costs.analytic import attention_module
 
 __all__ = ["count_flops", "register_sdpa_formulas"]
 
-_FORWARD = ("_scaled_dot_product_flash_attention_for_cpu",)
-_BACKWARD = ("_scaled_dot_product_flash_attention_for_cpu_backward",)
-
-
-def _missing(names: tuple[str, ...]) -> list:
-    ops = [getattr(torch.ops.aten, n) for n in names if hasattr(torch.ops.aten, n)]
-    return [op for op in ops if op not in flop_registry]
-
 
 def _sdpa_forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     # (B, heads, L, E) query, (B, heads, S, E) key, (B, heads, S, Ev) value.
@@ -50,11 +42,12 @@ def _sdpa_backward(
 def register_sdpa_formulas() -> list[str]:
     """Register the missing SDPA formulas; returns the names of the ops registered now."""
     done = []
-    for names, formula in ((_FORWARD, _sdpa_forward), (_BACKWARD, _sdpa_backward)):
-        ops = _missing(names)
-        if ops:
-            register_flop_formula(ops)(formula)
-            done += [str(op) for op in ops]
+    cpu_flash = "_scaled_dot_product_flash_attention_for_cpu"
+    for name, formula in ((cpu_flash, _sdpa_forward), (cpu_flash + "_backward", _sdpa_backward)):
+        op = getattr(torch.ops.aten, name, None)
+        if op is not None and op not in flop_registry:
+            register_flop_formula(op)(formula)
+            done.append(str(op))
     return done
 
 

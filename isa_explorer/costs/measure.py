@@ -1,13 +1,11 @@
 """Wall time, peak memory and machine description for the benchmarks.
 
-Peak memory on the CPU is the growth of the process's peak resident set size over its resident
-set size at a baseline taken once the model and inputs exist. On Linux the peak is the kernel's
-high-water mark ``VmHWM`` (the counter behind ``getrusage``'s ``ru_maxrss``), reset to the
-current size at the baseline through ``/proc/self/clear_refs``: ``ru_maxrss`` itself also holds
-the peak of the parent process that spawned this one, which hides small growths. Elsewhere it
-falls back to ``ru_maxrss``. Freed memory still counts towards the peak of a process, so every
-measured case of a benchmark runs in a fresh subprocess
-(:func:`~isa_explorer.bench.worker.run_worker`). On CUDA it is
+Peak memory on the CPU is the growth of the peak resident set size over the resident set size
+at a baseline taken once the model and inputs exist. On Linux the peak is the kernel's
+high-water mark ``VmHWM``, reset at the baseline through ``/proc/self/clear_refs``
+(``ru_maxrss`` also holds the spawning parent's peak, which hides small growths); elsewhere,
+``ru_maxrss``. Freed memory still counts towards a process's peak, so each benchmark case runs
+in a fresh subprocess (:func:`~isa_explorer.bench.worker.run_worker`). On CUDA it is
 ``torch.cuda.max_memory_allocated`` over the memory allocated at the baseline.
 """
 
@@ -25,10 +23,9 @@ from typing import Any
 import torch
 
 MiB = 2**20
-#: Environment of the worker processes. glibc returns freed blocks above its mmap threshold to
-#: the system at once, but by default raises that threshold (up to 32 MiB) after the first
-#: such free, so later tensors below it stay in the heap and the peak RSS depends on heap
-#: fragmentation. A fixed 1 MiB threshold makes the peak RSS follow the peak of live tensors.
+#: Environment of the worker processes. glibc raises its mmap threshold (up to 32 MiB) after the
+#: first free above it, so later tensors stay in the heap and the peak RSS depends on heap
+#: fragmentation; a fixed 1 MiB threshold makes the peak RSS follow the peak of live tensors.
 WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576"}
 
 
@@ -42,7 +39,6 @@ class PeakMemory:
     def __init__(self, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
         self.baseline = 0
-
         self.method = ""
 
     def start(self) -> PeakMemory:
@@ -156,7 +152,9 @@ def system_info(device: str | torch.device = "cpu", command: str | None = None) 
     ``os.getloadavg()`` is recorded because timings on a shared machine depend on it.
     """
     dev = torch.device(device)
-    info: dict[str, Any] = {
+    main = getattr(sys.modules.get("__main__"), "__spec__", None)  # python -m MODULE
+    module = main.name if main is not None else os.path.basename(sys.argv[0])
+    return {
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
         "cpu_count": os.cpu_count(),
@@ -165,12 +163,6 @@ def system_info(device: str | torch.device = "cpu", command: str | None = None) 
         "python": platform.python_version(),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
         "worker_env": WORKER_ENV,
-        "command": command or "python -m " + _module_name() + " " + " ".join(sys.argv[1:]),
+        "command": command or f"python -m {module} {' '.join(sys.argv[1:])}",
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return info
-
-
-def _module_name() -> str:
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    return spec.name if spec is not None else os.path.basename(sys.argv[0])

@@ -32,10 +32,6 @@ def measured_peak(result: dict[str, Any], min_peak_mib: float = MIN_PEAK_MIB) ->
     return float(peak)
 
 
-def _results(results: Sequence[dict[str, Any]] | dict[str, Any]) -> list[dict[str, Any]]:
-    return list(results["results"] if isinstance(results, dict) else results)
-
-
 def plot_results(
     results: Sequence[dict[str, Any]] | dict[str, Any],
     path_or_ax: str | Path | Sequence[Axes] | None = None,
@@ -60,7 +56,7 @@ def plot_results(
     Returns:
         The figure.
     """
-    rows = _results(results)
+    rows = list(results["results"] if isinstance(results, dict) else results)
     own_figure = isinstance(path_or_ax, str | Path) or path_or_ax is None
     if own_figure:
         fig = Figure(figsize=(12, 5.4), layout="constrained")  # no pyplot: no global state

@@ -1,10 +1,7 @@
-"""Activation checkpointing of the relation blocks: whole blocks, or selectively.
+"""Activation checkpointing of the relation blocks, whole or selective (:func:`checkpointed`).
 
-Both run ``torch.utils.checkpoint`` (non-reentrant): autograd's saved tensors inside a block
-are dropped after the forward, and backward runs the block's forward again to rebuild them. A
-selective policy (``create_selective_checkpoint_contexts``) keeps chosen outputs instead of
-recomputing them. The ISA head runs :func:`keep_products` in every training step, and full
-checkpointing when asked (``ISADecoder.checkpoint_relations``).
+The ISA head runs :func:`keep_products` in every training step, and full checkpointing when
+asked (``ISADecoder.checkpoint_relations``).
 """
 
 from __future__ import annotations
@@ -51,23 +48,22 @@ def keep_products(ctx, op, *args, **kwargs) -> CheckpointPolicy:
 def checkpointed(
     block: nn.Module, t: torch.Tensor, impl: AttnImpl = "fused", policy: Callable | None = None
 ) -> torch.Tensor:
-    """``block(t, impl) -> (B, L, C)`` under activation checkpointing: the block's saved
-    tensors are dropped after the forward, and backward runs the block again to rebuild them.
+    """``block(t, impl) -> (B, L, C)`` under ``torch.utils.checkpoint`` (non-reentrant): the
+    block's saved tensors are dropped after the forward, and backward reruns it to rebuild them.
 
-    ``policy=None`` (full checkpointing) keeps only ``t``. ``policy=keep_products`` (selective;
-    the ISA head's default in training) also keeps the outputs of matrix products and
-    attention kernels, so the recomputation redoes only ReLU, BatchNorm's normalisation and
-    layout copies. Kept per block, in channels a position: ``t`` (C), the four query/key
-    products before BatchNorm (4 Ck), the values (C), the attention output (C) and log-sum-exp
-    (C / Ck heads), the output projection's product (C); the ReLU outputs and masks and the
-    attention output's merged copy are rebuilt. The explicit path keeps its softmax (L) and
-    redoes both batched products: it scales the first in place (``mul_``), and SAC refuses a
-    kept tensor modified in place ("... has been mutated") rather than scale it twice.
+    ``policy=None`` (full) keeps only ``t``. ``policy=keep_products`` (selective, the ISA
+    head's training default) also keeps the outputs of matrix products and attention kernels,
+    so only ReLU, BatchNorm's normalisation and layout copies are redone. Kept per block, in
+    channels a position: ``t`` (C), the four query/key products before BatchNorm (4 Ck), the
+    values (C), the attention output (C) and log-sum-exp (C / Ck heads), the output
+    projection's product (C). The explicit path keeps its softmax (L) and redoes both batched
+    products: SAC refuses a kept tensor modified in place (its ``mul_``, "... has been
+    mutated").
 
-    BatchNorm runs in train mode again in the recomputation: :func:`_frozen_batchnorm_stats`
-    keeps it from updating its running statistics and batch counter twice, so logits,
-    gradients and buffers equal a plain step's bit for bit. SyncBatchNorm would repeat its
-    all-reduce (pytorch/pytorch#96136): with a ``policy``, a block holding one runs plain.
+    :func:`_frozen_batchnorm_stats` keeps the recomputation's train-mode BatchNorm from
+    updating its buffers twice: logits, gradients and buffers equal a plain step's bit for bit.
+    SyncBatchNorm would repeat its all-reduce (pytorch/pytorch#96136): with a ``policy``, a
+    block holding one runs plain.
 
     ISA head at 64x128 (2048 -> 512 / 256, batch 1, fused, CPU): 384 MiB kept for backward
     plain, 280 selective (the former hand-made saved-tensor hooks: 288), 120 full
@@ -86,10 +82,8 @@ def checkpointed(
 
     def run(tokens: torch.Tensor) -> torch.Tensor:
         nonlocal calls
-        calls += 1
-        if calls == 1:  # the forward pass
-            return block(tokens, impl)
-        with _frozen_batchnorm_stats(block):  # the recomputation in backward
+        calls += 1  # the forward pass, then the recomputation in backward
+        with _frozen_batchnorm_stats(block) if calls > 1 else contextlib.nullcontext():
             return block(tokens, impl)
 
     selective = {}
@@ -102,10 +96,9 @@ def checkpointed(
 @contextlib.contextmanager
 def _frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
     """BatchNorms normalise with batch statistics but leave their buffers alone: momentum 0
-    keeps the running statistics (``1 * running + 0 * batch``), and with the batch counter set
-    aside (``None``) BatchNorm skips counting. No tensor is read or written here: SAC replays
-    the forward's operations and refuses others (``int(counter)`` would be one). (Switching
-    tracking off would change what autograd saves, which checkpointing checks.)"""
+    keeps the running statistics, and with the batch counter ``None`` BatchNorm skips counting.
+    No tensor is read or written here: SAC refuses operations the forward did not run
+    (``int(counter)``), and switching tracking off would change what autograd saves."""
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     state = [(m.momentum, m.num_batches_tracked) for m in norms]
     try:

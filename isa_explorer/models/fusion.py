@@ -16,15 +16,12 @@ M = TypeVar("M", bound=nn.Module)
 def fuse_for_inference(model: M) -> M:
     """Fold every BatchNorm of ``model``'s :class:`ConvBNReLU` layers into its convolution.
 
-    The one operation that changes a model in place: ``model`` is put in eval mode, and in
-    each conv-BN-ReLU the convolution becomes
-    :func:`torch.nn.utils.fusion.fuse_conv_bn_eval` of the two (a bias takes BatchNorm's
-    shift) and the BatchNorm becomes ``nn.Identity`` -- what
-    ``torch.ao.quantization.fuse_modules`` and timm's ``reparameterize_model`` do. The modules
-    are the same ones (forward hooks fire on each), the logits the same up to fp32 rounding,
-    and no layer writes a second copy of its output for a BatchNorm. Calling it again changes
-    nothing. A fused model cannot be trained (``train()`` raises) or saved with
-    ``save_pretrained``: load the model again for that.
+    The one operation that changes a model in place (as ``torch.ao.quantization.fuse_modules``
+    and timm's ``reparameterize_model``): in eval mode, each convolution becomes
+    :func:`torch.nn.utils.fusion.fuse_conv_bn_eval` of it and its BatchNorm (a bias takes the
+    shift), the BatchNorm ``nn.Identity``. Forward hooks still fire on each module, the logits
+    agree up to fp32 rounding, and no layer writes a second copy of its output. Idempotent. A
+    fused model cannot be trained (``train()`` raises) or saved (``save_pretrained``).
 
     Args:
         model: Any module (an ``ISANet``, a head, a block).

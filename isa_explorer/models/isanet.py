@@ -54,15 +54,13 @@ class ISANet(SegmentationModel):
         align_corners: ``align_corners`` of the final bilinear upsampling of the logits (mmseg's
             Cityscapes 769x769 models were trained with ``True``).
         pad_input: Zero-pad the input at the bottom/right to a multiple of the output stride
-            (and crop the logits back). Only for encoders that cannot run at other sizes, such
-            as windowed vision transformers. Convolutional encoders (ResNets, EfficientNets,
-            MobileNets, RegNets, ConvNeXts, ...) run at any size, so ``False`` (the default)
-            runs them at the image's own size, as mmsegmentation does: padding changes the
-            numbers wherever ``H`` or ``W`` is not a multiple of the stride.
-        image_mode: What the model takes: ``"rgb"``, 8-bit RGB (0-255); ``"raw"``, an image
-            file's own bands and values at full precision
-            (:func:`isa_explorer.images.read_bands`: 16-bit slices, multi-band tiles), which
-            ``mean``/``std`` (the dataset's own) normalise.
+            (and crop the logits back): only for encoders that need it (windowed vision
+            transformers). ``False`` runs convolutional encoders at the image's own size, as
+            mmsegmentation does; padding changes the numbers where ``H`` or ``W`` is not a
+            multiple of the stride.
+        image_mode: What the model takes: ``"rgb"``, 8-bit RGB (0-255), or ``"raw"``, an image
+            file's own bands and values at full precision (:func:`isa_explorer.images.read_bands`:
+            16-bit slices, multi-band tiles), normalised by ``mean``/``std`` (the dataset's own).
         kwargs: Passed to the encoder (timm ``tu-`` encoders only).
 
     Shapes:
@@ -165,14 +163,10 @@ class ISANet(SegmentationModel):
         """Logits for training at the input's size: the head's outputs
         (:meth:`~isa_explorer.heads.protocol.Head.forward_train`, ``"out"`` and any others)
         and ``"aux"`` (with an auxiliary head)."""
-        h, w = x.shape[-2:]
         features = self.encoder(self._pad(x))
-        out = {
-            k: self._resize(v, x)[..., :h, :w]
-            for k, v in self.decoder.forward_train(features[-1]).items()
-        }
+        out = {k: self._resize(v, x) for k, v in self.decoder.forward_train(features[-1]).items()}
         if self.aux_head is not None:
-            out["aux"] = self._resize(self.aux_head(features[-2]), x)[..., :h, :w]
+            out["aux"] = self._resize(self.aux_head(features[-2]), x)
         return out
 
     def forward(
@@ -184,14 +178,13 @@ class ISANet(SegmentationModel):
         With ``return_attention=True`` (heads with attention maps): ``(logits, record)``, the
         head's :class:`~isa_explorer.heads.protocol.Record` at feature resolution.
         """
-        h, w = x.shape[-2:]
         features = self.encoder(self._pad(x))[-1]
         if not return_attention:
-            return self._resize(self.decoder(features), x)[..., :h, :w]
+            return self._resize(self.decoder(features), x)
         if not type(self.decoder).maps:
             raise ValueError(f"the {self.head!r} head has no attention to return")
         logits, attn = self.decoder(features, return_attention=True)
-        return self._resize(logits, x)[..., :h, :w], attn
+        return self._resize(logits, x), attn
 
     @torch.inference_mode()
     def predict(
@@ -199,9 +192,8 @@ class ISANet(SegmentationModel):
     ) -> torch.Tensor | tuple[torch.Tensor, Record]:
         """:meth:`forward` in eval mode without autograd: the same logits, for any input size.
 
-        The model runs in eval mode and is left in the mode it was in: a model in training
-        mode is switched to eval for the call and back after it (unlike smp's
-        ``SegmentationModel.predict``, which leaves the model in eval mode).
+        A model in training mode is switched to eval for the call and back after it (smp's
+        ``SegmentationModel.predict`` leaves the model in eval mode).
         """
         with eval_mode(self):
             return self(x, return_attention=return_attention)
@@ -218,15 +210,13 @@ class ISANet(SegmentationModel):
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` padded at the bottom/right to the output stride when ``pad_input`` is set."""
-        if not self.pad_input:
-            return x
-        s = self.output_stride
-        return F.pad(x, (0, -x.shape[-1] % s, 0, -x.shape[-2] % s))
+        s = self.output_stride if self.pad_input else 1
+        return F.pad(x, (0, -x.shape[-1] % s, 0, -x.shape[-2] % s)) if s > 1 else x
 
     def _resize(self, logits: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """Logits upsampled to the (padded, with ``pad_input``) input size."""
+        """Logits upsampled to the (with ``pad_input``, padded) input, cropped to its size."""
         h, w = like.shape[-2:]
-        if self.pad_input:
-            s = self.output_stride
-            h, w = h + -h % s, w + -w % s
-        return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=self.align_corners)
+        s = self.output_stride if self.pad_input else 1
+        size = (h + -h % s, w + -w % s)
+        out = F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
+        return out[..., :h, :w]

@@ -1,20 +1,15 @@
 """Building blocks shared by the ISA, dense and FCN heads.
 
-Parameter names follow mmsegmentation (``conv``/``bn`` inside a conv module; ``key_project``,
-``query_project``, ``value_project``, ``output_project`` inside a relation block) so released
-mmseg checkpoints map onto these modules one to one.
+Parameter names follow mmsegmentation (``conv``/``bn``; ``key_project``, ``query_project``,
+``value_project``, ``output_project``), so released mmseg checkpoints map on one to one.
 
-The relation block works on *token* layout ``(batch, length, channels)``. Its 1x1 convolutions
-are :class:`TokenConv2d`: an ``nn.Conv2d`` that applies itself to tokens as the linear map it
-is, and BatchNorm over ``(B * L, C, 1, 1)`` computes exactly the statistics BatchNorm2d
-computes over ``(B, C, H, W)``. So grouping pixels into attention sequences needs one
-permutation per step, and every layer still runs through its module's ``__call__``: forward
-hooks (feature extraction, captum) fire on each of them. On tokens a hook sees ``(B, L, C)``
-at a convolution and ``(B * L, C, 1, 1)`` at a BatchNorm.
-
-The same modules serve training, analysis and inference. For inference,
-:func:`~isa_explorer.models.fusion.fuse_for_inference` folds each BatchNorm into the
-convolution before it, in place. Training memory: :mod:`isa_explorer.models.checkpointing`.
+The relation block works on tokens ``(B, L, C)``: its 1x1 convolutions are
+:class:`TokenConv2d` (the linear map on tokens), and BatchNorm over ``(B * L, C, 1, 1)`` has
+exactly BatchNorm2d's statistics over ``(B, C, H, W)``. Grouping pixels into sequences costs
+one permutation per step, and every layer runs through its module's ``__call__``: forward hooks
+fire on each, seeing ``(B, L, C)`` at a convolution and ``(B * L, C, 1, 1)`` at a BatchNorm.
+Inference: :func:`~isa_explorer.models.fusion.fuse_for_inference` folds each BatchNorm into its
+convolution in place. Training memory: :mod:`isa_explorer.models.checkpointing`.
 """
 
 from __future__ import annotations
@@ -38,12 +33,10 @@ FUSED_MODEL = (
 def choose_impl(q: torch.Tensor, v: torch.Tensor) -> str:
     """What ``impl="auto"`` runs for ``q (B, L, Ck)``, ``v (B, L, Cv)``, chosen by measurement.
 
-    ``"explicit"`` for a training step on the CPU whose affinities are no larger than its
-    values (``L <= Cv``: the ISA head up to 128x256 feature maps): there the explicit softmax
-    and its backward beat the CPU flash kernel's backward (zeroed gradient buffers, the
-    expanded heads summed) by 3-4 % of the whole head's step (``results/peer_cpu.json``).
-    ``"fused"`` everywhere else: at inference, on GPUs (flash kernels), and for long sequences,
-    whose ``L x L`` affinities would outgrow everything else.
+    ``"explicit"`` for a CPU training step with ``L <= Cv`` (ISA up to 128x256 feature maps):
+    the explicit softmax and its backward beat the CPU flash kernel's backward (zeroed gradient
+    buffers, expanded heads summed) by 3-4 % of the head's step (``results/peer_cpu.json``).
+    ``"fused"`` elsewhere: inference, GPUs, and long sequences (``L x L`` affinities).
     """
     training = torch.is_grad_enabled() and (q.requires_grad or v.requires_grad)
     short = q.shape[-2] <= v.shape[-1]
@@ -57,15 +50,12 @@ BAND_BYTES = 16 * 2**20
 class TokenConv2d(nn.Conv2d):
     """An ``nn.Conv2d`` that also takes tokens: 1x1 on ``(B, L, Cin)`` is ``F.linear``.
 
-    On a 4-D map it is the plain convolution. On a 3-D token tensor (1x1 kernels only) it
-    returns ``(B, L, Cout)``, the same numbers a 1x1 convolution of the map would give.
-
-    At inference on the CPU (no autograd, not compiled) a large input of a ``k x k`` kernel
-    runs in bands of output rows: the CPU backend (oneDNN) copies its input into a blocked
-    layout first, and banding copies one band (:data:`BAND_BYTES`) at a time instead of the
-    whole input: 268 MiB for ``in_conv``'s 2048-channel 128x256 input, whose peak goes from
-    ~375 to ~146 MiB at unchanged time (``docs/benchmarks.md``). Forward hooks see the whole
-    input and output, as for any convolution.
+    On a 4-D map, the plain convolution; on tokens (1x1 only), ``(B, L, Cout)``: the numbers
+    a 1x1 convolution of the map gives. At CPU inference (no autograd, not compiled) a large
+    input of a ``k x k`` kernel runs in bands of output rows: oneDNN copies its input into a
+    blocked layout, one band (:data:`BAND_BYTES`) at a time instead of all 268 MiB of
+    ``in_conv``'s 2048-channel 128x256 input, whose peak goes from ~375 to ~146 MiB at
+    unchanged time (``docs/benchmarks.md``). Forward hooks see the whole input and output.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,11 +113,10 @@ class _ReLUKeepingMask(torch.autograd.Function):
 class MaskReLU(nn.ReLU):
     """``nn.ReLU(inplace=True)`` that saves a bool mask for backward, not its output.
 
-    PyTorch's ReLU saves its output (4 bytes a value) to mask the gradient. When nothing else
-    keeps that output alive for backward (the next layer copies it, or saves only a mask of
-    its own), a 1-byte mask is all backward needs: a quarter of the memory, the same
-    gradients. Where the next layer saves the output anyway (a convolution's input), plain
-    ``nn.ReLU`` costs nothing extra and is used instead. Without autograd it is ``relu_``.
+    PyTorch's ReLU saves its 4-byte output to mask the gradient. Where nothing else keeps that
+    output for backward, a 1-byte mask suffices: a quarter of the memory, the same gradients.
+    Where the next layer saves it anyway (a convolution's input), plain ``nn.ReLU`` is used.
+    Without autograd it is ``relu_``.
     """
 
     def __init__(self) -> None:
@@ -184,11 +173,10 @@ class ConvBNReLU(nn.Module):
         y = self.conv(x)
         if y.dim() == 3:
             b, n, c = y.shape
-            y4 = y.view(b * n, c, 1, 1)
-            # BatchNorm over (B*L, C, 1, 1) == BatchNorm2d statistics over (B, C, H, W). The
-            # in-place ReLU runs on BatchNorm's own output, not on a view of it: in place on a
-            # view, autograd would rebuild the base's gradient in backward (zero fill + copy).
-            return self.act(self.bn(y4)).view(b, n, c)  # (B*L, C, 1, 1) -> (B, L, C)
+            # BatchNorm over (B*L, C, 1, 1): BatchNorm2d's statistics over (B, C, H, W). The
+            # in-place ReLU runs on BatchNorm's output, not a view of it: in place on a view,
+            # autograd would rebuild the base's gradient in backward (zero fill + copy).
+            return self.act(self.bn(y.view(b * n, c, 1, 1))).view(b, n, c)  # -> (B, L, C)
         return self.act(self.bn(y))
 
 
@@ -197,9 +185,8 @@ def attention(
 ) -> torch.Tensor:
     """Softmax attention of ``q (B, L, Ck)`` over ``k (B, L, Ck)``, ``v (B, L, Cv)``.
 
-    ``fused`` calls ``F.scaled_dot_product_attention`` (see :func:`fused_attention_heads`).
-    ``explicit`` materialises the ``(B, L, L)`` affinity matrix. ``auto`` picks one of them
-    per call (:func:`choose_impl`).
+    ``fused``: ``F.scaled_dot_product_attention`` (:func:`fused_attention_heads`); ``explicit``
+    materialises the ``(B, L, L)`` affinities; ``auto`` picks one per call (:func:`choose_impl`).
 
     Returns:
         Context ``(B, L, Cv)``.
@@ -208,15 +195,15 @@ def attention(
         impl = choose_impl(q, v)
     if impl == "explicit":
         # Scaled after the product, as mmseg: no scaled copy of q for backward to keep.
-        attn = torch.bmm(q, k.transpose(1, 2)).mul_(scale)  # (B, L, L)
-        attn = attn.softmax(dim=-1)
+        attn = torch.bmm(q, k.transpose(1, 2)).mul_(scale).softmax(dim=-1)  # (B, L, L)
         return torch.bmm(attn, v)
     if impl != "fused":
         raise ValueError(
             f"unknown attention implementation {impl!r}: use 'fused', 'explicit' or 'auto'"
         )
     o = fused_attention_heads(q, k, v, scale)  # (B, h, L, Ck)
-    return _merge_heads(o)  # (B, L, h * Ck), a copy when h > 1
+    b, h, n, ck = o.shape
+    return o.transpose(1, 2).reshape(b, n, h * ck)  # heads side by side, a copy when h > 1
 
 
 def fused_attention_heads(
@@ -224,11 +211,10 @@ def fused_attention_heads(
 ) -> torch.Tensor:
     """``scaled_dot_product_attention`` with the values as heads: ``(B, Cv / Ck, L, Ck)``.
 
-    The CPU flash kernel (and the GPU flash kernel) needs one head dimension for q, k and v.
-    When ``Cv`` is a multiple of ``Ck`` the values are viewed as ``Cv / Ck`` heads of ``Ck``
-    channels that share q and k (expanded, not copied): the softmax weights are the same for
-    every head, so the heads side by side are the exact context. No copy of q, k or v is made.
-    Otherwise the result has one head of ``Cv`` channels.
+    The flash kernels (CPU and GPU) need one head dimension for q, k and v. When ``Cv`` is a
+    multiple of ``Ck`` the values are viewed as ``Cv / Ck`` heads of ``Ck`` channels sharing q
+    and k (expanded, not copied): every head has the same softmax weights, so the heads side by
+    side are the exact context. Otherwise the result has one head of ``Cv`` channels.
     """
     b, n, ck = q.shape
     cv = v.shape[-1]
@@ -238,12 +224,6 @@ def fused_attention_heads(
     vh = v.view(b, n, h, ck).transpose(1, 2)  # (B, h, L, Ck), a view
     qh, kh = q[:, None].expand(b, h, n, ck), k[:, None].expand(b, h, n, ck)
     return F.scaled_dot_product_attention(qh, kh, vh, scale=scale)
-
-
-def _merge_heads(o: torch.Tensor) -> torch.Tensor:
-    """``(B, h, L, Ck) -> (B, L, h * Ck)``, heads side by side along the channels."""
-    b, h, n, ck = o.shape
-    return o.transpose(1, 2).reshape(b, n, h * ck)
 
 
 class RelationBlock(nn.Module):
@@ -298,9 +278,8 @@ class RelationBlock(nn.Module):
 def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
     """``module`` in eval mode inside the block, and every submodule's mode as it was after.
 
-    Each submodule's ``training`` flag is put back on its own, so a model whose parts were in
-    different modes (a frozen encoder's norms in eval, say) is left exactly as found. A module
-    already in eval mode is not touched, so several threads may run one such model at once.
+    Each submodule's ``training`` flag is restored on its own (a frozen encoder's norms stay in
+    eval). A module already in eval mode is not touched: several threads may run it at once.
 
     Args:
         module: The module to run in eval mode.
