@@ -5,8 +5,7 @@ mmseg's ISANet is ``ResNetV1c`` (deep stem, dilated to output stride 8) + ``ISAH
 onto ``ISANet(encoder_name="tu-resnet{depth}c", head=..., aux_head=True)`` (``backbone.*`` ->
 timm's ``encoder.model.*``, ``decode_head.*`` -> ``decoder.*``, ``auxiliary_head.*`` ->
 ``aux_head.*``); :func:`infer_spec` reads depth, widths, class count and the head from the
-weight shapes: the registered head whose ``mmseg.marker`` key (under ``decode_head.``) the
-state holds.
+weight shapes: the registered head whose ``mmseg.modules`` the decode head has.
 """
 
 from __future__ import annotations
@@ -126,9 +125,13 @@ def infer_spec(state: Mapping[str, torch.Tensor]) -> ISANetSpec:
             f"names: {', '.join(prefixes) or 'none'}). Convert a released ISANet .pth."
         )
     known = [heads.get(n) for n in heads.names() if heads.get(n).mmseg is not None]
-    head = next((h for h in known if f"decode_head.{h.mmseg.marker}" in state), None)
+    parts = sorted({k.split(".")[1] for k in state if k.startswith("decode_head.")})
+    # A head's modules, and no module that names another head (mmseg's non-local head is an
+    # FCN head with an nl_block); the head with the most modules if several fit.
+    others = {part for part, _ in _HEAD_HINTS} - {m for h in known for m in h.mmseg.modules}
+    fits = [h for h in known if set(h.mmseg.modules) <= set(parts) and not others & set(parts)]
+    head = max(fits, key=lambda h: len(h.mmseg.modules), default=None)
     if head is None:
-        parts = sorted({k.split(".")[1] for k in state if k.startswith("decode_head.")})
         guess = next((name for part, name in _HEAD_HINTS if part in parts), "an unknown head")
         converting = ", ".join(f"{h.mmseg.head_type} ({h.name!r} head)" for h in known)
         raise ConversionError(

@@ -32,7 +32,7 @@ class FCNHead(Head):
     """
 
     name = "fcn"
-    mmseg = MmsegNames("FCNHead", "conv_cat.conv.weight")
+    mmseg = MmsegNames("FCNHead", ("convs", "conv_cat", "conv_seg"))
 
     def __init__(
         self,

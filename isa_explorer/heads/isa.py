@@ -191,7 +191,9 @@ class ISADecoder(ContextHead):
         MapInfo("combined", "Combined", "long then short"),
     )
     main_map = "combined"
-    mmseg = MmsegNames("ISAHead", "global_relation.key_project.0.conv.weight")
+    mmseg = MmsegNames(
+        "ISAHead", ("in_conv", "global_relation", "local_relation", "out_conv", "conv_seg")
+    )
 
     def __init__(
         self,

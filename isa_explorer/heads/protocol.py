@@ -70,13 +70,15 @@ class MmsegNames:
 
     Attributes:
         head_type: The decode head's class (``"ISAHead"``).
-        marker: A ``decode_head.`` key only this head's checkpoints hold.
+        modules: The decode head's submodules with weights (``decode_head.NAME.*``): a
+            checkpoint is this head's when its decode head has them and no module of another
+            head (mmseg's FCN-based heads add theirs to ``convs`` and ``conv_cat``).
         renames: ``(mmseg prefix, ISA Explorer prefix)`` pairs under ``decode_head.``; keys
             not listed keep their names.
     """
 
     head_type: str
-    marker: str
+    modules: tuple[str, ...]
     renames: tuple[tuple[str, str], ...] = ()
 
 
