@@ -41,7 +41,9 @@ def test_example_is_predicted_at_the_training_size_with_a_legend(explorer, loade
     view = explorer.prediction_view(loaded, 0.5)
     assert view.shape == (*explorer.display(loaded).size, 3) and view.dtype == np.uint8
     legend = explorer.legend(loaded)
-    for name, colour in zip(explorer.model.class_names, explorer.model.palette, strict=True):
+    for name, colour in zip(
+        explorer.model.class_names, explorer.model.palette, strict=True
+    ):
         assert name in legend and f"rgb({colour[0]},{colour[1]},{colour[2]})" in legend
 
 
@@ -280,7 +282,7 @@ def test_concurrent_analyses_keep_their_own_features(explorer, monkeypatch):
 def test_training_size_comes_from_the_model_directory(tmp_path):
     import json
 
-    from isa_explorer.explorer.model import DEFAULT_TRAIN_SIZE
+    from isa_explorer.explorer.served_model import DEFAULT_TRAIN_SIZE
 
     small_isanet(classes=7, class_names=ex_names()).save_pretrained(tmp_path / "m")
     assert ExplorerModel(tmp_path / "m").train_size == DEFAULT_TRAIN_SIZE == (128, 256)

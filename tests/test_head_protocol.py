@@ -20,8 +20,8 @@ from conftest import small_isanet
 from torch import nn
 
 from isa_explorer import heads
-from isa_explorer.heads.context import ContextHead
 from isa_explorer.heads.protocol import Cost, HeadConfig, MapInfo, Record, relation_cost
+from isa_explorer.heads.shell import ContextHead
 
 R = 2  # window radius: 5x5
 
@@ -129,7 +129,7 @@ def reference_window(cache, fx, fy):
 
 
 def test_the_explorer_serves_the_heads_maps(window_model_dir, image):
-    from isa_explorer.explorer.model import ExplorerModel
+    from isa_explorer.explorer.served_model import ExplorerModel
     from isa_explorer.explorer.service import Explorer
 
     ex = Explorer(ExplorerModel(window_model_dir))
@@ -150,7 +150,7 @@ def test_the_explorer_serves_the_heads_maps(window_model_dir, image):
 
 def test_the_api_returns_the_heads_maps(window_model_dir, image):
     from isa_explorer.explorer import api
-    from isa_explorer.explorer.model import ExplorerModel
+    from isa_explorer.explorer.served_model import ExplorerModel
     from isa_explorer.explorer.service import Explorer
 
     ex = Explorer(ExplorerModel(window_model_dir))
@@ -165,7 +165,7 @@ def test_the_notebook_view_and_the_app_draw_the_heads_maps(window_model_dir, ima
 
     matplotlib.use("Agg")
     from isa_explorer.explorer.app import build_app
-    from isa_explorer.explorer.model import ExplorerModel
+    from isa_explorer.explorer.served_model import ExplorerModel
     from isa_explorer.explorer.service import Explorer
     from isa_explorer.explorer.widgets.attention_view import AttentionView
 

@@ -82,7 +82,7 @@ def test_controls_reload_restyle_and_a_click_outside_is_ignored(attention_view):
 def test_the_dense_head_is_drawn_beside_for_the_same_pixel(tmp_path):
     from conftest import small_isanet
 
-    from isa_explorer.explorer.model import ExplorerModel
+    from isa_explorer.explorer.served_model import ExplorerModel
 
     small_isanet(classes=7, head="dense").save_pretrained(tmp_path / "dense")
     view = AttentionView(compare=ExplorerModel(tmp_path / "dense"))

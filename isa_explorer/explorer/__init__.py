@@ -6,7 +6,7 @@ queries/keys; ``uploads`` checks user images; ``model`` holds the lazily loaded 
 ``attribution`` runs captum.
 """
 
-from isa_explorer.explorer.model import ExplorerModel
+from isa_explorer.explorer.served_model import ExplorerModel
 from isa_explorer.explorer.service import ClickResult, Explorer, ExplorerError
 from isa_explorer.explorer.store import ImageState, SessionStore
 from isa_explorer.explorer.uploads import (

@@ -20,7 +20,7 @@ from isa_explorer import heads
 from isa_explorer.attention import AttentionMaps, query_maps
 from isa_explorer.data.synthetic import generate
 from isa_explorer.explorer import render
-from isa_explorer.explorer.model import ExplorerModel
+from isa_explorer.explorer.served_model import ExplorerModel
 from isa_explorer.explorer.store import ImageState, SessionStore
 from isa_explorer.explorer.uploads import (
     FORMAT_NAMES,

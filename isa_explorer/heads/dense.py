@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from isa_explorer.heads.context import ContextHead
 from isa_explorer.heads.protocol import Cost, HeadConfig, MapInfo, Record, relation_cost
 from isa_explorer.heads.registry import register
+from isa_explorer.heads.shell import ContextHead
 from isa_explorer.models.layers import AttnImpl, RelationBlock
 
 

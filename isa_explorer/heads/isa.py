@@ -31,12 +31,12 @@ from typing import Literal
 import torch
 from torch import nn
 
-from isa_explorer.heads.context import ContextHead
 from isa_explorer.heads.grid import GroupGrid
 from isa_explorer.heads.grid_export import grid_for
 from isa_explorer.heads.isa_stream import QK, streamed
 from isa_explorer.heads.protocol import Cost, HeadConfig, MapInfo, MmsegNames, Record, relation_cost
 from isa_explorer.heads.registry import register
+from isa_explorer.heads.shell import ContextHead
 from isa_explorer.models.checkpointing import checkpointed, keep_products
 from isa_explorer.models.layers import AttnImpl, RelationBlock
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from isa_explorer.explorer.model import ExplorerModel
+from isa_explorer.explorer.served_model import ExplorerModel
 from isa_explorer.explorer.service import (
     CONTEXTS,
     NUM_EXAMPLES,
