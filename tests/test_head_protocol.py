@@ -206,6 +206,12 @@ def test_registry_refuses_unnamed_and_taken_names():
     with pytest.raises(ValueError, match="unknown head 'nope'"):
         heads.get("nope")
 
+    class NoBuild(heads.Head):  # a head must say how ISANet builds it
+        name = "no-build"
+
+    with pytest.raises(TypeError, match="abstract method 'build'|abstract methods? build"):
+        NoBuild()
+
 
 #: Names, map names, classes and attributes a consumer would test to decide by head.
 HEAD_WORDS = {"isa", "dense", "fcn", "long", "short", "combined"}

@@ -10,6 +10,7 @@ reads what. The registry is :mod:`isa_explorer.heads.registry`.
 from __future__ import annotations
 
 import dataclasses
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -201,7 +202,7 @@ def relation_cost(
     )
 
 
-class Head(nn.Module):
+class Head(nn.Module, ABC):
     """Base of every head: the protocol's declarations and their defaults (a head without
     attention keeps ``maps = ()``; the model refuses ``return_attention`` for it)."""
 
@@ -218,9 +219,9 @@ class Head(nn.Module):
     mmseg: ClassVar[MmsegNames | None] = None
 
     @classmethod
+    @abstractmethod
     def build(cls, in_channels: int, classes: int, config: HeadConfig) -> Head:
         """The head on ``in_channels`` encoder channels, from ``ISANet``'s options."""
-        raise NotImplementedError(f"{cls.__name__}.build")
 
     def train(self, mode: bool = True) -> Head:
         # Imported here: isa_explorer.models imports the heads (ISANet builds them).

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 
 import torch
 from torch import nn
@@ -17,7 +17,7 @@ from isa_explorer.models.layers import AttnImpl, ConvBNReLU
 POINTWISE_BAND_BYTES = 4 * 2**20
 
 
-class ContextHead(Head, ABC):
+class ContextHead(Head):
     """``in_conv`` -> context (defined by subclasses) -> ``out_conv(cat[context, residual])``.
 
     Subclasses implement :meth:`context`. Parameter names follow mmseg's heads. Nothing is
