@@ -41,9 +41,7 @@ def test_example_is_predicted_at_the_training_size_with_a_legend(explorer, loade
     view = explorer.prediction_view(loaded, 0.5)
     assert view.shape == (*explorer.display(loaded).size, 3) and view.dtype == np.uint8
     legend = explorer.legend(loaded)
-    for name, colour in zip(
-        explorer.model.class_names, explorer.model.palette, strict=True
-    ):
+    for name, colour in zip(explorer.model.class_names, explorer.model.palette, strict=True):
         assert name in legend and f"rgb({colour[0]},{colour[1]},{colour[2]})" in legend
 
 
