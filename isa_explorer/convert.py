@@ -75,7 +75,9 @@ class ConversionReport:
         s = self.spec
         aux = f"aux head {s.aux_channels} ch" if s.aux_channels else "no aux head"
         labels = self.dataset or ("names from the checkpoint" if self.named else "generic names")
-        parts = [_LABELS.get(k, f"{k} {{}}").format(v) for k, v in s.head_kwargs.items()]
+        options = {k: v for k, v in s.head_kwargs.items() if k != "head_options"}
+        options.update(s.head_kwargs.get("head_options", {}))  # a head's own, by name
+        parts = [_LABELS.get(k, f"{k} {{}}").format(v) for k, v in options.items()]
         head = "" if s.head == _DEFAULT_HEAD else f" ({s.head} head)"
         lines = [
             f"ISANet R-{s.depth}-D8{head}: "

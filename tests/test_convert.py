@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from mmseg_checkpoints import state_from_listing
 from parity import compare_to_reference
 
-from isa_explorer import ISANet
+from isa_explorer import ISANet, heads
 from isa_explorer.convert import (
     ConversionError,
     ISANetSpec,
@@ -74,20 +74,7 @@ def assert_mmseg_parity(model: ISANet, small: dict) -> None:
 
 def released_r50_state(seed: int = 0) -> dict[str, torch.Tensor]:
     """Random tensors under every key and shape of the released ISANet R-50-D8 (19 classes)."""
-    gen = torch.Generator().manual_seed(seed)
-    state = {}
-    for line in (FIXTURES / "isanet_r50_keys.txt").read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        key, shape = line.split("\t")
-        shape = tuple(int(s) for s in re.findall(r"\d+", shape))
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.tensor(1000)
-        elif key.endswith("running_var"):
-            state[key] = torch.rand(shape, generator=gen) + 0.5
-        else:
-            state[key] = torch.randn(shape, generator=gen)
-    return state
+    return state_from_listing(FIXTURES / "isanet_r50_keys.txt", seed)
 
 
 def test_fixture_parity_with_mmseg(small):
@@ -294,7 +281,9 @@ def test_cli_rejects_other_models(small, tmp_path):
     result = run_cli(str(ckpt), str(tmp_path / "out"))
     assert result.returncode != 0
     assert "no head here converts this checkpoint (decode head looks like PSPHead" in result.stderr
-    assert "convert: ISAHead ('isa' head), FCNHead ('fcn' head)" in result.stderr
+    for name in heads.names():
+        if heads.get(name).mmseg is not None:
+            assert f"{heads.get(name).mmseg.head_type} ('{name}' head)" in result.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -9,7 +9,15 @@ head). The built-in heads (``isa``, ``dense``, ``fcn``) register on import. See
 
 from __future__ import annotations
 
-from isa_explorer.heads.protocol import Cost, Head, HeadConfig, MapInfo, MmsegNames, Record
+from isa_explorer.heads.protocol import (
+    Cost,
+    Head,
+    HeadConfig,
+    MapInfo,
+    MmsegNames,
+    Record,
+    ValueInfo,
+)
 from isa_explorer.heads.registry import get, names, of, register, unregister, with_attention
 
 # isort: off
@@ -23,6 +31,7 @@ __all__ = [
     "MapInfo",
     "MmsegNames",
     "Record",
+    "ValueInfo",
     "get",
     "names",
     "of",

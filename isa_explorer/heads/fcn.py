@@ -1,8 +1,10 @@
-"""mmsegmentation's FCN head: no attention.
+"""mmsegmentation's FCN head: no attention, and the shell of mmseg's non-local, criss-cross
+and global-context heads.
 
 ``FCNHead(1024, classes, 256, num_convs=1)`` is ISANet's auxiliary head on stage 3;
 ``FCNHead(2048, classes, 512, num_convs=2, concat_input=True)`` is the no-attention
-baseline (``head="fcn"``).
+baseline (``head="fcn"``). mmseg's ``NLHead``, ``CCHead`` and ``GCHead`` are this head with a
+context step between its first and second conv: they override :meth:`FCNHead.context`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from isa_explorer.heads.protocol import BYTES, Cost, Head, HeadConfig, MmsegNames
+from isa_explorer.heads.protocol import BYTES, Cost, Head, HeadConfig, MmsegNames, Record
 from isa_explorer.heads.registry import register
 from isa_explorer.models.layers import ConvBNReLU
 
@@ -54,15 +56,31 @@ class FCNHead(Head):
         self.dropout = nn.Dropout2d(dropout)
         self.conv_seg = nn.Conv2d(channels, classes, 1)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, Cin, H, W) -> (B, channels, H, W)``."""
-        y = self.convs(x)
-        if self.conv_cat is not None:
-            y = self.conv_cat(torch.cat([x, y], dim=1))
-        return y
+    def context(
+        self, y: torch.Tensor, return_attention: bool = False
+    ) -> tuple[torch.Tensor, Record | None]:
+        """The step between the first conv and the others, ``(B, channels, H, W)`` to the
+        same, with the head's record when ``return_attention``: none in the FCN itself."""
+        return y, None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, Cin, H, W) -> (B, classes, H, W)`` logits at input resolution."""
+    def features(
+        self, x: torch.Tensor, return_attention: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, Record | None]:
+        """``(B, Cin, H, W) -> (B, channels, H, W)``: first conv, context, other convs, concat."""
+        y, record = self.context(self.convs[0](x), return_attention)
+        y = self.convs[1:](y)
+        if self.conv_cat is not None:
+            y = self.conv_cat(torch.cat([x, y], dim=1))  # (B, Cin + channels, H, W) in
+        return (y, record) if return_attention else y
+
+    def forward(
+        self, x: torch.Tensor, return_attention: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, Record | None]:
+        """``(B, Cin, H, W) -> (B, classes, H, W)`` logits at input resolution (and, with
+        ``return_attention``, the context step's record)."""
+        if return_attention:
+            y, record = self.features(x, True)
+            return self.conv_seg(self.dropout(y)), record
         return self.conv_seg(self.dropout(self.features(x)))
 
     @classmethod

@@ -57,12 +57,33 @@ class MapInfo:
         title: Short label of its panel.
         caption: What it shows, one phrase.
         reach: The step of :meth:`Head.reach` whose cells its panel outlines, if any.
+        per_query: ``False`` for a map that is the same for every query of an image (GC's
+            context mask): its caption says so.
     """
 
     name: str
     title: str
     caption: str
     reach: str | None = None
+    per_query: bool = True
+
+
+@dataclass(frozen=True)
+class ValueInfo:
+    """One named quantity of a query that is not a map over positions (a vector over EMA's
+    bases, DA's channel-attention matrix).
+
+    Attributes:
+        name: Key in :meth:`Head.query_values`' result.
+        title: Short label of its panel.
+        caption: What it shows, one phrase.
+        per_query: ``False`` for a value shared by every query of an image.
+    """
+
+    name: str
+    title: str
+    caption: str
+    per_query: bool = True
 
 
 @dataclass(frozen=True)
@@ -212,6 +233,8 @@ class Head(nn.Module, ABC):
     maps: ClassVar[tuple[MapInfo, ...]] = ()
     #: The map that answers "where does this pixel look" in one picture.
     main_map: ClassVar[str | None] = None
+    #: A query's quantities that are not maps, in display order (:meth:`query_values`).
+    values: ClassVar[tuple[ValueInfo, ...]] = ()
     #: Loss weight of each training output of :meth:`forward_train` (``"out"`` is the logits
     #: the head predicts with).
     loss_weights: ClassVar[Mapping[str, float]] = {"out": 1.0}
@@ -253,6 +276,12 @@ class Head(nn.Module, ABC):
         """The maps of feature cell ``(fx, fy)`` of image 0 of ``record``: ``{name: (hp, wp)}``
         float64 on the padded grid, in :attr:`maps` order, each summing to one."""
         raise ValueError(f"the {cls.name!r} head has no attention to probe")
+
+    @classmethod
+    def query_values(cls, record: Record, fx: int, fy: int) -> dict[str, torch.Tensor]:
+        """The :attr:`values` of feature cell ``(fx, fy)`` of image 0: ``{name: tensor}``
+        float64, in :attr:`values` order (none by default)."""
+        return {}
 
     @classmethod
     def reach(cls, record: Record, fx: int, fy: int) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Building blocks shared by the ISA, dense and FCN heads.
+"""Building blocks shared by the heads.
 
 Parameter names follow mmsegmentation (``conv``/``bn``; ``key_project``, ``query_project``,
 ``value_project``, ``output_project``), so released mmseg checkpoints map on one to one.
@@ -140,6 +140,7 @@ class ConvBNReLU(nn.Module):
         dilation: Dilation of the convolution.
         mask_relu: Save a bool mask for ReLU's backward instead of its output
             (:class:`MaskReLU`): for layers whose output the next layer does not save.
+        relu: ``False``: conv and BatchNorm only (mmcv's ``act_cfg=None``).
     """
 
     def __init__(
@@ -149,6 +150,7 @@ class ConvBNReLU(nn.Module):
         kernel_size: int = 1,
         dilation: int = 1,
         mask_relu: bool = False,
+        relu: bool = True,
     ):
         super().__init__()
         padding = dilation * (kernel_size // 2)
@@ -156,7 +158,7 @@ class ConvBNReLU(nn.Module):
             in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False
         )
         self.bn = nn.BatchNorm2d(out_channels)
-        self.act = MaskReLU() if mask_relu else nn.ReLU(inplace=True)
+        self.act = (MaskReLU() if mask_relu else nn.ReLU(inplace=True)) if relu else nn.Identity()
 
     @property
     def fused(self) -> bool:
@@ -178,6 +180,39 @@ class ConvBNReLU(nn.Module):
             # autograd would rebuild the base's gradient in backward (zero fill + copy).
             return self.act(self.bn(y.view(b * n, c, 1, 1))).view(b, n, c)  # -> (B, L, C)
         return self.act(self.bn(y))
+
+
+class Conv(nn.Module):
+    """A convolution with bias under ``conv`` (mmcv ``ConvModule`` without norm or activation).
+
+    Args:
+        in_channels: Input channels.
+        out_channels: Output channels.
+        kernel_size: Square kernel size; padding keeps the spatial size.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, Cin, H, W) -> (B, Cout, H, W)``."""
+        return self.conv(x)
+
+
+class Scale(nn.Module):
+    """A learnable scalar ``scale`` times the input (mmcv's ``Scale``: CC's and DA's ``gamma``).
+
+    Args:
+        value: Initial value (mmseg starts its attention gammas at 0).
+    """
+
+    def __init__(self, value: float = 0.0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
 
 
 def attention(
