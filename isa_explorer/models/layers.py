@@ -254,7 +254,8 @@ def fused_attention_heads(
     b, n, ck = q.shape
     cv = v.shape[-1]
     if cv == ck or cv % ck:
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)[:, None]  # (B, 1, L, Cv)
+        # 4-D, one head: the ONNX exporter takes SDPA on 4-D tensors only.
+        return F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], scale=scale)
     h = cv // ck
     vh = v.view(b, n, h, ck).transpose(1, 2)  # (B, h, L, Ck), a view
     qh, kh = q[:, None].expand(b, h, n, ck), k[:, None].expand(b, h, n, ck)
