@@ -3,7 +3,8 @@ exist and what they show.
 
 ``register`` adds a :class:`~isa_explorer.heads.protocol.Head` subclass under its ``name``;
 ``get(name)`` returns it, ``of(module)`` the registered class of a model's decoder (or of a
-head). The built-in heads (``isa``, ``dense``, ``fcn``) register on import. See
+head). The built-in heads (``isa``, ``dense``, ``fcn``; mmseg's context heads ``nl``, ``cc``,
+``da``, ``gc``, ``ema``) register on import. See
 ``docs/architecture.md`` ("Adding a head") for the steps of adding one.
 """
 
@@ -22,6 +23,7 @@ from isa_explorer.heads.registry import get, names, of, register, unregister, wi
 
 # isort: off
 from isa_explorer.heads import isa, dense, fcn  # noqa: E402, F401  (registered in this order)
+from isa_explorer.heads import nl  # noqa: E402, F401  (mmseg's context heads)
 # isort: on
 
 __all__ = [
