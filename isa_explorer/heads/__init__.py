@@ -23,7 +23,7 @@ from isa_explorer.heads.registry import get, names, of, register, unregister, wi
 
 # isort: off
 from isa_explorer.heads import isa, dense, fcn  # noqa: E402, F401  (registered in this order)
-from isa_explorer.heads import nl, cc, da, gc  # noqa: E402, F401  (mmseg's context heads)
+from isa_explorer.heads import nl, cc, da, gc, ema  # noqa: E402, F401  (mmseg's context heads)
 # isort: on
 
 __all__ = [
