@@ -91,7 +91,11 @@ class FCNHead(Head):
     def cost(cls, h: int, w: int, config: HeadConfig, impl: str = "fused", batch: int = 1) -> Cost:
         """The baseline's two 3x3 convolutions (on ``C`` channels; ``conv_cat`` reads ``2C``,
         taken as the input's width here): no affinity. Memory: the ``N x C`` maps alive at
-        once (input, two conv outputs, their concatenation), kept for backward in training."""
+        once (input, two conv outputs, their concatenation), kept for backward in training.
+        A head with a context step of its own (NL, CC, GC) models its own cost (``None``
+        until it does)."""
+        if cls.context is not FCNHead.context:
+            return None
         n, c = batch * h * w, config.channels
         flops = n * 2 * 9 * (c * c + 2 * c * c)
         act = n * c * BYTES

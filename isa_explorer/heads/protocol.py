@@ -279,8 +279,9 @@ class Head(nn.Module, ABC):
 
     @classmethod
     def query_values(cls, record: Record, fx: int, fy: int) -> dict[str, torch.Tensor]:
-        """The :attr:`values` of feature cell ``(fx, fy)`` of image 0: ``{name: tensor}``
-        float64, in :attr:`values` order (none by default)."""
+        """The :attr:`values` of feature cell ``(fx, fy)`` of image 0: ``{name: tensor}`` in
+        :attr:`values` order, float64 values or int64 indices (DA's strongest channels); none
+        by default."""
         return {}
 
     @classmethod
