@@ -1,4 +1,5 @@
-"""Convert mmsegmentation's released ISANet (and FCN) checkpoints into ISA Explorer models.
+"""Convert mmsegmentation's released checkpoints (ISANet, FCN and the context heads NL, CC, DA,
+GC, EMA on ResNetV1c) into ISA Explorer models.
 
 The weights map one to one onto ``ISANet(encoder_name="tu-resnet50c" / "tu-resnet101c",
 aux_head=True)``; :mod:`isa_explorer.mmseg_spec` renames the keys and reads the architecture from
@@ -218,7 +219,8 @@ def convert_checkpoint(
     if missing:
         raise ConversionError(
             f"the checkpoint lacks {len(missing)} tensors of the model, e.g. "
-            f"{', '.join(missing[:5])}; it is incomplete or not a released ISANet."
+            f"{', '.join(missing[:5])}; it is incomplete or not a released "
+            f"{heads.get(spec.head).mmseg.head_type} model."
         )
     wrong = [k for k, v in renamed.items() if v.shape != target[k].shape]
     if wrong:

@@ -108,7 +108,7 @@ def rename_key(key: str, renames: Sequence[tuple[str, str]] = ()) -> str | None:
 
 def _dim0(state: Mapping[str, torch.Tensor], key: str) -> int:
     if key not in state:
-        raise ConversionError(f"the checkpoint has no {key}: it is incomplete or not an ISANet")
+        raise ConversionError(f"the checkpoint has no {key}: it is incomplete")
     return state[key].shape[0]
 
 

@@ -129,10 +129,13 @@ def test_fcn_checkpoints_convert(small):
     image = small["image_rgb_0_255"]  # (1, 3, 75, 90)
     with torch.no_grad():
         assert torch.equal(full_logits(model, image), full_logits(ours, image))
-    # mmseg's non-local head is an FCNHead with an nl_block: not taken for the FCN.
+    # mmseg's non-local head is an FCNHead with an nl_block: taken for NL, not for the FCN;
+    # the disentangled one (a dnl_block) converts to no head here, and is named.
     nl = {**state, "decode_head.nl_block.g.conv.weight": torch.zeros(32, 64, 1, 1)}
-    with pytest.raises(ConversionError, match=r"looks like NLHead \(Non-local\)"):
-        infer_spec(nl)
+    assert infer_spec(nl).head == "nl"
+    dnl = {**state, "decode_head.dnl_block.g.conv.weight": torch.zeros(32, 64, 1, 1)}
+    with pytest.raises(ConversionError, match=r"looks like DNLHead"):
+        infer_spec(dnl)
 
 
 def _swap_query_key(model: ISANet) -> None:

@@ -112,3 +112,39 @@ def test_onnx_export_at_a_dynamic_size(name, tmp_path):
         got = torch.from_numpy(runner(images))
         assert got.shape == expected.shape
         _close(got, expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("name", heads.with_attention())
+def test_the_explorer_and_the_api_serve_every_heads_maps(name, tmp_path):
+    """Each head's maps reach the explorer's panels and the API through its declarations:
+    one panel per map, each map a distribution over the feature grid, the reach of its step."""
+    import numpy as np
+
+    from isa_explorer.explorer import api
+    from isa_explorer.explorer.served_model import ExplorerModel
+    from isa_explorer.explorer.service import Explorer
+
+    torch.manual_seed(0)
+    model = small_isanet(head=name, head_options=SMALL_OPTIONS.get(name), classes=3).eval()
+    model.save_pretrained(tmp_path / name)
+    ex = Explorer(ExplorerModel(tmp_path / name))
+    image = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    state = ex.load_image("k", image)
+    cls = heads.get(name)
+    for x, y in ((40, 20), (0, 0), (95, 63)):
+        result = ex.click("k", x, y)
+        assert list(result.panels) == [m.name for m in cls.maps]
+        record = state.cache.record
+        reach = cls.reach(record, *result.cell)
+        for info in cls.maps:
+            m = result.maps.maps[info.name].double()
+            assert m.shape == (8, 12) and (m >= 0).all()
+            if record.padded == record.size:  # else a share lies on the padding
+                assert float(m.sum()) == pytest.approx(1.0, abs=1e-5), info.name
+            assert float(m.sum()) <= 1 + 1e-5, info.name
+            if info.reach is not None:  # nothing outside the step's reach
+                assert float(m[~reach[info.reach]].sum()) < 1e-9, info.name
+        values = cls.query_values(record, *result.cell)
+        assert list(values) == [v.name for v in cls.values]
+    out = api.attention_summary(ex, api.analyse_cached(ex, image), 10, 20)
+    assert out["head"] == name and list(out["maps"]) == [m.name for m in cls.maps]

@@ -13,8 +13,8 @@ import torch
 from mmseg_checkpoints import save_mmseg_checkpoint, state_from_listing
 from parity import compare_to_reference
 
-from isa_explorer import load_model
-from isa_explorer.convert import convert_checkpoint, infer_spec
+from isa_explorer import heads, load_model
+from isa_explorer.convert import ConversionError, convert_checkpoint, infer_spec
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).parents[1]
@@ -69,6 +69,10 @@ def test_full_size_checkpoint_converts_loads_and_equals_its_fp64_forward(listing
     # converted and reloaded model's float32 logits (tests/parity.py).
     model, report = convert_checkpoint(state, strict=True)
     assert report.mapped == len(state)
+    ours = model.state_dict()
+    for key, value in state.items():  # the decode head's weights under mmseg's own names
+        if key.startswith("decode_head."):
+            assert torch.equal(ours[key.replace("decode_head.", "decoder.", 1)], value), key
     gen = torch.Generator().manual_seed(0)
     for size in ((64, 96), (57, 83)):  # a multiple of 8 and not
         x = torch.randn(1, 3, *size, generator=gen)
@@ -78,3 +82,15 @@ def test_full_size_checkpoint_converts_loads_and_equals_its_fp64_forward(listing
         parity = compare_to_reference(_logits, model.eval(), (x,), reference)
         assert parity.ok, f"{listing} {size}: {parity}"
         assert parity.tolerance < 1e-4 * parity.scale, f"{listing} {size}: {parity}"
+
+
+@pytest.mark.parametrize("listing", sorted(LISTINGS))
+def test_an_incomplete_checkpoint_names_the_missing_tensor(listing):
+    state = state_from_listing(FIXTURES / f"{listing}_r50-d8_keys.txt")
+    state = {k: torch.empty(v.shape, device="meta") for k, v in state.items()}
+    key = next(k for k in reversed(state) if k.startswith("decode_head."))
+    del state[key]
+    head_type = heads.get(LISTINGS[listing][0]).mmseg.head_type
+    want = rf"lacks 1 tensors.*decoder\.{key[12:]}.*not a released {head_type} model"
+    with pytest.raises(ConversionError, match=want):
+        convert_checkpoint(state)
