@@ -18,7 +18,6 @@ from isa_explorer import heads
 from isa_explorer.heads import ema
 from isa_explorer.heads.ema import EMAHead, em_stage
 from isa_explorer.heads.protocol import HeadConfig
-from isa_explorer.models.fusion import fuse_for_inference
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SIZES = ["1x64x20x27", "2x64x16x16"]
@@ -212,46 +211,6 @@ def test_training_averages_the_bases_across_two_gloo_processes(tmp_path: Path):
     expected = 0.9 * before + 0.1 * F.normalize(mu, dim=1)
     torch.testing.assert_close(b0, expected, atol=1e-6, rtol=0)
     assert torch.equal(b0, b1)  # the processes agree after the step
-
-
-def test_runs_in_every_mode_at_any_size():
-    torch.manual_seed(0)
-    head = EMAHead(16, 3, 8, 12, 6).eval()
-    x = torch.randn(3, 16, 7, 9)
-    with torch.no_grad():
-        batch = head(x)
-        for i in range(3):  # eval: each image on its own
-            torch.testing.assert_close(head(x[i : i + 1]), batch[i : i + 1], atol=1e-5, rtol=0)
-        for size in [(1, 13), (5, 1), (1, 1)]:
-            logits, record = head(torch.randn(1, 16, *size), return_attention=True)
-            assert logits.shape == (1, 3, *size) and record.size == size
-            maps = EMAHead.query_maps(record, size[1] - 1, size[0] - 1)
-            assert all(abs(float(m.sum()) - 1) < 1e-9 for m in maps.values())
-    # bfloat16 autocast, forward and backward (in training: the bases update too).
-    head.train()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = head(x)
-    y.float().square().mean().backward()
-    assert torch.isfinite(y).all() and torch.isfinite(head.ema_module.bases).all()
-    assert all(torch.isfinite(p.grad).all() for p in head.parameters() if p.grad is not None)
-    # Forward hooks fire on every leaf in train, eval and no_grad, and after fusion.
-    for mode in ("train", "eval", "no_grad", "fused"):
-        head.train(mode == "train")
-        if mode == "fused":
-            with torch.no_grad():
-                plain = head(x)
-            fuse_for_inference(head)
-        leaves = {n: m for n, m in head.named_modules() if not list(m.children())}
-        fired: set[str] = set()
-        hooks = [
-            m.register_forward_hook(lambda *_, n=n, s=fired: s.add(n)) for n, m in leaves.items()
-        ]
-        with torch.set_grad_enabled(mode == "train"):
-            fused = head(x)
-        assert fired == set(leaves), f"{mode}: never fired {sorted(set(leaves) - fired)}"
-        for hook in hooks:
-            hook.remove()
-    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
 
 
 def test_registry_build_and_mmseg_names():

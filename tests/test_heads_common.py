@@ -40,13 +40,19 @@ def _close(got: torch.Tensor, expected: torch.Tensor, rel: float = 1e-5) -> None
 
 
 @pytest.mark.parametrize("name", HEADS)
-def test_batch_equals_per_image(name):
+def test_batch_equals_per_image_and_nothing_is_stored_on_the_head(name):
     head = small_head(name).eval()
+    attributes = set(vars(head))
     x = torch.randn(3, 24, 11, 13)
     with torch.no_grad():
         batch = head(x)
         one = torch.cat([head(x[i : i + 1]) for i in range(3)])
+        if head.maps:
+            again, record = head(x, return_attention=True)
+            _close(again, batch)
+            assert record.nbytes > 0
     _close(batch, one)
+    assert set(vars(head)) == attributes  # a record comes back as a value, not on the module
 
 
 @pytest.mark.parametrize("name", HEADS)
@@ -56,6 +62,17 @@ def test_any_size(name, size):
     with torch.no_grad():
         y = head(torch.randn(2, 24, *size))
     assert y.shape == (2, 3, *size) and y.isfinite().all()
+    if not head.maps:
+        return
+    with torch.no_grad():
+        _, record = head(torch.randn(1, 24, *size), return_attention=True)
+    assert record.size == size
+    for fx, fy in ((0, 0), (size[1] - 1, size[0] - 1)):
+        for m in type(head).query_maps(record, fx, fy).values():
+            m = record.crop(m)
+            assert m.shape == size and (m >= 0).all() and float(m.sum()) <= 1 + 1e-9
+            if record.padded == record.size:
+                assert abs(float(m.sum()) - 1) < 1e-9
 
 
 @pytest.mark.parametrize("name", HEADS)
