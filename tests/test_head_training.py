@@ -148,3 +148,23 @@ def test_training_state_is_averaged_across_two_gloo_processes(tmp_path: Path) ->
     model.decoder.bases.fill_(2.0)
     average_training_state(model, DistInfo(0, 1, 0, torch.device("cpu")))
     assert torch.equal(model.decoder.bases, torch.full((4,), 2.0))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["nl", "cc", "da", "gc", "ema"])
+def test_each_context_head_trains_saves_and_loads(head, tmp_path) -> None:
+    """Two steps of a tiny run per mmseg context head: its loss terms are logged by name (DA's
+    pam and cam), and the saved model loads and predicts."""
+    from isa_explorer.configs import get_config
+    from isa_explorer.pretrained import load_model
+    from isa_explorer.training import train
+
+    options = '{"ema_channels": 32, "num_bases": 8}' if head == "ema" else "{}"
+    overrides = [*TINY, f"model.head={head}", f"model.head_options={options}", "iters=2"]
+    train(get_config("synthetic-context", overrides), tmp_path / "run", progress=False)
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert all(f" {name} " in log for name in heads.get(head).loss_weights if name != "out")
+    model = load_model(tmp_path / "run" / "final")
+    assert model.head == head
+    with torch.no_grad():
+        assert model.predict(torch.randn(1, 3, 64, 80)).isfinite().all()
