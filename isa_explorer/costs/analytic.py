@@ -3,8 +3,9 @@
 The formulas are the heads' own (:meth:`~isa_explorer.heads.protocol.Head.cost`): dense
 attention's ``N x N`` affinity, ISA's ``Np (Np / P + P)``, any registered head's. The modules
 are read from the registry when asked: each head with an attention step
-(:meth:`~isa_explorer.heads.protocol.Head.attention_module`), once per implementation, named
-``HEAD-IMPL`` (``isa-explicit``, ``isa-fused``, ``dense-explicit``, ``dense-fused``, ...).
+(:meth:`~isa_explorer.heads.protocol.Head.attention_module`) and an analytic cost, once per
+implementation, named ``HEAD-IMPL`` (``isa-explicit``, ``isa-fused``, ``dense-explicit``,
+``dense-fused``, ...).
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ IMPLS = ("explicit", "fused")
 
 
 @functools.cache  # per class: building a small head once tells
-def _has_attention(cls: type[heads.Head]) -> bool:
-    return cls.attention_module(HeadConfig(8, 8, attn_impl="explicit")) is not None
+def _measurable(cls: type[heads.Head]) -> bool:
+    """An attention step to measure and an analytic cost to set beside the measurement."""
+    config = HeadConfig(8, 8, attn_impl="explicit")
+    return cls.cost(8, 8, config) is not None and cls.attention_module(config) is not None
 
 
 def modules() -> dict[str, tuple[str, str]]:
-    """``{module: (head, impl)}`` of the registered heads with an attention step, now."""
-    names = [n for n in heads.names() if _has_attention(heads.get(n))]
+    """``{module: (head, impl)}`` of the registered heads with an attention step and an
+    analytic cost (:meth:`~isa_explorer.heads.protocol.Head.cost`), now."""
+    names = [n for n in heads.names() if _measurable(heads.get(n))]
     return {f"{name}-{impl}": (name, impl) for name in names for impl in IMPLS}
 
 
