@@ -165,3 +165,7 @@ def test_the_explorer_and_the_api_serve_every_heads_maps(name, tmp_path):
         assert list(values) == [v.name for v in cls.values]
     out = api.attention_summary(ex, api.analyse_cached(ex, image), 10, 20)
     assert out["head"] == name and list(out["maps"]) == [m.name for m in cls.maps]
+    from isa_explorer.explorer.app import build_app
+
+    ids = {getattr(b, "elem_id", None) for b in build_app(explorer=ex).blocks.values()}
+    assert {f"map-{m.name}" for m in cls.maps} <= ids  # the app has a panel for each map
