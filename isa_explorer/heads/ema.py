@@ -165,7 +165,8 @@ class EMAHead(Head):
         MapInfo(
             "effective",
             "Effective",
-            "sum over bases of responsibility x base map (bases' L2 norm ignored)",
+            "sum over bases k of z[q, k] x zbar[:, k] (z normalised over positions, as the "
+            "bases are built; their L2 norm ignored)",
             "em",
         ),
         MapInfo("base1", "Strongest base", "positions the query's strongest base averages", "em"),
