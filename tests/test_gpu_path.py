@@ -16,6 +16,7 @@ import subprocess
 import sys
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GPU_CHECK = ROOT / "benchmarks" / "gpu"
 sys.path.insert(0, str(GPU_CHECK))
 sys.path.insert(1, str(GPU_CHECK.parent))  # the decoder benchmark, as run.py does
+import run as gpu_run  # noqa: E402
 from decoder import measure_decoder  # noqa: E402
 from fake_cityscapes import FULL_SIZE, write_fake_cityscapes  # noqa: E402
 from graph_breaks import graph_breaks  # noqa: E402
@@ -332,10 +334,15 @@ def test_gpu_check_smoke_runs_end_to_end_without_what_the_gpu_machine_lacks(tmp_
     assert "n/a (smoke)" in md and "## Head benchmarks" in md
 
 
-def test_gpu_check_records_failures_and_cases_past_the_time_limit(tmp_path):
+def test_gpu_check_records_failures_and_cases_past_the_time_limit(tmp_path, monkeypatch):
     out = tmp_path / "cut.json"
     plan = smoke_plan(compile=False)
-    report = run_check(plan, out, ["token_budget"], time_limit=0.6)
+    # The check's clock advances 0.25 s per reading, so with the smoke cases' 0.5 s estimates
+    # and a 1 s limit the first case runs and the later ones are skipped however fast the
+    # machine is (a real clock made this depend on the machine's speed).
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(gpu_run, "time", SimpleNamespace(perf_counter=lambda: next(ticks) / 4))
+    report = run_check(plan, out, ["token_budget"], time_limit=1.0)
     records = report["sections"]["token_budget"]["cases"]
     assert records[0]["status"] == "ok"
     assert records[-1]["status"] == "skipped" and "time limit" in records[-1]["reason"]
