@@ -1,8 +1,10 @@
-"""Training configurations: the published mmsegmentation ISANet recipes and the synthetic one.
+"""Training configurations: the published mmsegmentation recipes and the synthetic one.
 
-``CONFIGS`` holds every ISANet run of mmsegmentation's model zoo (Cityscapes, ADE20K and PASCAL
-VOC 2012 aug with R-50-D8 / R-101-D8) under mmseg's names, ``"synthetic-context"`` (the small
-CPU recipe of the embedded default model) and ``"folder"``. :func:`get_config` returns a copy
+``CONFIGS`` holds every released run of mmsegmentation's model zoo for ISANet and the context
+heads NL, CC, DA, GC (Cityscapes, ADE20K and PASCAL VOC 2012 aug with R-50-D8 / R-101-D8) and
+EMA (Cityscapes, 80k) under mmseg's names (:data:`PUBLISHED` lists them by head),
+``"synthetic-context"`` (the small CPU recipe of the embedded default model) and ``"folder"``
+(your own data; :func:`folder_config` gives it for any head). :func:`get_config` returns a copy
 with ``key=value`` overrides applied (the dataclasses: :mod:`isa_explorer.train_config`).
 """
 
@@ -13,8 +15,12 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from isa_explorer import heads
+from isa_explorer.data.transforms import CITYSCAPES_769_SCALE, RECIPES
 from isa_explorer.evaluation.inference import SLIDE_CROP
+from isa_explorer.heads import ema
 from isa_explorer.train_config import (
     _FLAT_EVAL,
     MODEL_KEYS,
@@ -25,12 +31,7 @@ from isa_explorer.train_config import (
 
 # The published recipes ------------------------------------------------------------------------
 
-_DATASETS = {
-    # dataset: (classes, batch per GPU, base scale (H, W))
-    "cityscapes": (19, 2, (1024, 2048)),
-    "ade20k": (150, 4, (512, 2048)),
-    "voc": (21, 4, (512, 2048)),
-}
+_DATASETS = {"cityscapes": (19, 2), "ade20k": (150, 4), "voc": (21, 4)}  # classes, batch per GPU
 _MMSEG_DATASET_NAME = {"cityscapes": "cityscapes", "ade20k": "ade20k", "voc": "voc12aug"}
 _SCHEDULES = {
     "cityscapes": (((512, 1024), (40_000, 80_000)), ((769, 769), (40_000, 80_000))),
@@ -38,13 +39,32 @@ _SCHEDULES = {
     "voc": (((512, 512), (20_000, 40_000)),),
 }
 _ENCODERS = {"r50": "tu-resnet50c", "r101": "tu-resnet101c"}
+#: mmseg's ``cityscapes_769x769.py`` resizes to (2049, 1025), train and test (H, W here).
+_SLIDE_SCALE = tuple(sorted(CITYSCAPES_769_SCALE))
+#: head -> (mmseg's model name, the config name's prefix; the ``model`` settings of the head in
+#: mmseg's ``_base_/models/{name}_r50-d8.py``, beside the common ones of :func:`_published`)
+HEAD_RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "isa": ("isanet", {"decoder_isa_channels": 256, "decoder_down_factor": [8, 8]}),
+    "nl": ("nonlocal", {"head_options": {"reduction": 2}}),
+    "cc": ("ccnet", {"head_options": {"recurrence": 2}}),
+    "da": ("danet", {"head_options": {"pam_channels": 64}}),
+    "gc": ("gcnet", {"head_options": {"ratio": 0.25}}),
+    "ema": ("emanet", {"decoder_channels": 256, "head_options": dict(ema.OPTIONS)}),
+}
+#: The heads mmseg released on Cityscapes only, 80k iterations only (the others: every schedule).
+_CITYSCAPES_80K_ONLY = ("ema",)
 
 
-def _published(dataset: str, depth: str, crop: tuple[int, int], iters: int) -> TrainConfig:
-    classes, batch, scale = _DATASETS[dataset]
+def _published(
+    dataset: str, depth: str, crop: tuple[int, int], iters: int, head: str = "isa"
+) -> TrainConfig:
+    classes, batch = _DATASETS[dataset]
     slide = crop == SLIDE_CROP  # mmseg tests its 769x769 models with that window
+    # The base scale (H, W) of the training rescale and the test resize.
+    scale = _SLIDE_SCALE if slide else tuple(sorted(RECIPES[dataset]["scale"]))
+    prefix, settings = HEAD_RECIPES[head]
     name = (
-        f"isanet_{depth}-d8_4xb{batch}-{iters // 1000}k_"
+        f"{prefix}_{depth}-d8_4xb{batch}-{iters // 1000}k_"
         f"{_MMSEG_DATASET_NAME[dataset]}-{crop[0]}x{crop[1]}"
     )
     return TrainConfig(
@@ -53,20 +73,19 @@ def _published(dataset: str, depth: str, crop: tuple[int, int], iters: int) -> T
         train_split="train_aug" if dataset == "voc" else "train",
         scale=scale,
         crop_size=crop,
-        model=dict(
-            encoder_name=_ENCODERS[depth],
-            encoder_weights="imagenet",
-            encoder_output_stride=8,
-            classes=classes,
-            decoder_channels=512,
-            decoder_isa_channels=256,
-            decoder_down_factor=[8, 8],
-            decoder_dropout=0.1,
-            head="isa",
-            aux_head=True,
-            aux_channels=256,
-            align_corners=slide,  # mmseg's 769x769 Cityscapes models use align_corners=True
-        ),
+        model={
+            "encoder_name": _ENCODERS[depth],
+            "encoder_weights": "imagenet",
+            "encoder_output_stride": 8,
+            "classes": classes,
+            "decoder_channels": 512,
+            "decoder_dropout": 0.1,
+            "head": head,
+            "aux_head": True,
+            "aux_channels": 256,
+            "align_corners": slide,  # mmseg's 769x769 Cityscapes models use align_corners=True
+            **copy.deepcopy(settings),  # the head's own (EMANet: 256 channels)
+        },
         iters=iters,
         batch_size=batch,
         lr=0.01,  # SGD momentum, weight decay, poly schedule, aux weight, seed: the defaults
@@ -82,12 +101,16 @@ def _published(dataset: str, depth: str, crop: tuple[int, int], iters: int) -> T
 
 def _build_configs() -> dict[str, TrainConfig]:
     configs: dict[str, TrainConfig] = {}
-    for dataset, schedules in _SCHEDULES.items():
-        for depth in _ENCODERS:
-            for crop, iter_list in schedules:
-                for iters in iter_list:
-                    cfg = _published(dataset, depth, crop, iters)
-                    configs[cfg.name] = cfg
+    for head in HEAD_RECIPES:
+        only_80k = head in _CITYSCAPES_80K_ONLY
+        for dataset, schedules in _SCHEDULES.items():
+            if only_80k and dataset != "cityscapes":
+                continue
+            for depth in _ENCODERS:
+                for crop, iter_list in schedules:
+                    for iters in (80_000,) if only_80k else iter_list:
+                        cfg = _published(dataset, depth, crop, iters, head)
+                        configs[cfg.name] = cfg
     configs["synthetic-context"] = TrainConfig(
         name="synthetic-context",
         dataset="synthetic-context",
@@ -108,27 +131,53 @@ def _build_configs() -> dict[str, TrainConfig]:
         ckpt_interval=50,
         log_interval=10,
     )
-    # Your own data: the ADE20K R-50-D8 recipe (pipeline, model, optimiser) from random weights
-    # (nothing is downloaded unless --encoder-weights says so), classes from the data, scale
-    # following crop_size (4x its long side), a shorter schedule.
-    ade = _published("ade20k", "r50", (512, 512), 80_000)
+    configs["folder"] = folder_config()
+    return configs
+
+
+def folder_config(head: str = "isa") -> TrainConfig:
+    """The own-data recipe (``--config folder``; ``--head HEAD`` for another head).
+
+    The ADE20K R-50-D8 recipe of ``head`` (pipeline, optimiser, auxiliary head, the head's
+    published settings of :data:`HEAD_RECIPES`; a head without a published recipe gets the
+    common settings alone) from the ImageNet encoder, as every published recipe; classes from the
+    data, scale following ``crop_size`` (:func:`folder_scale`), 20k iterations.
+
+    Args:
+        head: A registered head (:func:`isa_explorer.heads.names`).
+
+    Returns:
+        The config, named ``"folder"`` for ISA and ``"folder-HEAD"`` for the others (the default
+        run directory ``runs/NAME`` keeps the heads' runs apart).
+
+    Raises:
+        ValueError: ``head`` is not registered (the message lists the registered ones).
+    """
+    heads.get(head)  # a registered head (else the error lists them)
+    ade = _published("ade20k", "r50", (512, 512), 80_000, head if head in HEAD_RECIPES else "isa")
     model = {k: v for k, v in ade.model.items() if k != "classes"}
-    configs["folder"] = dataclasses.replace(
+    if head not in HEAD_RECIPES:  # drop ISANet's own settings
+        model = {k: v for k, v in model.items() if k not in HEAD_RECIPES["isa"][1]}
+    return dataclasses.replace(
         ade,
-        name="folder",
+        name="folder" if head == "isa" else f"folder-{head}",
         dataset="folder",
         train_split="train",
         scale=None,
-        model={**model, "encoder_weights": None},
+        model={**model, "head": head},
         iters=20_000,
         eval_interval=2000,
         ckpt_interval=1000,
     )
-    return configs
 
 
-#: Every published ISANet recipe (mmseg's names), ``"synthetic-context"`` and ``"folder"``.
+#: Every published recipe (mmseg's names: 84), ``"synthetic-context"`` and ``"folder"``.
 CONFIGS: dict[str, TrainConfig] = _build_configs()
+#: head -> the names of its published recipes in :data:`CONFIGS` (mmseg's order).
+PUBLISHED: dict[str, list[str]] = {
+    head: [name for name in CONFIGS if name.startswith(f"{prefix}_")]
+    for head, (prefix, _) in HEAD_RECIPES.items()
+}
 
 
 def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
@@ -187,12 +236,15 @@ def get_config(name: str, overrides: Sequence[str] = ()) -> TrainConfig:
 
 __all__ = [
     "CONFIGS",
-    "folder_scale",
+    "HEAD_RECIPES",
     "MODEL_KEYS",
+    "PUBLISHED",
     "EvalConfig",
     "TrainConfig",
     "apply_overrides",
     "check_model_kwargs",
+    "folder_config",
+    "folder_scale",
     "get_config",
 ]
 

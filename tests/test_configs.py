@@ -1,29 +1,38 @@
-"""The published ISANet recipes, config overrides and the JSON round trip."""
+"""The published recipes (against the reference tables of mmseg's model zoo), the own-data
+recipe, config overrides and the JSON round trip."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from published_reference import HEAD_ARGS, ROWS, Published
 
-from isa_explorer.configs import CONFIGS, TrainConfig, apply_overrides, get_config
+from isa_explorer import heads
+from isa_explorer.configs import (
+    CONFIGS,
+    HEAD_RECIPES,
+    PUBLISHED,
+    TrainConfig,
+    apply_overrides,
+    folder_config,
+    get_config,
+)
 from isa_explorer.data import get_info
 from isa_explorer.training import build_model
 
-#: mmseg's model zoo: (dataset, backbone, crop, iterations) of the 16 released ISANet runs.
-ZOO = [
-    ("cityscapes", depth, crop, iters)
-    for depth in ("r50", "r101")
-    for crop in ("512x1024", "769x769")
-    for iters in (40, 80)
-] + [
-    (dataset, depth, "512x512", iters)
-    for dataset, schedule in (("ade20k", (80, 160)), ("voc12aug", (20, 40)))
-    for depth in ("r50", "r101")
-    for iters in schedule
-]
+# The generated Cityscapes folder of the GPU check (benchmarks/gpu/fake_cityscapes.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"))
+from fake_cityscapes import write_fake_cityscapes  # noqa: E402
+
+ENCODERS = {"R-50-D8": "tu-resnet50c", "R-101-D8": "tu-resnet101c"}
+#: mmseg head arguments that are not settings of a config: the input, and what the project's
+#: head implements as fixed behaviour (NL's embedded Gaussian with scaling, GC's attention
+#: pooling with channel addition).
+FIXED = {"in_channels", "use_scale", "mode", "pooling_type", "fusion_types"}
 
 
 @pytest.fixture(autouse=True)
@@ -34,66 +43,137 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _name(dataset: str, depth: str, crop: str, iters: int) -> str:
-    batch = 2 if dataset == "cityscapes" else 4
-    return f"isanet_{depth}-d8_4xb{batch}-{iters}k_{dataset}-{crop}"
+def test_every_published_run_has_a_config_under_its_name() -> None:
+    names = [row.config for row in ROWS]
+    assert len(names) == len(set(names)) == 84
+    assert set(CONFIGS) == set(names) | {"synthetic-context", "folder"}
+    assert {head: len(n) for head, n in PUBLISHED.items()} == {
+        "isa": 16, "nl": 16, "cc": 16, "da": 16, "gc": 16, "ema": 4
+    }  # fmt: skip
+    assert sorted(n for group in PUBLISHED.values() for n in group) == sorted(names)
 
 
-def test_every_published_run_has_a_config() -> None:
-    names = {_name(*row) for row in ZOO}
-    assert len(names) == 16
-    assert set(CONFIGS) == names | {"synthetic-context", "folder"}
-
-
-@pytest.mark.parametrize("row", ZOO, ids=lambda r: _name(*r))
-def test_published_recipe_values(row: tuple) -> None:
-    dataset, depth, crop, iters = row
-    cfg = get_config(_name(*row))
-    h, w = (int(v) for v in crop.split("x"))
-    assert cfg.dataset == {"voc12aug": "voc"}.get(dataset, dataset)
-    assert cfg.crop_size == (h, w) and cfg.iters == iters * 1000
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: r.config)
+def test_published_recipe_values(row: Published) -> None:
+    cfg = get_config(row.config)
+    assert (cfg.dataset, cfg.crop_size, cfg.iters) == (row.dataset, row.crop, row.iters)
+    assert row.gpus == 4 and cfg.batch_size == row.batch
     assert (cfg.lr, cfg.momentum, cfg.weight_decay) == (0.01, 0.9, 5e-4)
     assert (cfg.poly_power, cfg.min_lr, cfg.aux_weight, cfg.clip_grad) == (0.9, 1e-4, 0.4, None)
-    assert cfg.batch_size == (2 if dataset == "cityscapes" else 4)
-    assert cfg.scale == ((1024, 2048) if dataset == "cityscapes" else (512, 2048))
-    assert cfg.train_split == ("train_aug" if dataset == "voc12aug" else "train")
-    slide = crop == "769x769"
-    assert cfg.eval_mode == ("slide" if slide else "whole")
-    assert (cfg.eval_crop, cfg.eval_stride) == ((769, 769), (513, 513))
+    assert cfg.train_split == ("train_aug" if row.dataset == "voc" else "train")
+    # Test mode, window, resize scale and align_corners as the reference's test settings.
+    mode, scale, align = row.test_mode, row.test_scale, row.align_corners
+    assert row.test.startswith(mode) and cfg.evaluation.mode == mode
+    if mode == "slide":
+        assert row.test == "slide crop (769, 769) stride (513, 513)"
+        assert (cfg.evaluation.crop, cfg.evaluation.stride) == ((769, 769), (513, 513))
+    assert sorted(cfg.scale) == sorted(scale)  # the training rescale's base and the test resize
     m = cfg.model
-    assert m["encoder_name"] == {"r50": "tu-resnet50c", "r101": "tu-resnet101c"}[depth]
-    assert m["encoder_output_stride"] == 8 and m["aux_head"] is True
-    assert (m["decoder_channels"], m["decoder_isa_channels"], m["aux_channels"]) == (512, 256, 256)
-    assert m["align_corners"] is slide
+    assert (m["head"], m["encoder_name"]) == (row.head, ENCODERS[row.backbone])
+    assert m["encoder_weights"] == "imagenet" and m["encoder_output_stride"] == 8
+    assert (m["aux_head"], m["aux_channels"], m["align_corners"]) == (True, 256, align)
     assert m["classes"] == get_info(cfg.dataset).num_classes
 
 
+def test_the_769x769_recipes_rescale_and_test_at_2049x1025() -> None:
+    """mmseg's cityscapes_769x769.py: (2049, 1025), not the (2048, 1024) of the others."""
+    scales = {(c.dataset, c.crop_size): tuple(sorted(c.scale)) for c in CONFIGS.values() if c.scale}
+    assert scales == {
+        ("cityscapes", (769, 769)): (1025, 2049),
+        ("cityscapes", (512, 1024)): (1024, 2048),
+        ("ade20k", (512, 512)): (512, 2048),
+        ("voc", (512, 512)): (512, 2048),
+    }
+
+
+@pytest.mark.parametrize("head", list(HEAD_RECIPES))
+def test_each_head_has_its_published_settings(head: str) -> None:
+    """Every argument of the reference's head line is a setting of the head's recipes, with the
+    published value: ``channels`` and ``dropout_ratio`` as ``decoder_*``, the others as the
+    head's options (ISANet's as ``decoder_*``), and no setting the reference does not have."""
+    args = {k: v for k, v in HEAD_ARGS[head].items() if k not in FIXED}
+    for name in PUBLISHED[head]:
+        model = CONFIGS[name].model
+        options = model.get("head_options", {})
+        assert model["head"] == head
+        assert (model["decoder_channels"], model["decoder_dropout"]) == (
+            args["channels"], args["dropout_ratio"])  # fmt: skip
+        for key, value in args.items():
+            if key not in ("channels", "dropout_ratio"):
+                ours = options[key] if key in options else model[f"decoder_{key}"]
+                assert ours == (list(value) if isinstance(value, tuple) else value), key
+        assert set(options) <= set(args), options
+    # The values spelt out (the reference could be misread as well).
+    expected = {
+        "isa": {"decoder_isa_channels": 256, "decoder_down_factor": [8, 8]},
+        "nl": {"head_options": {"reduction": 2}},
+        "cc": {"head_options": {"recurrence": 2}},
+        "da": {"head_options": {"pam_channels": 64}},
+        "gc": {"head_options": {"ratio": 0.25}},
+        "ema": {"decoder_channels": 256, "head_options": {
+            "ema_channels": 512, "num_bases": 64, "num_stages": 3, "momentum": 0.1}},
+    }  # fmt: skip
+    assert HEAD_RECIPES[head][1] == expected[head]
+
+
 def test_published_configs_build_their_models() -> None:
-    # Configs that differ only in schedule share a model: build each distinct one once.
-    built: dict[str, tuple] = {}
-    for name, cfg in CONFIGS.items():
-        if name in ("synthetic-context", "folder"):  # folder: the classes come with the data
-            continue
-        key = json.dumps([cfg.dataset, cfg.model], sort_keys=True)
+    # Configs that differ only in schedule or dataset share a model: build each one once.
+    built: dict[str, dict] = {}
+    for name in (n for group in PUBLISHED.values() for n in group):
+        cfg = CONFIGS[name]
+        key = json.dumps({k: v for k, v in cfg.model.items() if k != "classes"}, sort_keys=True)
         if key not in built:
-            info = get_info(cfg.dataset)
-            model = build_model({**cfg.model, "encoder_weights": None}, info)
+            model = build_model({**cfg.model, "encoder_weights": None, "classes": 3})
             with torch.no_grad():
                 out = model.eval().forward_train(torch.zeros(1, 3, 32, 32))
-            built[key] = (
-                model.classes,
-                model.output_stride,
-                model.aux_head is not None,
-                model.class_names == list(info.class_names),
-                model.align_corners,
-                {k: tuple(v.shape) for k, v in out.items()},
-            )
+            built[key] = dict(
+                stride=model.output_stride, aux=model.aux_head is not None, head=model.head,
+                align=model.align_corners, shapes={k: tuple(v.shape) for k, v in out.items()},
+            )  # fmt: skip
             del model
-        classes, stride, aux, names_ok, align, shapes = built[key]
-        assert classes == cfg.model["classes"] and stride == 8 and aux and names_ok, name
-        assert align is cfg.model["align_corners"], name
-        assert shapes == {"out": (1, classes, 32, 32), "aux": (1, classes, 32, 32)}, name
-    assert len(built) == 8
+        b, head, align = built[key], cfg.model["head"], cfg.model["align_corners"]
+        assert (b["stride"], b["aux"], b["head"], b["align"]) == (8, True, head, align), name
+        outputs = {*heads.get(head).loss_weights, "aux"}  # DANet: out, pam, cam
+        assert b["shapes"] == {k: (1, 3, 32, 32) for k in outputs}, name
+    assert len(built) == 5 * 4 + 4  # head x depth x align_corners (EMANet: 80k Cityscapes)
+
+
+def test_the_769x769_scale_reaches_the_training_and_validation_pipelines(tmp_path) -> None:
+    from isa_explorer.training.data import _datasets
+
+    root = write_fake_cityscapes(tmp_path / "cs", {"train": 1, "val": 1}, (1024, 2048))
+    for crop, size in (("769x769", (1025, 2049)), ("512x1024", (1024, 2048))):
+        cfg = get_config(f"danet_r50-d8_4xb2-40k_cityscapes-{crop}", [f"data_root={root}"])
+        train, val, train_tf, _ = _datasets(cfg)
+        assert sorted(train_tf.transforms[0].scale) == sorted(size)  # the random rescale's base
+        image, mask = val[0]  # the test resize: the image only
+        assert tuple(image.shape[-2:]) == size and tuple(mask.shape) == (1024, 2048)
+        assert tuple(train_tf(*train[0])[0].shape[-2:]) == cfg.crop_size
+
+
+def test_the_folder_recipe_starts_from_imagenet_weights_for_any_head() -> None:
+    cfg = get_config("folder")
+    assert cfg == folder_config() and cfg.name == "folder" and cfg.dataset == "folder"
+    assert (
+        cfg.model["encoder_weights"] == "imagenet" and cfg.model["encoder_name"] == "tu-resnet50c"
+    )
+    assert "classes" not in cfg.model and cfg.scale is None and cfg.iters == 20_000
+    ade = CONFIGS["isanet_r50-d8_4xb4-80k_ade20k-512x512"]
+    for head in heads.names():
+        own = folder_config(head)
+        assert own.name == ("folder" if head == "isa" else f"folder-{head}")
+        assert own.model["head"] == head and own.model["encoder_weights"] == "imagenet"
+        assert (own.crop_size, own.batch_size, own.lr, own.evaluation) == (
+            ade.crop_size, ade.batch_size, ade.lr, ade.evaluation)  # fmt: skip
+        if head in PUBLISHED:  # the head's published model, classes from the data
+            published = CONFIGS[PUBLISHED[head][0]].model
+            assert own.model == {k: v for k, v in published.items() if k != "classes"}
+        else:  # no ISANet settings for another head
+            assert not {"decoder_isa_channels", "decoder_down_factor"} & set(own.model)
+        build_model({**own.model, "encoder_name": "resnet18", "encoder_weights": None,
+                     "classes": 3, "encoder_output_stride": 32})  # fmt: skip
+    with pytest.raises(ValueError, match="unknown head 'xyz'.*isa, dense"):
+        folder_config("xyz")
 
 
 def test_synthetic_context_recipe() -> None:

@@ -254,6 +254,71 @@ def test_a_zoo_model_is_evaluated_in_its_published_test_mode(tiny_checkpoints, t
     capsys.readouterr()
 
 
+def test_the_test_scale_is_the_models_recipe(tiny_checkpoints, tmp_path):
+    """A model of a published recipe (a zoo name, a cached zoo model, a train/fit.py run) is
+    tested at that recipe's scale: the 769x769 Cityscapes ones at (2049, 1025)."""
+    import shutil
+
+    from isa_explorer.configs import get_config
+    from isa_explorer.evaluation import evaluate_cli as cli
+    from isa_explorer.zoo import ZooEntry
+
+    def scale(checkpoint, dataset="cityscapes", *extra):
+        argv = ["--checkpoint", str(checkpoint), "--dataset", dataset, *extra]
+        found = cli.test_scale(cli.parse_args(argv))
+        return found and sorted(found)
+
+    # Zoo names (the 1.x config name, the 0.x one, a short alias), read without a download.
+    assert scale("danet_r50-d8_4xb2-40k_cityscapes-769x769") == [1025, 2049]
+    assert scale("nonlocal_r101-d8_769x769_80k_cityscapes") == [1025, 2049]
+    assert scale("emanet_r50-d8_4xb2-80k_cityscapes-512x1024") == [1024, 2048]
+    assert scale("danet_r50-d8_4xb2-40k_cityscapes-769x769", "ade20k") == [512, 2048]  # not its
+    # A cached zoo model: its zoo.json names the recipe.
+    cached = tmp_path / "zoo-model"
+    shutil.copytree(tiny_checkpoints / "synthetic", cached)
+    entry = {"name": "emanet_r101-d8_4xb2-80k_cityscapes-769x769", "sha256": "0" * 8,
+             "url": "http://127.0.0.1/e.pth", "test_mode": "slide"}  # fmt: skip
+    (cached / "zoo.json").write_text(json.dumps(ZooEntry.from_dict(entry).to_dict()))
+    assert scale(cached) == [1025, 2049]
+    # A train/fit.py run (or its best/ model): its config.json.
+    run = tmp_path / "run"
+    shutil.copytree(tiny_checkpoints / "synthetic", run / "best")
+    get_config("ccnet_r50-d8_4xb2-80k_cityscapes-769x769").save(run / "config.json")
+    assert scale(run) == scale(run / "best") == [1025, 2049]
+    # Other models: the dataset's recipe; --scale and --no-resize win.
+    assert scale(tiny_checkpoints / "synthetic") == [1024, 2048]
+    assert scale(run, "cityscapes", "--scale", "100", "50") == [50, 100]
+    assert scale(run, "cityscapes", "--no-resize") is None
+
+
+def test_a_fit_run_is_tested_in_its_recipes_mode(tiny_checkpoints, tmp_path):
+    """A train/fit.py run of a 769x769 recipe slides its 769/513 window, as its recipe's
+    evaluation does in training; a run of a whole-image recipe, and any flag, as they say."""
+    import argparse
+    import shutil
+
+    from isa_explorer.configs import get_config
+    from isa_explorer.evaluation.cli import resolve_test_mode
+
+    def mode(checkpoint, **flags):
+        args = argparse.Namespace(checkpoint=str(checkpoint), mode=None, crop=None, stride=None)
+        vars(args).update(flags)
+        resolve_test_mode(args)
+        return args.mode, tuple(args.crop), tuple(args.stride)
+
+    for recipe, expected in (
+        ("ccnet_r50-d8_4xb2-80k_cityscapes-769x769", "slide"),
+        ("ccnet_r50-d8_4xb2-80k_cityscapes-512x1024", "whole"),
+    ):
+        run = tmp_path / recipe
+        shutil.copytree(tiny_checkpoints / "synthetic", run / "best")
+        cfg = get_config(recipe, ["evaluation.crop=[48, 96]", "evaluation.stride=[32, 64]"])
+        cfg.save(run / "config.json")
+        assert mode(run) == mode(run / "best") == (expected, (48, 96), (32, 64))
+        assert mode(run, mode="whole", crop=(8, 8))[:2] == ("whole", (8, 8))
+    assert mode(tiny_checkpoints / "synthetic") == ("whole", (769, 769), (513, 513))
+
+
 def test_cli_errors_name_the_problem(tiny_checkpoints, tmp_path, capsys):
     cli = load_cli()
     args = ["--checkpoint", str(tiny_checkpoints / "synthetic"), "--workers", "0"]

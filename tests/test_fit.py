@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from training_helpers import TINY, one_thread  # noqa: F401 (an autouse fixture)
 
 from isa_explorer.configs import get_config
+from isa_explorer.data import get_info
 from isa_explorer.distributed import SYNC_BN_NEEDS_CUDA
 from isa_explorer.training import NonFiniteLossError, build_model, load_checkpoint, train
 
@@ -133,9 +134,19 @@ def test_sigkill_then_resume_equals_uninterrupted_run_of_the_saved_config(tmp_pa
     assert resumed["history"][-1]["mIoU"] == pytest.approx(straight["history"][-1]["mIoU"])
 
 
-def test_two_process_gloo_ddp_keeps_the_replicas_identical(tmp_path: Path) -> None:
+#: The head of the DDP run, and its settings: ISANet, and EMANet (whose bases, a buffer updated
+#: by momentum in training, the processes must agree on).
+DDP_HEADS = {"isa": [], "ema": ["model.head=ema", 'model.head_options={"ema_channels": 16}']}
+
+
+@pytest.mark.parametrize(
+    "head",
+    ["isa", pytest.param("ema", marks=pytest.mark.slow)],  # slow: one more torchrun
+)
+def test_two_process_gloo_ddp_keeps_the_replicas_identical(tmp_path: Path, head: str) -> None:
     run = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")
+    sets = ["iters=3", "eval_interval=3", *DDP_HEADS[head]]
     cmd = [
         str(torchrun),
         "--standalone",
@@ -144,10 +155,7 @@ def test_two_process_gloo_ddp_keeps_the_replicas_identical(tmp_path: Path) -> No
         *_fit_cmd("--config", "synthetic-context", "--run-dir", str(run), "--debug-rank-weights")[
             1:
         ],
-        "--set",
-        "iters=3",
-        "--set",
-        "eval_interval=3",
+        *(x for item in sets for x in ("--set", item)),
     ]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -170,6 +178,14 @@ def test_two_process_gloo_ddp_keeps_the_replicas_identical(tmp_path: Path) -> No
     # Each rank sees 3 of the 6 scenes: 1 batch of 2 per epoch.
     assert state["sampler"] == [{"epoch": 3, "batch": 0}] * 2
     assert _max_diff(ranks[0], _weights(run)) == 0.0
+    if head == "ema":  # the bases moved by momentum, in step on both processes (checked above)
+        cfg = get_config(str(run / "config.json"))
+        torch.manual_seed(cfg.seed)  # the initial model, as train() builds it
+        initial = build_model(cfg.model, get_info(cfg.dataset)).state_dict()
+        frozen = "decoder.ema_mid_conv.conv.weight"  # never trained: the same as built
+        assert torch.equal(ranks[0][frozen], initial[frozen])
+        bases = "decoder.ema_module.bases"
+        assert not torch.equal(ranks[0][bases], initial[bases])
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -150,21 +151,52 @@ def test_training_state_is_averaged_across_two_gloo_processes(tmp_path: Path) ->
     assert torch.equal(model.decoder.bases, torch.full((4,), 2.0))
 
 
+def _logged_losses(log: str) -> list[tuple[float, dict[str, float]]]:
+    """``(total, {part: value})`` of every ``iter I/N loss X (part V ...)`` line of a run's log."""
+    found = re.findall(r"iter \d+/\d+ loss (\S+) \(([^)]*)\)", log)
+    return [(float(total), dict(_pairs(parts.split()))) for total, parts in found]
+
+
+def _pairs(words: list[str]) -> list[tuple[str, float]]:
+    return [(words[i], float(words[i + 1])) for i in range(0, len(words), 2)]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("head", ["nl", "cc", "da", "gc", "ema"])
-def test_each_context_head_trains_saves_and_loads(head, tmp_path) -> None:
+def test_each_context_head_trains_saves_and_loads(head, tmp_path, monkeypatch) -> None:
     """Two steps of a tiny run per mmseg context head: its loss terms are logged by name (DA's
-    pam and cam), and the saved model loads and predicts."""
+    pam and cam) and summed with the head's weights, EMA's bases move by momentum, and the
+    saved model loads and predicts."""
     from isa_explorer.configs import get_config
     from isa_explorer.pretrained import load_model
-    from isa_explorer.training import train
+    from isa_explorer.training import loop, train
 
+    initial: dict[str, torch.Tensor] = {}  # the state of the model train() builds, as built
+    build = loop.build_model
+
+    def build_and_keep(*args):
+        model = build(*args)
+        initial.update({k: v.clone() for k, v in model.state_dict().items()})
+        return model
+
+    monkeypatch.setattr(loop, "build_model", build_and_keep)
     options = '{"ema_channels": 32, "num_bases": 8}' if head == "ema" else "{}"
     overrides = [*TINY, f"model.head={head}", f"model.head_options={options}", "iters=2"]
     train(get_config("synthetic-context", overrides), tmp_path / "run", progress=False)
-    log = (tmp_path / "run" / "log.txt").read_text()
-    assert all(f" {name} " in log for name in heads.get(head).loss_weights if name != "out")
+    weights = heads.get(head).loss_weights
+    logged = _logged_losses((tmp_path / "run" / "log.txt").read_text())
+    assert len(logged) == 2
+    for total, parts in logged:  # "out" is logged as "main"; 4 decimals each
+        assert set(parts) == {"main" if k == "out" else k for k in weights}
+        expected = sum(w * parts["main" if k == "out" else k] for k, w in weights.items())
+        assert math.isclose(total, expected, abs_tol=1e-3), (total, parts)
+    if head == "da":  # mmseg's DAHead: pam_cam, pam and cam, each a cross-entropy of weight 1
+        assert weights == {"out": 1.0, "pam": 1.0, "cam": 1.0}
     model = load_model(tmp_path / "run" / "final")
     assert model.head == head
+    if head == "ema":
+        before, after = initial["decoder.ema_module.bases"], model.decoder.ema_module.bases
+        assert before.shape == after.shape == (1, 32, 8)
+        assert not torch.equal(before, after)  # updated by momentum in training
     with torch.no_grad():
         assert model.predict(torch.randn(1, 3, 64, 80)).isfinite().all()

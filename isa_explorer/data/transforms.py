@@ -20,12 +20,16 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-#: Base scale (long, short edge) and crop size (H, W) of mmseg's ISANet configs per dataset.
+#: Base scale (long, short edge) and crop size (H, W) of mmseg's configs per dataset (the same
+#: for every head); Cityscapes' 769x769 configs: :data:`CITYSCAPES_769_SCALE`.
 RECIPES: dict[str, dict[str, tuple[int, int]]] = {
     "cityscapes": {"scale": (2048, 1024), "crop_size": (512, 1024)},
     "ade20k": {"scale": (2048, 512), "crop_size": (512, 512)},
     "voc": {"scale": (2048, 512), "crop_size": (512, 512)},
 }
+#: Base scale (long, short edge) of mmseg's ``cityscapes_769x769.py``, the dataset config of the
+#: 769x769 Cityscapes models: their training rescale and their test resize (not (2048, 1024)).
+CITYSCAPES_769_SCALE: tuple[int, int] = (2049, 1025)
 
 
 def rescale_size(size: tuple[int, int], scale: tuple[int, int], ratio: float = 1.0) -> list[int]:
@@ -308,6 +312,7 @@ def build_eval_transforms(scale: tuple[int, int] | None) -> v2.Transform:
 
 
 __all__ = [
+    "CITYSCAPES_769_SCALE",
     "RECIPES",
     "CatMaxRatioCrop",
     "KeepRatioResize",

@@ -20,7 +20,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Subset, default_collate
@@ -30,12 +30,15 @@ from isa_explorer.data.folder import FolderConfig
 from isa_explorer.data.info import ALIASES
 from isa_explorer.data.synthetic import SyntheticConfig
 from isa_explorer.distributed import ShardSampler, cleanup_distributed, setup_distributed
-from isa_explorer.evaluation.cli import add_inference_arguments, resolve_test_mode
+from isa_explorer.evaluation.cli import add_inference_arguments, model_recipe, resolve_test_mode
 from isa_explorer.evaluation.evaluator import evaluate
 from isa_explorer.evaluation.inference import MS_SCALES
 from isa_explorer.evaluation.metrics import format_table
 from isa_explorer.pretrained import load_model
 from isa_explorer.training.logs import jsonable
+
+if TYPE_CHECKING:
+    pass
 
 
 def parse_args(
@@ -81,32 +84,32 @@ def folder_settings(checkpoint: str | None) -> tuple[FolderConfig, tuple[int, in
     other model gives its class names and palette (used where the folder has no
     ``classes.json``), with the default split and no resize.
     """
-    from isa_explorer.configs import TrainConfig, folder_scale
+    from isa_explorer.configs import folder_scale
     from isa_explorer.pretrained import DEFAULT_MODEL_DIR, read_config, resolve_model_dir
 
-    model_dir = resolve_model_dir(checkpoint or DEFAULT_MODEL_DIR)
-    for run_config in (model_dir / "config.json", model_dir.parent / "config.json"):
-        try:
-            cfg = TrainConfig.load(run_config)
-        except (OSError, ValueError, TypeError):
-            continue
-        if cfg.dataset == "folder":
-            return cfg.folder, folder_scale(cfg)
-    model = read_config(model_dir)
+    cfg = model_recipe(checkpoint)
+    if cfg is not None and cfg.dataset == "folder":
+        return cfg.folder, folder_scale(cfg)
+    model = read_config(resolve_model_dir(checkpoint or DEFAULT_MODEL_DIR))
     return FolderConfig(classes=model.get("class_names"), palette=model.get("palette")), None
 
 
 def test_scale(args: argparse.Namespace) -> tuple[int, int] | None:
-    """The eval resize bound: ``--scale``, else the dataset's mmseg recipe (a folder dataset:
-    its training run's; none if synthetic)."""
+    """The eval resize bound: ``--scale``; else, on the dataset the model was trained on, its
+    recipe's (:func:`model_recipe`: the 769x769 Cityscapes models' (2049, 1025)); else the
+    dataset's mmseg recipe (a folder dataset: its training run's; none if synthetic)."""
     if args.no_resize:
         return None
     if args.scale is not None:
         return tuple(args.scale)
-    if args.dataset.lower() == "folder":
+    dataset = ALIASES.get(args.dataset.lower(), args.dataset.lower())
+    if dataset == "folder":
         return folder_settings(args.checkpoint)[1]
-    recipe = RECIPES.get(ALIASES.get(args.dataset.lower(), args.dataset.lower()))
-    return recipe["scale"] if recipe else None
+    recipe = model_recipe(args.checkpoint)
+    if recipe is not None and recipe.dataset == dataset and recipe.scale is not None:
+        return recipe.scale
+    default = RECIPES.get(dataset)
+    return default["scale"] if default else None
 
 
 def collate_same_size(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:

@@ -1,4 +1,5 @@
-"""Train ISANet with a published mmseg recipe or the synthetic one, on the CPU, a GPU or many.
+"""Train a model with a published mmseg recipe, your own data or the synthetic recipe, on the
+CPU, a GPU or many.
 
 Examples:
     python train/fit.py --list
@@ -6,10 +7,12 @@ Examples:
     python train/fit.py --resume --run-dir runs/synthetic
     torchrun --nproc_per_node 4 train/fit.py --config isanet_r50-d8_4xb2-40k_cityscapes-512x1024 \\
         --data-root data/cityscapes --run-dir runs/cs-r50
+    torchrun --nproc_per_node 4 train/fit.py --config danet_r50-d8_4xb2-40k_cityscapes-512x1024 \\
+        --data-root data/cityscapes
     python train/fit.py --config runs/synthetic/config.json --run-dir runs/again   # reproduce
     python train/fit.py --config synthetic-context --set iters=200 --set model.decoder_channels=64
     python train/fit.py --config folder --data-root my_data --check-data    # your own data
-    python train/fit.py --config folder --data-root my_data --classes sky,road,car \
+    python train/fit.py --config folder --head ema --data-root my_data --classes sky,road,car \\
         --set crop_size=[256,256] --set iters=4000 --run-dir runs/mine
 
 ``--config`` takes a name from ``--list`` or a ``config.json`` written by an earlier run.
@@ -22,9 +25,18 @@ import os
 import sys
 from pathlib import Path
 
-from isa_explorer.configs import CONFIGS, TrainConfig, get_config
+from isa_explorer import heads
+from isa_explorer.configs import (
+    CONFIGS,
+    HEAD_RECIPES,
+    PUBLISHED,
+    TrainConfig,
+    apply_overrides,
+    folder_config,
+    get_config,
+)
 from isa_explorer.safe_load import CheckpointFileError
-from isa_explorer.training import NonFiniteLossError, train
+from isa_explorer.training import NonFiniteLossError, fetch_encoder_weights, train
 
 
 def parse_args(argv: list[str] | None = None, prog: str = "isa-explorer fit") -> argparse.Namespace:
@@ -45,8 +57,14 @@ def parse_args(argv: list[str] | None = None, prog: str = "isa-explorer fit") ->
         help="override a config value (JSON values; model.KEY for model arguments); repeatable",
     )
     p.add_argument(
+        "--head",
+        help=f"--config folder: the head to train ({', '.join(heads.names())}; default isa)",
+    )
+    p.add_argument(
         "--encoder-weights",
-        help="'none' (random init), 'imagenet' (download) or the path of a local weight file",
+        metavar="WEIGHTS",
+        help="'imagenet' (download; every recipe but synthetic-context), 'none' (random init) or "
+        "FILE, the path of a local weight file of the encoder",
     )
     p.add_argument("--data-root", help="dataset folder (overrides the config's data_root)")
     p.add_argument(
@@ -92,9 +110,61 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
         if not (args.resume and args.run_dir):
             raise ValueError("pass --config NAME (see --list), or --resume --run-dir DIR")
         name = str(Path(args.run_dir) / "config.json")
-    cfg = get_config(name, overrides)
+    if args.head is None:
+        cfg = get_config(name, overrides)
+    elif name == "folder":
+        cfg = apply_overrides(folder_config(args.head), overrides)
+    else:
+        heads.get(args.head)  # a registered head (else the error lists them)
+        published = PUBLISHED.get(args.head)
+        pick = (
+            f"pick one of the {args.head} head's published recipes "
+            f"({', '.join(published[:2])}, ... in --list), or "
+            if published
+            else ""
+        )
+        raise ValueError(
+            f"--head is for --config folder (your own data), not {name!r}: {pick}keep this "
+            f"recipe and pass --set model.head={args.head}"
+        )
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.name
     return cfg, run_dir
+
+
+def format_config_list() -> str:
+    """The ``--list`` text: the published recipes grouped by model (mmseg's name and the head),
+    then the others; a row per config: dataset, training crop, base scale (H x W; the 769x769
+    Cityscapes recipes' is 1025x2049), iterations, batch per GPU and test mode."""
+    width = max(map(len, CONFIGS))
+
+    def row(
+        name: str, dataset: str, crop: str, scale: str, iters: str, batch: str, test: str
+    ) -> str:
+        return (
+            f"  {name:{width}s}  {dataset:17s}  {crop:8s}  {scale:9s}  {iters:>6s}  {batch:>5s}  "
+            f"{test}"
+        )
+
+    def pair(value: tuple[int, int] | None) -> str:
+        return "x".join(map(str, value)) if value else "-"
+
+    groups = [
+        (f"{HEAD_RECIPES[head][0]} (head {head}): {len(names)} published recipes", names)
+        for head, names in PUBLISHED.items()
+    ]
+    listed = {name for _, names in groups for name in names}
+    others = [name for name in CONFIGS if name not in listed]
+    groups.append(("synthetic data, and your own (--config folder --head NAME: any head)", others))
+    lines = [row("config", "dataset", "crop", "scale", "iters", "batch", "test")]
+    for title, names in groups:
+        lines.append(title)
+        for name in names:
+            cfg = CONFIGS[name]
+            lines.append(
+                row(name, cfg.dataset, pair(cfg.crop_size), pair(cfg.scale), str(cfg.iters),
+                    str(cfg.batch_size), cfg.evaluation.mode)
+            )  # fmt: skip
+    return "\n".join(lines)
 
 
 def _check_folder_data(cfg: TrainConfig, args: argparse.Namespace) -> int | None:
@@ -130,12 +200,13 @@ def _check_folder_data(cfg: TrainConfig, args: argparse.Namespace) -> int | None
 def main(argv: list[str] | None = None, prog: str = "isa-explorer fit") -> int:
     args = parse_args(argv, prog)
     if args.list:
-        for name, cfg in CONFIGS.items():
-            print(f"{name:48s} {cfg.dataset:18s} {cfg.iters:>7d} iters  batch {cfg.batch_size}")
+        print(format_config_list())
         return 0
     try:
         cfg, run_dir = build_config(args)
-    except (KeyError, ValueError, FileNotFoundError) as e:
+        if not args.check_data:  # the encoder's named weights first: none, no data read
+            fetch_encoder_weights(cfg.model)
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
     if cfg.dataset == "folder" or args.check_data:
