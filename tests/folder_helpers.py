@@ -23,6 +23,7 @@ def private_home(tmp_path, monkeypatch):
 def tiny_fit_args(root: Path, run: Path, iters: int) -> list[str]:
     """``train/fit.py`` arguments of a tiny CPU run of the folder recipe on ``root``."""
     argv = ["--config", "folder", "--data-root", str(root), "--run-dir", str(run), "--no-progress"]
+    argv += ["--encoder-weights", "none"]  # offline: the recipe's ImageNet weights are not here
     for item in (
         "model.encoder_name=resnet18", "model.decoder_channels=16",
         "model.decoder_isa_channels=8", "model.aux_channels=8", "crop_size=[32,32]",

@@ -178,6 +178,7 @@ def test_each_data_problem_is_named_and_blocks_training(tmp_path, problem, capsy
     assert f"{problem}: {named}" in report.format()
     # --check-data prints the report and fails; training refuses to start, with the report.
     base = ["--config", "folder", "--data-root", str(root), "--run-dir", str(tmp_path / "run")]
+    base += ["--encoder-weights", "none"]
     assert fit_main([*base, "--check-data"]) == 1
     assert f"{problem}: {named}" in capsys.readouterr().out
     assert fit_main(base) == 1

@@ -6,12 +6,13 @@ its command line (``torchrun --nproc_per_node N train/fit.py ...`` for DDP).
 
 from isa_explorer.training.checkpoint import load_checkpoint, save_checkpoint, save_model_dir
 from isa_explorer.training.loop import train
-from isa_explorer.training.model import build_model, load_encoder_weights
+from isa_explorer.training.model import build_model, fetch_encoder_weights, load_encoder_weights
 from isa_explorer.training.steps import NonFiniteLossError, loss_weights, segmentation_loss
 
 __all__ = [
     "NonFiniteLossError",
     "build_model",
+    "fetch_encoder_weights",
     "load_checkpoint",
     "load_encoder_weights",
     "loss_weights",
