@@ -107,7 +107,7 @@ def load_mmseg_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], di
     path = Path(path).expanduser()
     if not path.exists():
         raise ConversionError(
-            f"checkpoint {path} not found: download a released ISANet .pth first "
+            f"checkpoint {path} not found: download a released mmseg .pth first "
             "(`isa-explorer zoo list` names them; `load_model(NAME)` downloads and converts)"
         )
     try:

@@ -122,7 +122,7 @@ def infer_spec(state: Mapping[str, torch.Tensor]) -> ISANetSpec:
         prefixes = sorted({k.split(".")[0] for k in state})[:8]
         raise ConversionError(
             "this is not an mmseg segmentor checkpoint: no decode_head.* keys (top-level "
-            f"names: {', '.join(prefixes) or 'none'}). Convert a released ISANet .pth."
+            f"names: {', '.join(prefixes) or 'none'}). Convert a released mmseg .pth (`isa-explorer zoo list`)."
         )
     known = [heads.get(n) for n in heads.names() if heads.get(n).mmseg is not None]
     parts = sorted({k.split(".")[1] for k in state if k.startswith("decode_head.")})
@@ -141,13 +141,13 @@ def infer_spec(state: Mapping[str, torch.Tensor]) -> ISANetSpec:
     if "backbone.stem.0.weight" not in state or "backbone.layer1.0.conv3.weight" not in state:
         raise ConversionError(
             "the backbone is not mmseg's ResNetV1c with bottleneck blocks (no backbone.stem.* "
-            "or layer1.0.conv3 keys), the backbone of every released ISANet; other backbones "
+            "or layer1.0.conv3 keys), the backbone of every model in the zoo; other backbones "
             "have no timm counterpart here."
         )
     if state.get("backbone.layer1.0.downsample.1.weight", torch.empty(0)).dim() == 4:
         raise ConversionError(
             "the backbone is ResNetV1d (average-pool shortcuts), not the ResNetV1c of the "
-            "released ISANets; it cannot be converted."
+            "zoo's released models; it cannot be converted."
         )
     blocks = tuple(
         len({k.split(".")[2] for k in state if k.startswith(f"backbone.layer{i}.")})

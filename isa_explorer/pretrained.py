@@ -27,7 +27,7 @@ SYNTHETIC_ONLY = (
     "photo comes back in those classes. For real images use a released model: "
     "`python app.py --checkpoint cityscapes-r50` (street scenes, 19 classes) or "
     "`--checkpoint ade20k-r50` (150 classes), the same with `isa-explorer predict`; "
-    "`isa-explorer zoo list` shows all 16."
+    "`isa-explorer zoo list` shows all 84 (ISANet and five other heads)."
 )
 
 

@@ -115,12 +115,17 @@ class ExplorerModel:
 
     @property
     def zoo_entry(self) -> ZooEntry | None:
-        """The zoo entry of a released model (dataset, published mIoU), else ``None``."""
-        return read_entry(self.model_dir)
+        """The zoo entry of a released model (head, dataset, published mIoU), else ``None``."""
+        entry = read_entry(self.model_dir)
+        if entry is not None and entry.head is None:  # cached before entries named their head
+            entry = dataclasses.replace(entry, head=self.head)
+        return entry
 
     @property
     def summary(self) -> str:
-        """One markdown line saying which model this is (and, for zoo models, how good)."""
+        """One markdown line saying which model this is; for a zoo model its head, backbone,
+        dataset and published mIoU (``Model: **DANet (DAHead) R-50-D8, Cityscapes** ...:
+        published mIoU 79.34.``)."""
         what = (
             f"{self.config.get('encoder_name', '?')}, {self.head} head, {self.num_classes} classes"
         )
@@ -129,7 +134,7 @@ class ExplorerModel:
             if entry.miou is not None:
                 ms = f", {entry.miou_ms:.2f} multi-scale + flip" if entry.miou_ms else ""
                 numbers = f": published mIoU {entry.miou:.2f}{ms}"
-            return f"Model: **{entry.dataset_title}** `{entry.name}` ({what}){numbers}."
+            return f"Model: **{entry.title}** `{entry.name}` ({what}){numbers}."
         return f"Model: `{self.model_dir.name}` ({what}). {self.upload_note}".rstrip()
 
     @property

@@ -1,4 +1,6 @@
-"""mmsegmentation's released ISANet models by name: ``load_model("cityscapes-r50")``.
+"""mmsegmentation's released models by name: ``load_model("cityscapes-danet-r50")``.
+
+ISANet and the five other context heads (NonLocalNet, CCNet, DANet, GCNet, EMANet), 84 models.
 
 :mod:`~isa_explorer.zoo.entries` lists them, :mod:`~isa_explorer.zoo.download` fetches and
 verifies a file, :mod:`~isa_explorer.zoo.cache` converts it once and keeps it under

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from filelock import FileLock
@@ -58,7 +59,8 @@ def fetch(name: str | ZooEntry, progress: bool = True) -> Path:
 
     Raises:
         ZooError: Unknown name, download failed (the message names the URL and the manual
-            alternative), hash mismatch, or a file that is not an ISANet checkpoint.
+            alternative), hash mismatch, a file that no head converts, or one of another
+            head than the entry declares.
     """
     entry = get_entry(name) if isinstance(name, str) else name
     target = model_dir(entry)
@@ -112,14 +114,22 @@ def _convert_into(entry: ZooEntry, checkpoint: Path, target: Path) -> None:
             checkpoint, dataset=entry.dataset, align_corners=entry.align_corners
         )
     except ConversionError as e:
+        what = entry.head_title or "mmseg"
         raise ZooError(
-            f"{entry.name}: the downloaded file is not a usable ISANet checkpoint ({e})"
+            f"{entry.name}: the downloaded file is not a usable {what} checkpoint ({e})"
         ) from None
+    converted = replace(entry, head=report.spec.head)  # what the cache records
+    if entry.head is not None and entry.head != converted.head:
+        raise ZooError(
+            f"{entry.name}: the entry declares the {entry.head!r} head ({entry.head_title}) but "
+            f"{checkpoint.name} is a {converted.head!r} head checkpoint ({converted.head_title}); "
+            "correct the entry's head or url, or leave its head out to take the file's"
+        )
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         model.save_pretrained(tmp, dataset=report.dataset)
-        (tmp / ENTRY_FILE).write_text(json.dumps(entry.to_dict(), indent=2) + "\n")
-        (tmp / "MODEL_CARD.md").write_text(model_card(entry, str(report)))
+        (tmp / ENTRY_FILE).write_text(json.dumps(converted.to_dict(), indent=2) + "\n")
+        (tmp / "MODEL_CARD.md").write_text(model_card(converted, str(report)))
         shutil.rmtree(target, ignore_errors=True)  # an incomplete older copy
         os.replace(tmp, target)
     finally:
@@ -131,7 +141,8 @@ def model_card(entry: ZooEntry, report: str = "") -> str:
     lines = [
         f"# {entry.name}",
         "",
-        f"ISANet {entry.backbone} trained on {entry.dataset_title}"
+        (" ".join(p for p in (entry.head_title, entry.backbone) if p) or "Model")
+        + f" trained on {entry.dataset_title}"
         + (f", {entry.crop[0]}x{entry.crop[1]} crops" if entry.crop else "")
         + (f", {entry.iters // 1000}k iterations" if entry.iters else "")
         + " (mmsegmentation model zoo, Apache-2.0).",

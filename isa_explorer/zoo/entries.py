@@ -1,18 +1,28 @@
-"""The released ISANet models of mmsegmentation's model zoo, by name.
+"""The released models of mmsegmentation's model zoo for ISANet and five context heads, by name.
 
-Each entry is one of the 16 published runs. Its name is the run's config name in
-:data:`isa_explorer.configs.CONFIGS` (mmseg 1.x style, ``isanet_r50-d8_4xb2-80k_cityscapes-512x1024``),
-so the recipe that reproduces a model and the model itself share one name; dataset, crop,
-schedule and test mode come from that config. The released file keeps the mmseg 0.x name
-(``isanet_r50-d8_512x1024_80k_cityscapes``), which is accepted too, and ends in the first 8 hex
-digits of its SHA-256, which the download is checked against. Short aliases
-(``cityscapes-r50``, ``ade20k-r101``, ...) name the entry with the best published single-scale
-mIoU for that dataset and backbone.
+Each entry is one of the 84 published runs: ISANet's 16, NonLocalNet's, CCNet's, DANet's and
+GCNet's 16 each and EMANet's 4 (:mod:`isa_explorer.zoo.released` holds the table). Its name is the
+run's config name in :data:`isa_explorer.configs.CONFIGS` (mmseg 1.x style,
+``danet_r50-d8_4xb2-80k_cityscapes-512x1024``), so the recipe that reproduces a model and the model
+itself share one name; head, dataset, crop, schedule and test mode come from that config. The
+released file keeps the mmseg 0.x name (``danet_r50-d8_512x1024_80k_cityscapes``), which is
+accepted too, and ends in the first 8 hex digits of its SHA-256, which the download is checked
+against.
+
+Short aliases ``{dataset}-{model}-r50`` / ``-r101`` (``cityscapes-ccnet-r50``,
+``ade20k-danet-r101``, ``voc-isanet-r50``; ``dataset`` is cityscapes, ade20k or voc, ``model`` is
+mmseg's model name: isanet, nonlocal, ccnet, danet, gcnet, emanet) name, among one model's runs on
+that dataset with that backbone, the one with the best published single-scale mIoU. A tie goes to
+the higher multi-scale + flip mIoU (an unpublished one counts as the lowest), then to the run
+listed first in mmseg's table (and ``isa-explorer zoo list``); the published numbers have no tie
+today. ISANet's keep their older aliases ``{dataset}-r50`` / ``-r101`` (``cityscapes-r50``).
 
 Overrides, for mirrors and private zoos:
 
-* ``ISA_EXPLORER_ZOO_URL``: replaces the base URL of the built-in entries
-  (``{base}/{0.x name}/{file}``).
+* ``ISA_EXPLORER_ZOO_URL``: replaces the per-model folder of the built-in entries
+  (``https://download.openmmlab.com/mmsegmentation/v0.5/{isanet,nonlocal_net,ccnet,danet,gcnet,
+  emanet}``): a mirror holds every released file at ``{base}/{0.x name}/{file}`` (the 0.x names
+  of the six models differ, so one folder holds them all).
 * ``ISA_EXPLORER_ZOO_FILE``: a JSON file of extra or replacing entries, a list of objects (or
   ``{"models": [...]}``) with ``name``, ``url`` and ``sha256`` (a prefix of at least 8 hex
   digits) and optionally any other field of :class:`ZooEntry`.
@@ -30,38 +40,19 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
+from isa_explorer import heads
 from isa_explorer.configs import CONFIGS
 from isa_explorer.evaluation.inference import SLIDE_CROP, SLIDE_STRIDE
+from isa_explorer.zoo.released import FAMILIES, RELEASED, Family
 
-#: Where mmsegmentation serves the released ISANet checkpoints.
-DEFAULT_BASE_URL = "https://download.openmmlab.com/mmsegmentation/v0.5/isanet"
 BASE_URL_ENV = "ISA_EXPLORER_ZOO_URL"
 ZOO_FILE_ENV = "ISA_EXPLORER_ZOO_FILE"
 
 _DATASET_TITLES = {"cityscapes": "Cityscapes", "ade20k": "ADE20K", "voc": "PASCAL VOC 2012 aug"}
-_FILE = re.compile(r"^(?P<old>isanet_.+)_\d{8}_\d{6}-(?P<sha>[0-9a-f]{8})\.pth$")
+_FILE = re.compile(r"^(?P<old>(?P<model>[a-z]+)_.+)_\d{8}_\d{6}-(?P<sha>[0-9a-f]{8})\.pth$")
 _HEX = re.compile(r"^[0-9a-f]{8,64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a name is also a folder of the cache
-
-# (released file, mIoU, mIoU ms+flip): mmsegmentation's configs/isanet/README.md.
-_RELEASED = (
-    ("isanet_r50-d8_512x1024_40k_cityscapes_20210901_054739-981bd763.pth", 78.49, 79.44),
-    ("isanet_r50-d8_512x1024_80k_cityscapes_20210901_074202-89384497.pth", 78.68, 80.25),
-    ("isanet_r50-d8_769x769_40k_cityscapes_20210903_050200-4ae7e65b.pth", 78.70, 80.28),
-    ("isanet_r50-d8_769x769_80k_cityscapes_20210903_101126-99b54519.pth", 79.29, 80.53),
-    ("isanet_r101-d8_512x1024_40k_cityscapes_20210901_145553-293e6bd6.pth", 79.58, 81.05),
-    ("isanet_r101-d8_512x1024_80k_cityscapes_20210901_145243-5b99c9b2.pth", 80.32, 81.58),
-    ("isanet_r101-d8_769x769_40k_cityscapes_20210903_111320-509e7224.pth", 79.68, 80.95),
-    ("isanet_r101-d8_769x769_80k_cityscapes_20210903_111319-24f71dfa.pth", 80.61, 81.59),
-    ("isanet_r50-d8_512x512_80k_ade20k_20210903_124557-6ed83a0c.pth", 41.12, 42.35),
-    ("isanet_r50-d8_512x512_160k_ade20k_20210903_104850-f752d0a3.pth", 42.59, 43.07),
-    ("isanet_r101-d8_512x512_80k_ade20k_20210903_162056-68b235c2.pth", 43.51, 44.38),
-    ("isanet_r101-d8_512x512_160k_ade20k_20210903_211431-a7879dcd.pth", 43.80, 45.40),
-    ("isanet_r50-d8_512x512_20k_voc12aug_20210901_164838-79d59b80.pth", 76.78, 77.79),
-    ("isanet_r50-d8_512x512_40k_voc12aug_20210901_151349-7d08a54e.pth", 76.20, 77.22),
-    ("isanet_r101-d8_512x512_20k_voc12aug_20210901_115805-3ccbf355.pth", 78.46, 79.16),
-    ("isanet_r101-d8_512x512_40k_voc12aug_20210901_145814-bc71233b.pth", 78.12, 79.04),
-)
+_FAMILY_OF_HEAD = {f.head: f for f in FAMILIES}
 
 
 class ZooError(OSError):
@@ -76,6 +67,10 @@ class ZooEntry:
         name: The entry's name (the mmseg 1.x config name for the released models).
         url: Where the mmseg-format ``.pth`` is served.
         sha256: Hex prefix (8+ digits) of the file's SHA-256.
+        head: The registered head (:mod:`isa_explorer.heads`) of the model: ``"isa"``,
+            ``"nl"``, ``"cc"``, ``"da"``, ``"gc"``, ``"ema"``, ...; ``None``: whichever head
+            the file has. A file of another head than the declared one is refused; the cache
+            records the converted file's head.
         dataset: ``"cityscapes"``, ``"ade20k"``, ``"voc"`` (class names, palette) or ``None``.
         backbone: ``"R-50-D8"`` / ``"R-101-D8"``.
         crop: Training crop ``(H, W)``.
@@ -93,6 +88,7 @@ class ZooEntry:
     name: str
     url: str
     sha256: str
+    head: str | None = None
     dataset: str | None = None
     backbone: str = ""
     crop: tuple[int, int] | None = None
@@ -114,7 +110,27 @@ class ZooEntry:
 
     @property
     def dataset_title(self) -> str:
+        """The dataset's name for people (``"Cityscapes"``; ``"custom"`` when unknown)."""
         return _DATASET_TITLES.get(self.dataset or "", self.dataset or "custom")
+
+    @property
+    def family(self) -> Family | None:
+        """The mmseg model of the entry's head (``None`` for heads mmseg has no zoo of)."""
+        return _FAMILY_OF_HEAD.get(self.head)
+
+    @property
+    def head_title(self) -> str:
+        """The model and its mmseg head, ``"DANet (DAHead)"``; ``"fcn head"`` for a head of no
+        released model, ``""`` for an entry that leaves the head to its file."""
+        if (family := self.family) is not None:
+            return f"{family.title} ({family.head_type})"
+        return f"{self.head} head" if self.head else ""
+
+    @property
+    def title(self) -> str:
+        """What the model is, ``"DANet (DAHead) R-50-D8, Cityscapes"``."""
+        what = " ".join(p for p in (self.head_title, self.backbone) if p)
+        return f"{what}, {self.dataset_title}" if what else self.dataset_title
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (what a cached model's ``zoo.json`` holds)."""
@@ -141,6 +157,11 @@ class ZooEntry:
         aliases = data.get("aliases") or []
         if not isinstance(aliases, list | tuple) or not all(isinstance(a, str) for a in aliases):
             raise ZooError(f"{source}: aliases must be a list of names, got {aliases!r}")
+        if data.get("head") is not None and data["head"] not in heads.names():
+            raise ZooError(
+                f"{source}: head {data['head']!r} is not a registered head; choose from "
+                f"{', '.join(heads.names())}, or leave it out to take the file's head"
+            )
         for key in ("miou", "miou_ms"):
             if data.get(key) is not None and not isinstance(data[key], int | float):
                 raise ZooError(f"{source}: {key} must be a number, got {data[key]!r}")
@@ -164,42 +185,65 @@ class ZooEntry:
         return cls(**kw)
 
 
-def _released(base_url: str) -> list[ZooEntry]:
+def _released(base_url: str | None) -> list[ZooEntry]:
+    """The built-in entries; ``base_url`` (a mirror) replaces every model's download folder."""
     # 0.x name -> CONFIGS name: ..._512x1024_40k_cityscapes -> ..._4xb2-40k_cityscapes-512x1024
     config_names = {re.sub(r"_4xb\d-(\d+k_\w+)-(\d+x\d+)$", r"_\2_\1", n): n for n in CONFIGS}
     entries = []
-    for file, miou, miou_ms in _RELEASED:
-        old, sha = _FILE.match(file).group("old", "sha")
-        cfg = CONFIGS[config_names[old]]
-        slide = cfg.evaluation.mode == "slide"
-        entries.append(
-            ZooEntry(
-                name=cfg.name,
-                url=f"{base_url.rstrip('/')}/{old}/{file}",
-                sha256=sha,
-                dataset=cfg.dataset,
-                backbone="R-101-D8" if "r101" in old else "R-50-D8",
-                crop=tuple(cfg.crop_size),
-                iters=cfg.iters,
-                test_mode=cfg.evaluation.mode,
-                test_crop=tuple(cfg.evaluation.crop) if slide else None,
-                test_stride=tuple(cfg.evaluation.stride) if slide else None,
-                miou=miou,
-                miou_ms=miou_ms,
-                align_corners=bool(cfg.model.get("align_corners", False)),
-                old_name=old,
+    for family in FAMILIES:
+        base = (base_url or family.base_url).rstrip("/")
+        for file, miou, miou_ms in RELEASED[family.model]:
+            old, sha = _FILE.match(file).group("old", "sha")
+            cfg = CONFIGS[config_names[old]]
+            slide = cfg.evaluation.mode == "slide"
+            entries.append(
+                ZooEntry(
+                    name=cfg.name,
+                    url=f"{base}/{old}/{file}",
+                    sha256=sha,
+                    head=cfg.model["head"],
+                    dataset=cfg.dataset,
+                    backbone="R-101-D8" if "_r101-" in old else "R-50-D8",
+                    crop=tuple(cfg.crop_size),
+                    iters=cfg.iters,
+                    test_mode=cfg.evaluation.mode,
+                    test_crop=tuple(cfg.evaluation.crop) if slide else None,
+                    test_stride=tuple(cfg.evaluation.stride) if slide else None,
+                    miou=miou,
+                    miou_ms=miou_ms,
+                    align_corners=bool(cfg.model.get("align_corners", False)),
+                    old_name=old,
+                )
             )
-        )
-    # Short aliases {dataset}-r50 / -r101 name the best single-scale entry of each pair.
+    short = short_aliases(entries)
+    return [replace(e, aliases=(e.old_name, *short.get(e.name, ()))) for e in entries]
+
+
+def short_aliases(table: list[ZooEntry]) -> dict[str, tuple[str, ...]]:
+    """Entry name -> its short aliases, by the module's rule (best single-scale mIoU of a
+    model, dataset and backbone; ties to the higher ms+flip mIoU, then the first listed).
+
+    Args:
+        table: Entries of known heads, in the order that breaks the last ties.
+
+    Returns:
+        ``{name: ("cityscapes-danet-r50", ...)}`` for the entries that win an alias;
+        ISANet's also get ``"cityscapes-r50"``-style aliases, first.
+    """
     best: dict[str, ZooEntry] = {}
-    for e in entries:
-        alias = f"{e.dataset}-r{e.backbone.split('-')[1]}"
-        if alias not in best or e.miou > best[alias].miou:
-            best[alias] = e
-    chosen = {e.name: a for a, e in best.items()}
-    return [
-        replace(e, aliases=tuple(a for a in (e.old_name, chosen.get(e.name)) if a)) for e in entries
-    ]
+    for e in table:
+        key = f"{e.dataset}-{e.family.model}-r{e.backbone.split('-')[1]}"
+        if key not in best or _rank(e) > _rank(best[key]):  # strictly better: the first stays
+            best[key] = e
+    out: dict[str, tuple[str, ...]] = {}
+    for alias, e in best.items():
+        legacy = (alias.replace("-isanet-", "-"),) if e.head == "isa" else ()
+        out[e.name] = (*legacy, alias)
+    return out
+
+
+def _rank(e: ZooEntry) -> tuple[float, float]:
+    return (e.miou, e.miou_ms if e.miou_ms is not None else float("-inf"))
 
 
 def _user_entries(path: Path) -> list[ZooEntry]:
@@ -227,7 +271,7 @@ def entries() -> dict[str, ZooEntry]:
     """Every entry by name: the released models, then ``ISA_EXPLORER_ZOO_FILE``'s (which add
     to them or replace those of the same name). Read afresh on each call, so the environment
     variables take effect at once."""
-    out = {e.name: e for e in _released(os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL)}
+    out = {e.name: e for e in _released(os.environ.get(BASE_URL_ENV) or None)}
     user_file = os.environ.get(ZOO_FILE_ENV)
     if user_file:
         for e in _user_entries(Path(user_file).expanduser()):
