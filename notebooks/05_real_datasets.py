@@ -347,13 +347,16 @@ print(field, tuple(image.shape), "classes in the mask:", mask.unique().tolist())
 
 # %% [markdown]
 # The same check and the training, from the command line (the `folder` recipe: the ADE20K
-# pipeline with the crop you set, the R-50-D8 model from random weights unless
-# `--encoder-weights` names a file):
+# pipeline with the crop you set, the R-50-D8 model of `--head NAME`, ISANet by default, from the
+# ImageNet-pretrained encoder; without internet access pass `--encoder-weights none` for random
+# weights or `--encoder-weights FILE` for a local copy):
 #
 # ```bash
 # python train/fit.py --config folder --data-root my_fields --check-data
 # python train/fit.py --config folder --data-root my_fields --set crop_size=[256,256] \
 #     --set iters=4000 --run-dir runs/fields
+# python train/fit.py --config folder --head da --data-root my_fields --encoder-weights none \
+#     --set crop_size=[256,256] --run-dir runs/fields-danet
 # python train/evaluate.py --checkpoint runs/fields --dataset folder --data-root my_fields
 # python app.py --checkpoint runs/fields     # with your class names and colours
 # ```

@@ -51,8 +51,9 @@ ROOT = Path(workdir.name)
 # %% [markdown]
 # ## 1. Converting a released mmsegmentation checkpoint
 #
-# mmsegmentation published 16 ISANet models (R-50/R-101-D8 on Cityscapes, ADE20K and VOC; the
-# list and URLs are in `docs/mmseg_checkpoints.md`). The converter reads a `.pth` safely
+# mmsegmentation published 16 ISANet models (R-50/R-101-D8 on Cityscapes, ADE20K and VOC) and
+# 68 more of five other context heads (NL, CC, DA, GC, EMA); the list and URLs are in
+# `docs/mmseg_checkpoints.md`. The converter reads a `.pth` safely
 # (`torch.load(weights_only=True)`), infers depth, widths and classes from the weight shapes,
 # renames the keys onto the smp/timm model and saves a model folder:
 #
@@ -153,8 +154,9 @@ del os.environ["ISA_EXPLORER_ZOO_FILE"], os.environ["ISA_EXPLORER_HOME"]
 # %% [markdown]
 # ## 2. Training on one or several GPUs
 #
-# `train/fit.py` runs a recipe of `isa_explorer.configs` (every published ISANet schedule under
-# mmseg's name, plus the CPU recipe `synthetic-context`); `--set key=value` overrides any field.
+# `train/fit.py` runs a recipe of `isa_explorer.configs` (every published schedule of ISANet,
+# NonLocalNet, CCNet, DANet, GCNet and EMANet under mmseg's name, `folder` for your own data and
+# the CPU recipe `synthetic-context`); `--set key=value` overrides any field.
 # On real data:
 #
 # ```bash
