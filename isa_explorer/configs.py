@@ -135,7 +135,7 @@ def _build_configs() -> dict[str, TrainConfig]:
     return configs
 
 
-def folder_config(head: str = "isa") -> TrainConfig:
+def folder_config(head: str | None = None) -> TrainConfig:
     """The own-data recipe (``--config folder``; ``--head HEAD`` for another head).
 
     The ADE20K R-50-D8 recipe of ``head`` (pipeline, optimiser, auxiliary head, the head's
@@ -144,27 +144,29 @@ def folder_config(head: str = "isa") -> TrainConfig:
     data, scale following ``crop_size`` (:func:`folder_scale`), 20k iterations.
 
     Args:
-        head: A registered head (:func:`isa_explorer.heads.names`).
+        head: A registered head (:func:`isa_explorer.heads.names`); ``None``: the model's
+            default head with ISANet's published settings.
 
     Returns:
-        The config, named ``"folder"`` for ISA and ``"folder-HEAD"`` for the others (the default
+        The config, named ``"folder"`` without a head and ``"folder-HEAD"`` with one (the default
         run directory ``runs/NAME`` keeps the heads' runs apart).
 
     Raises:
         ValueError: ``head`` is not registered (the message lists the registered ones).
     """
-    heads.get(head)  # a registered head (else the error lists them)
+    if head is not None:
+        heads.get(head)  # a registered head (else the error lists them)
     ade = _published("ade20k", "r50", (512, 512), 80_000, head if head in HEAD_RECIPES else "isa")
     model = {k: v for k, v in ade.model.items() if k != "classes"}
-    if head not in HEAD_RECIPES:  # drop ISANet's own settings
+    if head is not None and head not in HEAD_RECIPES:  # drop ISANet's own settings
         model = {k: v for k, v in model.items() if k not in HEAD_RECIPES["isa"][1]}
     return dataclasses.replace(
         ade,
-        name="folder" if head == "isa" else f"folder-{head}",
+        name="folder" if head is None else f"folder-{head}",
         dataset="folder",
         train_split="train",
         scale=None,
-        model={**model, "head": head},
+        model={**model, "head": head or ade.model["head"]},
         iters=20_000,
         eval_interval=2000,
         ckpt_interval=1000,

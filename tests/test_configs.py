@@ -154,6 +154,7 @@ def test_the_769x769_scale_reaches_the_training_and_validation_pipelines(tmp_pat
 def test_the_folder_recipe_starts_from_imagenet_weights_for_any_head() -> None:
     cfg = get_config("folder")
     assert cfg == folder_config() and cfg.name == "folder" and cfg.dataset == "folder"
+    assert cfg.model == folder_config("isa").model  # no head: ISANet's recipe
     assert (
         cfg.model["encoder_weights"] == "imagenet" and cfg.model["encoder_name"] == "tu-resnet50c"
     )
@@ -161,7 +162,7 @@ def test_the_folder_recipe_starts_from_imagenet_weights_for_any_head() -> None:
     ade = CONFIGS["isanet_r50-d8_4xb4-80k_ade20k-512x512"]
     for head in heads.names():
         own = folder_config(head)
-        assert own.name == ("folder" if head == "isa" else f"folder-{head}")
+        assert own.name == f"folder-{head}"
         assert own.model["head"] == head and own.model["encoder_weights"] == "imagenet"
         assert (own.crop_size, own.batch_size, own.lr, own.evaluation) == (
             ade.crop_size, ade.batch_size, ade.lr, ade.evaluation)  # fmt: skip

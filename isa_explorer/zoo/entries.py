@@ -237,8 +237,8 @@ def short_aliases(table: list[ZooEntry]) -> dict[str, tuple[str, ...]]:
             best[key] = e
     out: dict[str, tuple[str, ...]] = {}
     for alias, e in best.items():
-        legacy = (alias.replace("-isanet-", "-"),) if e.head == "isa" else ()
-        out[e.name] = (*legacy, alias)
+        bare = (alias.replace(f"-{e.family.model}-", "-"),) if e.family.bare_aliases else ()
+        out[e.name] = (*bare, alias)
     return out
 
 

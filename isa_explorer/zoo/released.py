@@ -31,11 +31,14 @@ class Family:
         head: The head's registry name in ISA Explorer (``"da"``).
         folder: Its folder on the download server (``"danet"``; ``"nonlocal_net"`` for NL).
         title: The model's name in its paper (``"DANet"``).
+        bare_aliases: Its short aliases also come without the model token
+            (``cityscapes-r50``): ISANet's, named so before the zoo held other models.
     """
 
     head: str
     folder: str
     title: str
+    bare_aliases: bool = False
 
     @property
     def model(self) -> str:
@@ -56,7 +59,7 @@ class Family:
 
 #: The six models, in the zoo's order.
 FAMILIES = (
-    Family("isa", "isanet", "ISANet"),
+    Family("isa", "isanet", "ISANet", bare_aliases=True),
     Family("nl", "nonlocal_net", "NonLocalNet"),
     Family("cc", "ccnet", "CCNet"),
     Family("da", "danet", "DANet"),
