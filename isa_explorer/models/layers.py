@@ -249,8 +249,14 @@ def fused_attention_heads(
     The flash kernels (CPU and GPU) need one head dimension for q, k and v. When ``Cv`` is a
     multiple of ``Ck`` the values are viewed as ``Cv / Ck`` heads of ``Ck`` channels sharing q
     and k (expanded, not copied): every head has the same softmax weights, so the heads side by
-    side are the exact context. Otherwise the result has one head of ``Cv`` channels.
+    side are the exact context. Otherwise the result has one head of ``Cv`` channels (with
+    ``Cv != Ck`` the CPU runs SDPA's math kernel, which builds the ``L x L`` affinity).
+
+    The flash kernels also need a unit stride in the last dimension: on another layout (NL's
+    tokens, transposed views of its maps) SDPA would fall back to its math kernel as well, so
+    q, k and v are made contiguous first (no copy when they are).
     """
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     b, n, ck = q.shape
     cv = v.shape[-1]
     if cv == ck or cv % ck:
