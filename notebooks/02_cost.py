@@ -118,7 +118,10 @@ plt.show()
 # projections dominate and ISA is *not* cheaper than dense; the quadratic term takes over as the
 # map grows. The formulas are checked against PyTorch's own count of the operators that run
 # (`FlopCounterMode` on the meta device: no memory, no compute, so even maps too large to run
-# can be counted).
+# can be counted). The table holds every head with a cost formula: besides ISA and dense,
+# mmseg's context heads (`nl`, `cc`, `da`, `gc`, `ema`), each with its own formula in its own
+# file (`Head.cost`: NL and DA's position attention are `N^2` like dense, CC's criss-cross
+# `N (h + w)` per pass, GC's one mask `N`, EMA's `N K` per EM stage).
 
 # %%
 print(f"{'feature':>9} {'module':>15} {'analytic GFLOP':>15} {'counted GFLOP':>14}")
@@ -155,11 +158,16 @@ plt.show()
 # `run_benchmark` runs each case (module, pass, resolution) in a fresh subprocess, so that the
 # peak resident memory of one case does not hide the next, and reports the median time and the
 # peak memory growth beside the analytic prediction. Cases predicted not to fit are skipped with
-# the reason. Here: the attention step at two small resolutions, forward only.
+# the reason. Here: the four ISA and dense paths at two small resolutions, forward only.
 
 # %%
 live = run_benchmark(
-    resolutions=[(128, 256), (256, 512)], passes=["forward"], runs=2, warmup=1, max_seconds=30
+    resolutions=[(128, 256), (256, 512)],
+    modules=["isa-explicit", "isa-fused", "dense-explicit", "dense-fused"],
+    passes=["forward"],
+    runs=2,
+    warmup=1,
+    max_seconds=30,
 )
 print(f"{'input':>9} {'module':>15} {'status':>8} {'ms':>8} {'peak MiB':>9} {'predicted MiB':>14}")
 for r in live:
@@ -181,8 +189,8 @@ plt.show()
 # ## 4. The committed results
 #
 # `COMMITTED_RESULTS` (package data) was written by the attention benchmark (its command and
-# machine are stored with it): every resolution of `RESOLUTIONS`, all four paths, forward and
-# forward + backward.
+# machine are stored with it): every resolution of `RESOLUTIONS`, every module of every head
+# (the four ISA and dense paths, and the context heads'), forward and forward + backward.
 
 # %%
 report = load_results(COMMITTED_RESULTS) if COMMITTED_RESULTS.is_file() else None
@@ -220,9 +228,9 @@ for (res, module, p), r in sorted(ok.items()):
 # ### Try it: resolution, channels and block side
 #
 # The sliders set the input size (the feature map is 1/8 of it), the channels `C` and the ISA
-# block side. The left panels redraw the analytic peak memory and FLOPs of ISA and dense
-# attention against `N` (the star is the chosen input), with the committed measurements as
-# markers; the right one gives the affinity size against the block side, and the optimum.
+# block side. The left panels redraw the analytic peak memory and FLOPs of every head (its
+# explicit module) against `N` (the star is the chosen input), with the committed measurements
+# as markers; the right one gives ISA's affinity size against the block side, and the optimum.
 
 # %%
 from IPython.display import display  # noqa: E402

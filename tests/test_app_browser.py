@@ -222,7 +222,7 @@ def test_efficiency_tab_shows_the_committed_results_or_how_to_make_them(page):
 
 
 def test_the_live_benchmark_runs_what_its_button_promises(page, shots):
-    from isa_explorer.costs.analytic import modules
+    from isa_explorer.explorer.efficiency import live_modules
 
     page.get_by_role("tab", name="Efficiency").click()
     button = page.locator("#live-benchmark")
@@ -237,7 +237,7 @@ def test_the_live_benchmark_runs_what_its_button_promises(page, shots):
         ".map(r => [...r.cells].map(c => c.innerText.trim()))"
     )
     ran = {(row[0], row[2]) for row in rows if row[3] == "ok"}
-    assert ran == {(m, size) for m in modules() for size in promised}, rows
+    assert ran == {(m, size) for m in live_modules() for size in promised}, rows
     assert not any(row[-1] in ("0.0", "0") for row in rows)  # unmeasured: "< 1 (not measured)"
     _screenshots(page, shots, "efficiency")
     page.get_by_role("tab", name="Explore").click()

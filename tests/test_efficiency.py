@@ -14,6 +14,7 @@ from isa_explorer.explorer import efficiency
 
 SMALL = dict(channels=32, isa_channels=16)
 MODULES = list(modules())
+LIVE = efficiency.live_modules()
 
 
 def _promised_sizes(text: str) -> set[tuple[int, int]]:
@@ -60,7 +61,7 @@ def test_committed_results_missing_say_how_to_make_them(tmp_path):
 @pytest.mark.filterwarnings("ignore:No artists with labels")
 def test_live_run_and_report_round_trip(tmp_path):
     fig, text = efficiency.live_run(resolutions=((64, 128), (128, 256)), **SMALL)
-    assert len(_rows(text)) == 2 * len(MODULES)
+    assert len(_rows(text)) == 2 * len(LIVE)
     assert len(fig.axes) == 2
     # A live run with a budget of zero seconds stops after its smallest resolution.
     _, text = efficiency.live_run(resolutions=((128, 256), (64, 128)), budget_seconds=0, **SMALL)
@@ -82,8 +83,16 @@ def test_only_one_live_benchmark_runs_at_a_time():
         efficiency._live_lock.release()
 
 
+def test_the_live_run_measures_every_head_once():
+    """One module per head with a cost, its explicit path: every head, no head twice."""
+    heads = [m.rsplit("-", 1)[0] for m in LIVE]
+    assert sorted(heads) == sorted({head for head, _ in modules().values()})
+    assert len(heads) == len(set(heads)) and all(m.endswith("-explicit") for m in LIVE)
+    assert {"isa-explicit", "dense-explicit", "nl-explicit", "ema-explicit"} <= set(LIVE)
+
+
 def test_the_live_buttons_promise_is_what_the_live_run_runs(monkeypatch):
-    """Every input the button names runs for every module, with the planned repeats; the
+    """Every input the button names runs for every live module, with the planned repeats; the
     measurement is stubbed, the benchmark's own skip rules are not."""
     text = efficiency.live_button_text()
     promised = _promised_sizes(text)
@@ -101,7 +110,7 @@ def test_the_live_buttons_promise_is_what_the_live_run_runs(monkeypatch):
     monkeypatch.setattr(cases, "measure_case", fake_measure)
     _, table = efficiency.live_run()
     want = {(c["module"], c["resolution"], c["runs"], c["warmup"]) for c in plan}
-    assert set(measured) == want and len(measured) == len(promised) * len(MODULES)
+    assert set(measured) == want and len(measured) == len(promised) * len(LIVE)
     rows = _rows(table)
     assert len(rows) == len(want) and all(row[3] == "ok" for row in rows), table
     assert "not started" not in table and "skipped" not in table
@@ -113,7 +122,7 @@ def test_a_real_live_run_measures_every_promised_case():
     promised = _promised_sizes(efficiency.live_button_text())
     _, table = efficiency.live_run()
     ok = {(row[0], row[2]) for row in _rows(table) if row[3] == "ok"}
-    assert ok == {(m, f"{h}x{w}") for m in MODULES for h, w in promised}, table
+    assert ok == {(m, f"{h}x{w}") for m in LIVE for h, w in promised}, table
 
 
 def test_unmeasured_peaks_are_neither_drawn_nor_shown_as_zero():
@@ -146,9 +155,9 @@ def test_the_live_run_plots_no_zero_peak(monkeypatch):
     monkeypatch.setattr(cases, "measure_case", fake_measure)
     fig, table = efficiency.live_run(resolutions=((64, 128), (128, 256)), **SMALL)
     drawn = _drawn_peaks(fig)
-    assert len(drawn) == 4 and min(drawn) >= efficiency.LIVE_MIN_PEAK_MIB
+    assert len(drawn) == 2 * (len(LIVE) - 1) and min(drawn) >= efficiency.LIVE_MIN_PEAK_MIB
     assert "0.0" not in {row[-1] for row in _rows(table)}
-    assert table.count("< 1 (not measured)") == 4
+    assert table.count("< 1 (not measured)") == 2  # dense-explicit at both sizes
 
 
 @pytest.mark.parametrize("source", ["committed", "live"])

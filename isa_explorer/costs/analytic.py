@@ -4,8 +4,9 @@ The formulas are the heads' own (:meth:`~isa_explorer.heads.protocol.Head.cost`)
 attention's ``N x N`` affinity, ISA's ``Np (Np / P + P)``, any registered head's. The modules
 are read from the registry when asked: each head with an attention step
 (:meth:`~isa_explorer.heads.protocol.Head.attention_module`) and an analytic cost, once per
-implementation, named ``HEAD-IMPL`` (``isa-explicit``, ``isa-fused``, ``dense-explicit``,
-``dense-fused``, ...).
+implementation it has (:attr:`~isa_explorer.heads.protocol.Head.impls`), named ``HEAD-IMPL``
+(``isa-explicit``, ``isa-fused``, ``dense-explicit``, ..., ``cc-explicit``: criss-cross
+attention has one implementation).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from isa_explorer.heads.protocol import PASSES, HeadConfig
 
 __all__ = ["IMPLS", "PASSES", "analytic_costs", "attention_module", "modules"]
 
-#: The implementations each attention module is measured with.
+#: The attention implementations, in the order a head's modules are listed (a head measures
+#: those of its :attr:`~isa_explorer.heads.protocol.Head.impls`).
 IMPLS = ("explicit", "fused")
 
 
@@ -33,9 +35,15 @@ def _measurable(cls: type[heads.Head]) -> bool:
 
 def modules() -> dict[str, tuple[str, str]]:
     """``{module: (head, impl)}`` of the registered heads with an attention step and an
-    analytic cost (:meth:`~isa_explorer.heads.protocol.Head.cost`), now."""
+    analytic cost (:meth:`~isa_explorer.heads.protocol.Head.cost`), now: one module per
+    implementation of the head's :attr:`~isa_explorer.heads.protocol.Head.impls`."""
     names = [n for n in heads.names() if _measurable(heads.get(n))]
-    return {f"{name}-{impl}": (name, impl) for name in names for impl in IMPLS}
+    return {
+        f"{name}-{impl}": (name, impl)
+        for name in names
+        for impl in IMPLS
+        if impl in heads.get(name).impls
+    }
 
 
 def _config(

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from isa_explorer.costs.analytic import PASSES, analytic_costs, attention_module
-from isa_explorer.costs.flops import count_flops
+from isa_explorer.costs.flops import backward, count_flops
 from isa_explorer.costs.measure import MiB, PeakMemory, available_memory, median_ms, time_runs
 from isa_explorer.heads.isa import auto_group
 
@@ -55,7 +55,8 @@ def measure_case(
     """Time and peak memory growth of one case in this process (see :func:`run_cases`).
 
     ``forward`` runs in eval mode under ``inference_mode``; ``forward+backward`` in training
-    mode with gradients for the input and the parameters.
+    mode with gradients for the input and the parameters (a module whose output needs none,
+    EMA's, runs its training forward: :func:`~isa_explorer.costs.flops.backward`).
     """
     if passes not in PASSES:
         raise ValueError(f"unknown pass {passes!r}: choose from {', '.join(PASSES)}")
@@ -72,7 +73,7 @@ def measure_case(
         x.requires_grad_()
         grad = torch.randn(1, channels, *size, device=device)  # d loss / d output
         mem = PeakMemory(device).start()
-        times = time_runs(lambda: m(x).backward(grad), runs, warmup, device)
+        times = time_runs(lambda: backward(m(x), grad), runs, warmup, device)
     return {
         "median_ms": round(median_ms(times), 2),
         "times_ms": [round(1000 * t, 2) for t in times],

@@ -25,7 +25,7 @@ from torch.utils.flop_counter import (
 
 from isa_explorer.costs.analytic import attention_module
 
-__all__ = ["count_flops", "register_sdpa_formulas"]
+__all__ = ["backward", "count_flops", "register_sdpa_formulas"]
 
 
 def _sdpa_forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -51,6 +51,18 @@ def register_sdpa_formulas() -> list[str]:
     return done
 
 
+def backward(y: torch.Tensor, grad: torch.Tensor | None = None) -> None:
+    """``y.backward(grad)`` where ``y`` has a graph. A module whose output needs no gradient
+    (EMA's EM runs without autograd, as in mmseg) has no backward: its forward+backward pass
+    is its forward in training mode."""
+    if not y.requires_grad:
+        return
+    if grad is None:
+        y.sum().backward()  # the gradient of ones
+    else:
+        y.backward(grad)
+
+
 def count_flops(
     module: str,
     size: tuple[int, int],
@@ -71,5 +83,5 @@ def count_flops(
             with torch.no_grad():
                 m.eval()(x)
         else:
-            m.train()(x).sum().backward()
+            backward(m.train()(x))
     return int(counter.get_total_flops())

@@ -1,4 +1,4 @@
-"""Log-log figure of peak memory and time against resolution, one colour per module."""
+"""Log-log figure of peak memory and time against resolution, one line per module and pass."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-#: Module colours, in the order modules first appear in the results (a head's explicit and
-#: fused paths: a dark and a light shade).
-COLORS = ("tab:blue", "tab:cyan", "tab:red", "tab:orange", "tab:green", "tab:olive", "tab:purple")
+#: Colour pairs (dark, light) of matplotlib's ``tab20``, one pair per head in the order heads
+#: first appear in the results: a head's explicit path dark, its fused path light.
+PAIRS = tuple(zip(colormaps["tab20"].colors[::2], colormaps["tab20"].colors[1::2], strict=True))
 STYLES = {"forward": ("o", "-"), "forward+backward": ("s", ":")}
 #: Peaks are recorded to 0.1 MiB: a smaller one (0.0) was not measured and is never drawn.
 MIN_PEAK_MIB = 0.1
@@ -32,6 +33,18 @@ def measured_peak(result: dict[str, Any], min_peak_mib: float = MIN_PEAK_MIB) ->
     return float(peak)
 
 
+def module_colors(names: Sequence[str]) -> dict[str, tuple[float, ...]]:
+    """``{module: colour}`` for module names ``HEAD-IMPL``: one :data:`PAIRS` pair per head
+    (cycling after ten heads), the dark shade for ``explicit``, the light one for ``fused``."""
+    heads = list(dict.fromkeys(name.rsplit("-", 1)[0] for name in names))
+    out = {}
+    for name in names:
+        head, _, impl = name.rpartition("-")
+        dark, light = PAIRS[heads.index(head or name) % len(PAIRS)]
+        out[name] = light if impl == "fused" else dark
+    return out
+
+
 def plot_results(
     results: Sequence[dict[str, Any]] | dict[str, Any],
     path_or_ax: str | Path | Sequence[Axes] | None = None,
@@ -42,7 +55,9 @@ def plot_results(
 
     Memory curves are the analytic peak model (activations plus materialised affinities);
     time curves are the analytic FLOPs times the module's median measured seconds per FLOP.
-    The x axis is the number of feature positions, labelled with the input resolution.
+    The x axis is the number of feature positions, labelled with the input resolution. Each
+    module has its colour (:func:`module_colors`), each pass its marker and line style; the
+    legend names them once each.
 
     Args:
         results: Result dicts of :func:`~isa_explorer.costs.cases.run_cases`, or a report
@@ -68,9 +83,8 @@ def plot_results(
         fig = axes[0].figure
     ax_mem, ax_time = axes
     not_drawn = 0
-    names = dict.fromkeys(r["module"] for r in rows)
-    for i, module in enumerate(names):
-        color = COLORS[i % len(COLORS)]
+    colors = module_colors(list(dict.fromkeys(r["module"] for r in rows)))
+    for module, color in colors.items():
         for p in passes:
             cases = sorted(
                 (r for r in rows if r["module"] == module and r["pass"] == p),
@@ -80,7 +94,6 @@ def plot_results(
                 continue
             marker, line = STYLES[p]
             style = dict(marker=marker, ls=line, color=color)
-            style["label"] = f"{module} {'fwd' if p == 'forward' else 'fwd+bwd'}"
             n_all = [r["positions"] for r in cases]
             predicted_mib = [r["analytic"]["predicted_peak_mib"] for r in cases]
             ax_mem.plot(n_all, predicted_mib, "--", color=color, alpha=0.45, lw=1)
@@ -100,15 +113,18 @@ def plot_results(
     if not_drawn:
         note = f"{not_drawn} peak(s) under {min_peak_mib:g} MiB: not measured, not drawn"
         ax_mem.text(0.98, 0.02, note, transform=ax_mem.transAxes, ha="right", fontsize=8)
-    handles = ax_time.get_legend_handles_labels()[0] + [
-        Line2D([], [], color="0.35", marker="o", label="measured"),
-        Line2D([], [], color="0.35", ls="--", alpha=0.6, label="analytic (dashed)"),
+    drawn_passes = [p for p in passes if any(r["pass"] == p for r in rows)]
+    handles = [Line2D([], [], color=c, lw=3, label=m) for m, c in colors.items()]
+    handles += [
+        Line2D([], [], color="0.35", marker=STYLES[p][0], ls=STYLES[p][1], label=f"{p}, measured")
+        for p in drawn_passes
     ]
+    handles.append(Line2D([], [], color="0.35", ls="--", alpha=0.6, label="analytic (dashed)"))
     if own_figure:  # below both plots: the curves keep the whole axes
-        ncol = len(handles) if len(handles) <= 6 else (len(handles) + 1) // 2
+        ncol = len(handles) if len(handles) <= 7 else (len(handles) + 1) // 2
         fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=8)
     else:
-        ax_time.legend(handles=handles, fontsize=8, loc="upper left")
+        ax_time.legend(handles=handles, fontsize=7, loc="upper left", ncol=2)
     if isinstance(path_or_ax, str | Path):
         Path(path_or_ax).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path_or_ax, dpi=120)

@@ -31,9 +31,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from isa_explorer.heads.fcn import FCNHead
-from isa_explorer.heads.protocol import HeadConfig, MapInfo, MmsegNames, Record
+from isa_explorer.heads.protocol import (
+    BYTES,
+    Cost,
+    HeadConfig,
+    MapInfo,
+    MmsegNames,
+    Record,
+    context_cost,
+    peak_bytes,
+)
 from isa_explorer.heads.registry import register
 from isa_explorer.models.layers import Scale
+
+#: Peak memory of :meth:`CCHead.cost` per pass: ``(a, f)``, ``a`` ``N x C`` activations plus
+#: ``f`` times the affinities of all passes, fitted to fresh-process CPU peaks
+#: (:mod:`isa_explorer.costs.measure`) of the passes alone with ``C = 512`` at 32x64, 64x128 and
+#: 128x256 positions, rounded up to cover the two larger (a few MiB of fixed workspace, not
+#: modelled, exceed it at the smallest).
+PEAK = {"forward": (7, 0.5), "forward+backward": (12, 1)}
 
 
 class CrissCrossAttention(nn.Module):
@@ -144,6 +160,7 @@ class CCHead(FCNHead):
     )
     main_map = "combined"
     mmseg = MmsegNames("CCHead", ("convs", "conv_cat", "cca", "conv_seg"))
+    impls = ("explicit",)
 
     def __init__(
         self,
@@ -180,6 +197,27 @@ class CCHead(FCNHead):
     @classmethod
     def attention_module(cls, config: HeadConfig) -> nn.Module:
         return CrissCrossPasses(config.channels, config.options.get("recurrence", 2))
+
+    @classmethod
+    def cost(cls, h: int, w: int, config: HeadConfig, impl: str = "fused", batch: int = 1) -> Cost:
+        """``R = recurrence`` criss-cross passes on ``N = h * w`` positions, ``C8 = C / 8``:
+
+        * affinities: ``R N (h + w)``, each pass's ``(B, h, w, h + w)`` softmax: the ``h + w - 1``
+          cells of a position's cross, the position itself twice (its column entry masked);
+        * attention: per pass, energies ``2 N (h + w) C8`` and aggregation ``2 N (h + w) C``
+          FLOPs; backward twice that;
+        * projections: per pass, ``q``, ``k`` (``C -> C8``) and ``v`` (``C -> C``),
+          ``2 C (2 C8 + C)`` FLOPs per position.
+
+        One implementation (:attr:`impls`): the affinities are always built, as mmcv does.
+        Peak memory: :data:`PEAK` (calibrated on the CPU).
+        """
+        n, c, r = batch * h * w, config.channels, config.options.get("recurrence", 2)
+        pairs = r * n * (h + w)
+        attn = 2 * pairs * (c // 8 + c)
+        proj = r * n * 2 * c * (2 * (c // 8) + c)
+        peak = peak_bytes(n * c * BYTES, pairs * BYTES, PEAK)
+        return context_cost(n, pairs, (attn, 2 * attn), proj, peak)
 
     # -- what a query sees ----------------------------------------------------------------------
 

@@ -26,12 +26,33 @@ from typing import Any
 import torch
 from torch import nn
 
-from isa_explorer.heads.protocol import Head, HeadConfig, MapInfo, MmsegNames, Record, ValueInfo
+from isa_explorer.heads.protocol import (
+    BYTES,
+    Cost,
+    Head,
+    HeadConfig,
+    MapInfo,
+    MmsegNames,
+    Record,
+    ValueInfo,
+    context_cost,
+    peak_bytes,
+    softmax_attention_flops,
+)
 from isa_explorer.heads.registry import register
 from isa_explorer.models.layers import AttnImpl, ConvBNReLU, Scale, TokenConv2d, attention
 
 #: Channels of CAM's input a query marks (:meth:`DAHead.query_values`).
 TOP_CHANNELS = 8
+#: Peak memory of :meth:`DAHead.cost` per implementation and pass: ``(a, f)``, ``a`` ``N x C``
+#: activations plus ``f`` times the affinities built, fitted to fresh-process CPU peaks
+#: (:mod:`isa_explorer.costs.measure`) of PAM and CAM alone with ``C = 512`` at 32x64 and 64x128
+#: positions, rounded up to cover the larger (fixed workspaces of a few MiB, not modelled,
+#: exceed the fused path's model at the smaller).
+PEAK = {
+    "explicit": {"forward": (4, 2), "forward+backward": (8, 3)},
+    "fused": {"forward": (5, 2), "forward+backward": (12, 3)},
+}
 
 
 class PAM(nn.Module):
@@ -281,6 +302,33 @@ class DAHead(Head):
     def attention_module(cls, config: HeadConfig) -> nn.Module:
         pam_channels = int(config.options.get("pam_channels", 64))
         return DualAttention(config.channels, pam_channels, config.attn_impl)
+
+    @classmethod
+    def cost(cls, h: int, w: int, config: HeadConfig, impl: str = "fused", batch: int = 1) -> Cost:
+        """PAM and CAM on ``N = h * w`` positions, ``C`` channels, ``Cp = pam_channels``:
+
+        * affinities: PAM's ``N^2`` plus CAM's ``C^2``;
+        * attention: PAM's ``Q K^T`` and ``A V``, ``2 N^2 (Cp + C)`` FLOPs explicit (the fused
+          path runs the values as ``C / Cp`` heads when ``Cp`` divides ``C``:
+          :func:`~isa_explorer.heads.protocol.softmax_attention_flops`), plus CAM's
+          ``E = X X^T`` and ``B X``, two ``C x C x N`` products, ``4 C^2 N`` FLOPs;
+        * projections: PAM's queries, keys (``C -> Cp``) and values (``C -> C``),
+          ``2 C (2 Cp + C)`` FLOPs per position (CAM has none).
+
+        Peak memory: :data:`PEAK`, over the affinities built (``N^2 + C^2`` explicit, CAM's
+        ``C^2`` when the fused path runs SDPA's flash kernel), calibrated on the CPU.
+        """
+        n, c = batch * h * w, config.channels
+        cp = int(config.options.get("pam_channels", 64))
+        pam, cam = batch * (h * w) ** 2, batch * c * c
+        pam_fwd, pam_bwd = softmax_attention_flops(pam, cp, c, impl)
+        cam_fwd = 4 * c * c * n
+        proj = n * 2 * c * (2 * cp + c)
+        flash = impl == "fused" and c % cp == 0  # else SDPA's math kernel builds PAM's N x N
+        built = cam if flash else pam + cam
+        peak = peak_bytes(n * c * BYTES, built * BYTES, PEAK["fused" if flash else "explicit"])
+        attention = (pam_fwd + cam_fwd, pam_bwd + 2 * cam_fwd)
+        return context_cost(n, pam + cam, attention, proj, peak)
 
     @classmethod
     def mmseg_config(cls, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:

@@ -39,7 +39,18 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from isa_explorer.heads.protocol import Head, HeadConfig, MapInfo, MmsegNames, Record, ValueInfo
+from isa_explorer.heads.protocol import (
+    BYTES,
+    Cost,
+    Head,
+    HeadConfig,
+    MapInfo,
+    MmsegNames,
+    Record,
+    ValueInfo,
+    context_cost,
+    peak_bytes,
+)
 from isa_explorer.heads.registry import register
 from isa_explorer.models.layers import Conv, ConvBNReLU
 
@@ -138,6 +149,12 @@ class EMARecord(Record):
 
 #: The head's own options (``HeadConfig.options``) and their published defaults.
 OPTIONS = {"ema_channels": 512, "num_bases": 64, "num_stages": 3, "momentum": 0.1}
+#: Peak memory of :meth:`EMAHead.cost` per pass: ``(a, f)``, ``a`` ``N x C`` activations plus
+#: ``f`` times one stage's ``N x K`` responsibilities, fitted to fresh-process CPU peaks
+#: (:mod:`isa_explorer.costs.measure`) of the module alone with ``C = 512`` at 32x64, 64x128 and
+#: 128x256 positions, rounded up to cover the two larger (a few MiB of fixed workspace, not
+#: modelled, exceed it at the smallest).
+PEAK = {"forward": (1.5, 2), "forward+backward": (1.5, 2)}
 
 
 @register
@@ -174,6 +191,7 @@ class EMAHead(Head):
         MapInfo("base3", "3rd base", "positions its 3rd strongest base averages", "em"),
     )
     main_map = "effective"
+    impls = ("explicit",)
     values = (
         ValueInfo("responsibilities", "Responsibilities", "the query's weights over the bases"),
     )
@@ -265,6 +283,27 @@ class EMAHead(Head):
         ``ema_channels``), with the bases, stages and momentum of ``config.options``."""
         o = {**OPTIONS, **config.options}
         return EMAModule(config.channels, o["num_bases"], o["num_stages"], o["momentum"])
+
+    @classmethod
+    def cost(cls, h: int, w: int, config: HeadConfig, impl: str = "fused", batch: int = 1) -> Cost:
+        """:class:`EMAModule` on ``N = h * w`` positions, ``C`` channels, ``K`` bases and ``S``
+        stages:
+
+        * affinities: ``S N K``, each stage's responsibilities ``z``;
+        * attention: per stage, the E step ``x . mu`` and the M step ``sum_n zbar x_n``, two
+          ``N x C x K`` products, and the reconstruction ``sum_k z mu_k`` once:
+          ``(4 S + 2) N C K`` FLOPs. No backward: the EM runs without gradients and the
+          reconstruction reads only its results (mmseg's module), so ``forward+backward`` is
+          the training-mode forward;
+        * projections: none (the head's frozen ``ema_mid_conv`` runs before the module).
+
+        One implementation (:attr:`impls`). Peak memory: :data:`PEAK` (calibrated on the CPU).
+        """
+        o = {**OPTIONS, **config.options}
+        n, c, k, s = batch * h * w, config.channels, o["num_bases"], o["num_stages"]
+        attn = (4 * s + 2) * n * c * k
+        peak = peak_bytes(n * c * BYTES, n * k * BYTES, PEAK)
+        return context_cost(n, s * n * k, (attn, 0), 0, peak)
 
     # -- what a query sees ----------------------------------------------------------------------
 

@@ -93,7 +93,7 @@ class FCNHead(Head):
         taken as the input's width here): no affinity. Memory: the ``N x C`` maps alive at
         once (input, two conv outputs, their concatenation), kept for backward in training.
         A head with a context step of its own (NL, CC, GC) models its own cost (``None``
-        until it does)."""
+        for one that does not)."""
         if cls.context is not FCNHead.context:
             return None
         n, c = batch * h * w, config.channels

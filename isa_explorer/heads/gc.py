@@ -29,11 +29,26 @@ import torch
 from torch import nn
 
 from isa_explorer.heads.fcn import FCNHead
-from isa_explorer.heads.protocol import HeadConfig, MapInfo, MmsegNames, Record
+from isa_explorer.heads.protocol import (
+    BYTES,
+    Cost,
+    HeadConfig,
+    MapInfo,
+    MmsegNames,
+    Record,
+    context_cost,
+    peak_bytes,
+)
 from isa_explorer.heads.registry import register
 
 #: The published bottleneck ratio of the transform (``gcnet_r50-d8.py``).
 RATIO = 0.25
+#: Peak memory of :meth:`GCHead.cost` per pass: ``(a, f)``, ``a`` ``N x C`` activations plus
+#: ``f`` times the ``N``-entry mask, fitted to fresh-process CPU peaks
+#: (:mod:`isa_explorer.costs.measure`) of the block alone with ``C = 512`` at 32x64, 64x128 and
+#: 128x256 positions, rounded up to cover the two larger (a few MiB of fixed workspace, not
+#: modelled, exceed it at the smallest).
+PEAK = {"forward": (1.5, 1), "forward+backward": (6, 1)}
 
 
 class ContextBlock(nn.Module):
@@ -126,6 +141,7 @@ class GCHead(FCNHead):
     )
     main_map = "context"
     mmseg = MmsegNames("GCHead", ("convs", "conv_cat", "gc_block", "conv_seg"))
+    impls = ("explicit",)
 
     def __init__(
         self,
@@ -160,6 +176,26 @@ class GCHead(FCNHead):
     def attention_module(cls, config: HeadConfig) -> nn.Module:
         """The global context block on ``config.channels``."""
         return ContextBlock(config.channels, config.options.get("ratio", RATIO))
+
+    @classmethod
+    def cost(cls, h: int, w: int, config: HeadConfig, impl: str = "fused", batch: int = 1) -> Cost:
+        """The global context block on ``N = h * w`` positions, ``C`` channels, ``Cr = int(C *
+        ratio)``:
+
+        * affinities: ``N``, the one context mask of an image;
+        * attention: the pooling ``c = sum_p a_p x_p``, ``2 N C`` FLOPs; backward twice that;
+        * projections: ``conv_mask`` (``C -> 1``), ``2 C`` FLOPs per position, and the
+          transform of the pooled vector (``C -> Cr -> C``), ``4 C Cr`` per image (LayerNorm,
+          biases and the broadcast add are not counted).
+
+        One implementation (:attr:`impls`). Peak memory: :data:`PEAK` (calibrated on the CPU).
+        """
+        n, c = batch * h * w, config.channels
+        planes = int(c * config.options.get("ratio", RATIO))
+        attn = 2 * n * c
+        proj = 2 * n * c + batch * 4 * c * planes
+        peak = peak_bytes(n * c * BYTES, n * BYTES, PEAK)
+        return context_cost(n, n, (attn, 2 * attn), proj, peak)
 
     # -- what a query sees ----------------------------------------------------------------------
 

@@ -28,9 +28,29 @@ import torch
 from torch import nn
 
 from isa_explorer.heads.fcn import FCNHead
-from isa_explorer.heads.protocol import HeadConfig, MapInfo, MmsegNames, Record
+from isa_explorer.heads.protocol import (
+    BYTES,
+    Cost,
+    HeadConfig,
+    MapInfo,
+    MmsegNames,
+    Record,
+    context_cost,
+    peak_bytes,
+    softmax_attention_flops,
+)
 from isa_explorer.heads.registry import register
 from isa_explorer.models.layers import AttnImpl, Conv, ConvBNReLU, attention
+
+#: Peak memory of :meth:`NLHead.cost` per implementation and pass: ``(a, f)``, ``a`` ``N x C``
+#: activations plus ``f`` times the ``N x N`` affinity (explicit only), fitted to fresh-process
+#: CPU peaks (:mod:`isa_explorer.costs.measure`) of the block alone with ``C = 512`` at 32x64
+#: and 64x128 positions, rounded up to cover the larger (fixed workspaces of a few MiB, not
+#: modelled, exceed the fused path's model at the smaller).
+PEAK = {
+    "explicit": {"forward": (4, 2), "forward+backward": (8, 3)},
+    "fused": {"forward": (6, 0), "forward+backward": (9, 0)},
+}
 
 
 class NonLocal2d(nn.Module):
@@ -164,6 +184,27 @@ class NLHead(FCNHead):
         """The non-local block on ``config.channels`` channels."""
         reduction = config.options.get("reduction", 2)
         return NonLocal2d(config.channels, reduction, attn_impl=config.attn_impl)
+
+    @classmethod
+    def cost(cls, h: int, w: int, config: HeadConfig, impl: str = "fused", batch: int = 1) -> Cost:
+        """The non-local block on ``N = h * w`` positions with ``Ci = C / reduction``:
+
+        * affinities: ``N^2``, one softmax row over every position per position;
+        * attention: ``Q K^T`` and ``A V`` with ``Ci``-d queries, keys and values,
+          ``4 N^2 Ci`` FLOPs on either path (``Ck = Cv = Ci``: one fused head,
+          :func:`~isa_explorer.heads.protocol.softmax_attention_flops`);
+        * projections: theta, phi, g (``C -> Ci``) and ``conv_out`` (``Ci -> C``), ``8 C Ci``
+          FLOPs per position (biases and BatchNorm are not counted).
+
+        Peak memory: :data:`PEAK` (calibrated on the CPU).
+        """
+        n, c = batch * h * w, config.channels
+        ci = max(c // config.options.get("reduction", 2), 1)
+        pairs = batch * (h * w) ** 2
+        proj = n * 8 * c * ci
+        model = PEAK[impl if impl in PEAK else "fused"]
+        peak = peak_bytes(n * c * BYTES, pairs * BYTES, model)
+        return context_cost(n, pairs, softmax_attention_flops(pairs, ci, ci, impl), proj, peak)
 
     @classmethod
     def query_maps(cls, record: NLRecord, fx: int, fy: int) -> dict[str, torch.Tensor]:

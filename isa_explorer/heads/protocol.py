@@ -178,10 +178,66 @@ class Cost:
         return {**out, "affinity_bytes": self.affinity_bytes}
 
 
+#: A peak-memory model: per pass, ``(a, f)`` such that the peak is ``a`` times the bytes of one
+#: ``N x C`` activation plus ``f`` times the bytes of the materialised affinities.
+PeakModel = Mapping[str, tuple[float, float]]
+
 # Peak-memory model of relation-block heads, calibrated on CPU measurements and rounded up:
 # activations of N x C floats alive at the peak, plus affinities (multiples of their bytes).
 _ACTIVATIONS = {"forward": 7, "forward+backward": 22}
 _AFFINITIES = {("explicit", "forward"): 2, ("explicit", "forward+backward"): 3}
+
+
+def softmax_attention_flops(
+    pairs: int, key_channels: int, value_channels: int, impl: str = "fused"
+) -> tuple[int, int]:
+    """``(forward, backward)`` FLOPs of softmax attention over ``pairs`` query-key pairs.
+
+    ``Q K^T`` and ``A V`` cost ``2 pairs (Ck + Cv)``. The fused path
+    (``scaled_dot_product_attention``) runs ``Cv``-d values as ``Cv / Ck`` heads sharing queries
+    and keys when ``Ck`` divides ``Cv`` (:func:`~isa_explorer.models.layers.fused_attention_heads`),
+    so computes ``Q K^T`` that many times. Backward costs twice the forward's matmuls (each
+    product's two operand gradients), the flash kernel ``2.5x`` (it recomputes ``Q K^T``), as
+    :mod:`torch.utils.flop_counter` counts them. A fused call whose one head has ``Cv`` not a
+    multiple of ``Ck`` runs SDPA's math kernel on the CPU (the flash kernel needs one head
+    dimension): the explicit figures, backward ``2x``.
+    """
+    flash = impl == "fused" and value_channels % key_channels == 0
+    heads = value_channels // key_channels if flash else 1
+    forward = 2 * pairs * (key_channels * heads + value_channels)
+    return forward, forward * 5 // 2 if flash else 2 * forward
+
+
+def peak_bytes(activation_bytes: int, affinity_bytes: int, model: PeakModel) -> dict[str, int]:
+    """``{pass: a * activation_bytes + f * affinity_bytes}`` for ``(a, f) = model[pass]``."""
+    return {p: int(a * activation_bytes + f * affinity_bytes) for p, (a, f) in model.items()}
+
+
+def context_cost(
+    positions: int,
+    affinity_elements: int,
+    attention: tuple[int, int],
+    projection_flops: int,
+    predicted_peak_bytes: dict[str, int],
+    group: tuple[int, int] | None = None,
+) -> Cost:
+    """A :class:`Cost` from its parts: ``attention`` is the ``(forward, backward)`` FLOPs of
+    the products between positions (affinities, their use, pooling); projections cost twice
+    their forward in backward (the input's and the weights' gradients), so ``forward+backward``
+    is ``attention_fwd + attention_bwd + 3 projection_flops``."""
+    fwd, bwd = attention
+    return Cost(
+        positions=positions,
+        affinity_elements=affinity_elements,
+        attention_flops=fwd,
+        projection_flops=projection_flops,
+        flops={
+            "forward": fwd + projection_flops,
+            "forward+backward": fwd + bwd + 3 * projection_flops,
+        },
+        predicted_peak_bytes=predicted_peak_bytes,
+        group=group,
+    )
 
 
 def relation_cost(
@@ -197,30 +253,16 @@ def relation_cost(
     """The cost of ``blocks`` relation blocks attending ``pairs`` query-key pairs in all.
 
     Each block projects every position: queries and keys (two 1x1 layers each), values and
-    output, ``2 (2 (C Ck + Ck^2) + 2 C^2)`` FLOPs per position; ``Q K^T`` and ``A V`` cost
-    ``2 pairs (Ck + C)``. The fused path (``scaled_dot_product_attention``) runs the ``C``-d
-    values as ``C / Ck`` heads sharing queries and keys, so computes ``Q K^T`` that many times.
-    A backward pass costs twice the forward's matmuls (the fused kernel's ``2.5x``, as
-    :mod:`torch.utils.flop_counter` counts it).
+    output, ``2 (2 (C Ck + Ck^2) + 2 C^2)`` FLOPs per position; the attention is
+    :func:`softmax_attention_flops` with ``Ck``-d keys and ``C``-d values.
     """
     c, ck = channels, key_channels
-    heads = c // ck if c % ck == 0 else 1
     pairs *= batch
-    attn = 2 * pairs * (ck * (heads if impl == "fused" else 1) + c)
     proj = blocks * batch * positions * 2 * (2 * (c * ck + ck * ck) + 2 * c * c)
-    bwd = 2.5 if impl == "fused" else 2.0
-    act = batch * positions * c * BYTES
-    return Cost(
-        positions=batch * positions,
-        affinity_elements=pairs,
-        attention_flops=attn,
-        projection_flops=proj,
-        flops={"forward": attn + proj, "forward+backward": int(3 * proj + (1 + bwd) * attn)},
-        predicted_peak_bytes={
-            p: _ACTIVATIONS[p] * act + _AFFINITIES.get((impl, p), 0) * pairs * BYTES for p in PASSES
-        },
-        group=group,
-    )
+    model = {p: (_ACTIVATIONS[p], _AFFINITIES.get((impl, p), 0)) for p in PASSES}
+    peak = peak_bytes(batch * positions * c * BYTES, pairs * BYTES, model)
+    attention = softmax_attention_flops(pairs, ck, c, impl)
+    return context_cost(batch * positions, pairs, attention, proj, peak, group)
 
 
 class Head(nn.Module, ABC):
@@ -240,6 +282,10 @@ class Head(nn.Module, ABC):
     loss_weights: ClassVar[Mapping[str, float]] = {"out": 1.0}
     #: Its mmsegmentation names (``None``: no released mmseg counterpart).
     mmseg: ClassVar[MmsegNames | None] = None
+    #: The attention implementations (``HeadConfig.attn_impl``) its attention step has, each
+    #: benchmarked as a module of its own: ``("explicit",)`` for a head that always builds its
+    #: affinities as tensors and ignores ``attn_impl`` (one module, not two names for it).
+    impls: ClassVar[tuple[str, ...]] = ("explicit", "fused")
 
     @classmethod
     @abstractmethod

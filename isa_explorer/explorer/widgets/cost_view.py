@@ -16,8 +16,9 @@ STYLES, MARKERS = ("-", "--", ":", "-."), "os^D"
 
 
 class CostView(_View):
-    """Analytic memory and FLOPs of each attention head (explicit), with the committed
-    measurements, and ISA's affinity size against its block side.
+    """Analytic memory and FLOPs of each attention head with a cost (its explicit module:
+    ISA, dense, NL, CC, DA, GC, EMA), with the committed measurements in each head's colour,
+    and ISA's affinity size against its block side.
 
     Args:
         resolution: Input ``(H, W)`` (output stride 8: the map is ``H/8 x W/8``).
@@ -74,15 +75,17 @@ class CostView(_View):
         aspect = self.resolution[1] / self.resolution[0]
         heights = [int(s) for s in self.SIDES]
         curves = [self.costs((hh, max(8, int(hh * aspect)))) for hh in heights]
+        colors = {}  # head -> its curves' colour, for its measured markers
         for i, head in enumerate(curves[0]):
             n = [c[head]["positions"] for c in curves]
             mem = [c[head]["predicted_peak_bytes"]["forward"] / 2**20 for c in curves]
             flops = [c[head]["flops"]["forward"] / 1e9 for c in curves]
             label = f"{head} ({self.group}x{self.group})" if curves[0][head]["group"] else head
-            ax_mem.loglog(n, mem, STYLES[i % 4], label=f"{label}, analytic")
-            ax_flops.loglog(n, flops, STYLES[i % 4], label=label)
-        for i, module in enumerate(f"{head}-explicit" for head in curves[0]):
-            marker = MARKERS[i % 4]
+            (line,) = ax_mem.loglog(n, mem, STYLES[i % 4], label=f"{label}, analytic")
+            colors[head] = line.get_color()
+            ax_flops.loglog(n, flops, STYLES[i % 4], label=label, color=colors[head])
+        for i, head in enumerate(curves[0]):
+            module, marker = f"{head}-explicit", MARKERS[i % 4]
             rows = [
                 r for r in self.committed.get("results", [])
                 if r.get("module") == module and r.get("pass") == "forward"
@@ -91,7 +94,7 @@ class CostView(_View):
             if rows:
                 ax_mem.loglog(
                     [r["positions"] for r in rows], [r["peak_mib"] for r in rows], marker,
-                    label=f"{module}, measured (committed)",
+                    color=colors[head], label=f"{module}, measured (committed)",
                 )  # fmt: skip
         now = self.costs()
         for ax, key in ((ax_mem, "mem"), (ax_flops, "flops")):
