@@ -3,8 +3,9 @@
 mmcv-lite ships mmcv/ops/*.py but not the compiled extension ``mmcv._ext``.
 mmseg's package __init__ chain imports ``mmcv.ops`` (point_sample, PSAMask,
 ...), which calls ``ext_loader.load_ext('_ext', [...])`` and asserts every
-listed symbol exists.  ISAHead itself never calls a compiled op (it only uses
-mmcv.cnn.ConvModule + plain torch), so ``install()`` registers a stand-in ``mmcv._ext`` whose
+listed symbol exists.  The context heads the peer benchmark times (ISAHead, NLHead, CCHead,
+DAHead, GCHead, EMAHead) never call a compiled op (mmcv.cnn modules, mmcv 2.x's pure-PyTorch
+CrissCrossAttention, plain torch), so ``install()`` registers a stand-in ``mmcv._ext`` whose
 every attribute is a function that raises a RuntimeError naming the op if it
 is ever *called*.
 
@@ -21,10 +22,10 @@ USED_SHIM = False
 
 def _absent_op(name):
     def _op(*args, **kwargs):
-        # ISAHead never calls a compiled op; anything that does needs the full mmcv build.
+        # The benchmarked heads call no compiled op; anything that does needs the full mmcv.
         raise RuntimeError(
             f"mmcv._ext.{name} is a compiled mmcv op, absent from mmcv-lite: install the full "
-            "mmcv build to run it (ISAHead, which this benchmark times, needs none)"
+            "mmcv build to run it (the heads this benchmark times need none)"
         )
 
     _op.__name__ = name
