@@ -112,9 +112,13 @@ def test_cli_writes_json_and_figures(tmp_path, capsys):
     assert report["results"][0]["group"] == auto_group(8, 12)
     assert report["results"][1]["group"] is None  # dense: no blocks
     assert set(report["summary"]) == {"8x12", "12x20"}
+    for row in report["summary"].values():  # every module against dense's explicit path
+        assert set(row["modules"]) == {"isa-explicit", "dense-explicit"}
+        assert row["modules"]["dense-explicit"]["analytic_peak_over_dense"] == 1.0
+        assert row["modules"]["isa-explicit"]["analytic_affinity_over_dense"] < 1.0
     for suffix, magic in ((".png", b"\x89PNG"), (".svg", b"<?xml")):
         assert out.with_suffix(suffix).read_bytes().startswith(magic)
-    assert "ISA/dense peak memory" in capsys.readouterr().out
+    assert "peak memory / dense-explicit (forward): isa-explicit" in capsys.readouterr().out
 
 
 def test_one_case_in_a_fresh_subprocess():

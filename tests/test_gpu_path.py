@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from torch import nn
 from training_helpers import TINY, one_thread  # noqa: F401 (an autouse fixture)
 
+from isa_explorer.bench.decoder import measure_decoder
 from isa_explorer.configs import get_config
 from isa_explorer.data import build_dataset
 from isa_explorer.distributed import SYNC_BN_NEEDS_CUDA, DistInfo, sync_batchnorm
@@ -38,9 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The GPU check: a script of the repository whose modules import one another by name.
 GPU_CHECK = ROOT / "benchmarks" / "gpu"
 sys.path.insert(0, str(GPU_CHECK))
-sys.path.insert(1, str(GPU_CHECK.parent))  # the decoder benchmark, as run.py does
 import run as gpu_run  # noqa: E402
-from decoder import measure_decoder  # noqa: E402
 from fake_cityscapes import FULL_SIZE, write_fake_cityscapes  # noqa: E402
 from graph_breaks import graph_breaks  # noqa: E402
 from plan import Case, smoke_plan  # noqa: E402

@@ -280,6 +280,9 @@ def test_the_scan_sees_the_references() -> None:
     assert _unresolved("isa_explorer.no_such_module") is not None
     assert _snippet_errors(Snippet(ROOT / "README.md", 1, "isa-explorer bench attention --nope"))
     assert not _snippet_errors(Snippet(ROOT / "README.md", 1, "isa-explorer zoo list --markdown"))
-    script = "python benchmarks/decoder.py --mode train --rounds 2"
+    script = "python benchmarks/click_latency.py --clicks 30 --threads 2"
     assert not _snippet_errors(Snippet(ROOT / "README.md", 1, script))
     assert _snippet_errors(Snippet(ROOT / "README.md", 1, script + " --nope"))
+    bench = "isa-explorer bench decoder --mode train --rounds 2 --paths isa-fused --no-plot"
+    assert not _snippet_errors(Snippet(ROOT / "README.md", 1, bench))
+    assert _snippet_errors(Snippet(ROOT / "README.md", 1, bench + " --nope"))

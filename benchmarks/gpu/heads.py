@@ -2,8 +2,9 @@
 
 * ``heads`` -- the attention-module benchmark (:func:`isa_explorer.costs.cases.measure_case`:
   the context step alone, ``isa-fused`` / ``isa-explicit`` / ``dense-fused``) and the whole
-  decoder (``measure_decoder`` of ``benchmarks/decoder.py``: the fused head's forward, the
-  plain head's training step, also with the relation blocks checkpointed), at each feature
+  decoder (``measure_decoder`` of :mod:`isa_explorer.bench.decoder`, paths ``isa-fused``,
+  ``isa-explicit``, ``dense-fused``: the fused head's forward, the plain head's training step,
+  also with the relation blocks checkpointed, ``isa-fused-checkpoint``), at each feature
   size of the plan, in this process (on CUDA the peak is ``max_memory_allocated`` after a
   reset, so no fresh process is needed);
 * ``token_budget`` -- the streamed inference path
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from decoder import build_decoder, measure_decoder
+from isa_explorer.bench.decoder import build_decoder, measure_decoder
 from isa_explorer.costs.cases import measure_case
 from isa_explorer.costs.measure import MiB, PeakMemory, median_ms, time_runs
 from isa_explorer.heads.isa_stream import TOKEN_BUDGET, TOKEN_BUDGET_ACCELERATOR
@@ -29,8 +30,8 @@ ATTENTION_MODULES = ("isa-fused", "isa-explicit", "dense-fused")
 PASSES = ("forward", "forward+backward")
 #: Decoder paths per pass (``-checkpoint``: training only, the relation blocks checkpointed).
 DECODER_PATHS = {
-    "forward": ("fused", "explicit", "dense"),
-    "forward+backward": ("fused", "explicit", "dense", "fused-checkpoint"),
+    "forward": ("isa-fused", "isa-explicit", "dense-fused"),
+    "forward+backward": ("isa-fused", "isa-explicit", "dense-fused", "isa-fused-checkpoint"),
 }
 
 
@@ -78,7 +79,7 @@ def _decoder_case(
 ) -> dict[str, Any]:
     mode = "infer" if p == "forward" else "train"
     r = measure_decoder(path, size, runs, warmup, plan.device, plan.head, mode)
-    for key in ("status", "path", "mode", "size", "positions"):
+    for key in ("status", "path", "head", "impl", "checkpoint", "mode", "size", "positions"):
         r.pop(key, None)
     return {"bench": "decoder", "module": path, "pass": p, "size": list(size), **r}
 
@@ -99,7 +100,7 @@ def _budget_case(plan: Plan, dtype: str, budget: int) -> dict[str, Any]:
     runs, warmup = _runs(plan)
     device = torch.device(plan.device)
     torch.manual_seed(0)
-    decoder = build_decoder("fused", plan.head).to(device)
+    decoder = build_decoder("isa-fused", plan.head).to(device)
     decoder.token_budget = budget
     cin = decoder.in_conv.conv.in_channels
     x = torch.randn(1, cin, *plan.budget_feature, device=device)  # (1, Cin, h, w)

@@ -47,7 +47,9 @@ class Plan:
         features: Feature-map sizes of the head benchmarks.
         target_feature: The size the attention target is judged at.
         channels, isa_channels: Of the attention-module benchmark.
-        head: The decoder of the head benchmarks (``None``: the published one).
+        head: The decoder of the head benchmarks: ``in_channels``, ``classes``, ``channels``,
+            ``key_channels`` (:func:`isa_explorer.bench.decoder.head_config`; ``None``: the
+            published one).
         budget_feature: Feature map of the token-budget sweep; ``budgets``: its budgets.
         bn_shape: ``(B, C, H, W)`` of the SyncBatchNorm check.
         recompile_sizes: Feature sizes fed in turn to the compiled decoder.
@@ -141,7 +143,7 @@ def smoke_plan(compile: bool = True) -> Plan:
         target_feature=(16, 32),
         channels=64,
         isa_channels=32,
-        head=dict(in_channels=64, classes=5, channels=32, isa_channels=16),
+        head=dict(in_channels=64, classes=5, channels=32, key_channels=16),
         budget_feature=(32, 64),
         budgets=(256, 1024, 32 * 64),
         bn_shape=(2, 16, 8, 16),

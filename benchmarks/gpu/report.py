@@ -96,7 +96,7 @@ def _head_rows(report: dict[str, Any]) -> list[dict]:
         tag = f"{size[0]}x{size[1]}"
         for bench, fused, explicit in (
             ("attention", "isa-fused", "isa-explicit"),
-            ("decoder", "fused", "explicit"),
+            ("decoder", "isa-fused", "isa-explicit"),
         ):
             p = "forward+backward"
             a, b = by.get((bench, fused, p, size)), by.get((bench, explicit, p, size))
@@ -109,12 +109,12 @@ def _head_rows(report: dict[str, Any]) -> list[dict]:
                                  r, ATTENTION_TARGET if judged else "", met))  # fmt: skip
         p = "forward+backward"
         a, b = (
-            by.get(("decoder", "fused-checkpoint", p, size)),
-            by.get(("decoder", "fused", p, size)),
+            by.get(("decoder", "isa-fused-checkpoint", p, size)),
+            by.get(("decoder", "isa-fused", p, size)),
         )
         for key, what in (("median_ms", "time"), ("peak_mib", "memory")):
             rows.append(_row("heads", f"decoder fwd+bwd {tag}",
-                             f"fused-checkpoint / fused {what}", _ratio(a, b, key)))  # fmt: skip
+                             f"isa-fused-checkpoint / isa-fused {what}", _ratio(a, b, key)))  # fmt: skip
     return rows
 
 

@@ -25,8 +25,8 @@ package registry: ``docs/gpu_check.md``.
 The modules beside this script hold the sizes (``plan.py``), the sections (``sections.py``,
 ``heads.py``), the summary and markdown (``report.py``) and dynamo's graph counts
 (``graph_breaks.py``); they import one another by name, which works because Python puts this
-script's folder first on ``sys.path``, and the decoder benchmark (``benchmarks/decoder.py``),
-whose folder this script puts second.
+script's folder first on ``sys.path``. The whole-decoder cases are the package's
+(:mod:`isa_explorer.bench.decoder`, ``isa-explorer bench decoder``).
 
 Usage, from the repository root (the package installed, or on ``PYTHONPATH``)::
 
@@ -48,9 +48,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-#: ``benchmarks/``: ``heads.py`` and ``sections.py`` import the decoder benchmark by name.
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from heads import budget_cases, head_cases
 from isa_explorer.costs.measure import system_info

@@ -25,9 +25,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from decoder import HEAD, build_decoder
 from fake_cityscapes import write_fake_cityscapes
 from graph_breaks import graph_breaks, graphs_over_sizes
+from isa_explorer.bench.decoder import HEAD, build_decoder
 from isa_explorer.configs import TrainConfig, get_config
 from isa_explorer.costs.measure import MiB, PeakMemory, time_runs
 from isa_explorer.models.fusion import fuse_for_inference
@@ -222,7 +222,7 @@ def graph_break_cases(plan: Plan, ctx: Context) -> list[Case]:
 def _decoder(plan: Plan, impl: str) -> tuple[nn.Module, torch.Tensor]:
     cfg = dict(HEAD if plan.head is None else plan.head)
     torch.manual_seed(0)
-    dec = build_decoder(impl, cfg, mode="train").to(plan.device)  # the plain ISA head
+    dec = build_decoder(f"isa-{impl}", cfg, mode="train").to(plan.device)  # the plain ISA head
     x = torch.randn(2, cfg["in_channels"], *plan.target_feature, device=plan.device)
     return dec, x  # x: (2, Cin, h, w)
 

@@ -41,38 +41,57 @@ def format_row(r: dict[str, Any]) -> str:
     )
 
 
-def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """ISA / dense peak-memory ratios (explicit paths, forward) where both ran.
+def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every module against dense attention's explicit path, per feature size (forward).
 
-    The measured ratio is ``None`` where the dense peak growth was not measurable (in-process
-    runs). Beside it: the analytic affinity ratio ``(Np/P + P) Np / N^2`` and the
-    ratio of the analytic peak model (activations + affinities).
+    For each size where ``dense-explicit`` ran: each module's measured peak and time, the
+    measured peak over dense's (``None`` where dense's peak growth was not measurable: in-process
+    runs) and, beside it, the analytic ratios of the heads' declared costs: affinity elements
+    (ISA's ``(Np/P + P) Np / N^2``, criss-cross's ``(h + w - 1) / N``, ...) and the peak model.
     """
     by = {
         (tuple(r["feature"]), r["module"]): r
         for r in results
         if r["pass"] == "forward" and r.get("status") == "ok"
     }
-    out = {}
-    for (feat, module), isa in by.items():
+    out: dict[str, dict[str, Any]] = {}
+    for (feat, module), r in by.items():
         dense = by.get((feat, "dense-explicit"))
-        if module != "isa-explicit" or dense is None:
+        if dense is None:
             continue
-        a_isa, a_dense = isa["analytic"], dense["analytic"]
-        out[f"{feat[0]}x{feat[1]}"] = {
-            "measured_peak_isa_over_dense": (
-                round(isa["peak_mib"] / dense["peak_mib"], 4) if dense["peak_mib"] > 0 else None
+        a, d = r["analytic"], dense["analytic"]
+        row = out.setdefault(f"{feat[0]}x{feat[1]}", {"dense_peak_mib": dense["peak_mib"]})
+        row.setdefault("modules", {})[module] = {
+            "peak_mib": r["peak_mib"],
+            "median_ms": r["median_ms"],
+            "measured_peak_over_dense": (
+                round(r["peak_mib"] / dense["peak_mib"], 4) if dense["peak_mib"] > 0 else None
             ),
-            "analytic_affinity_isa_over_dense": round(
-                a_isa["affinity_mib"] / a_dense["affinity_mib"], 4
+            "time_over_dense": round(r["median_ms"] / max(dense["median_ms"], 1e-9), 4),
+            "analytic_affinity_over_dense": round(
+                a["affinity_mib"] / max(d["affinity_mib"], 1e-12), 4
             ),
-            "analytic_peak_isa_over_dense": round(
-                a_isa["predicted_peak_mib"] / a_dense["predicted_peak_mib"], 4
+            "analytic_peak_over_dense": round(
+                a["predicted_peak_mib"] / max(d["predicted_peak_mib"], 1e-12), 4
             ),
-            "isa_peak_mib": isa["peak_mib"],
-            "dense_peak_mib": dense["peak_mib"],
         }
     return out
+
+
+def format_summary(summary: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per feature size: each module's peak memory over dense's (measured, and the
+    analytic peak model in brackets)."""
+    lines = []
+    for feat, row in summary.items():
+        parts = []
+        for module, m in row["modules"].items():
+            if module == "dense-explicit":
+                continue
+            measured = m["measured_peak_over_dense"]
+            shown = "-" if measured is None else f"{measured:.3g}"
+            parts.append(f"{module} {shown} ({m['analytic_peak_over_dense']:.3g})")
+        lines.append(f"{feat}: peak memory / dense-explicit (forward): " + ", ".join(parts))
+    return lines
 
 
 def _group(text: str) -> int | str:
@@ -135,13 +154,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     config["resolutions"] = [list(r) for r in args.resolutions]
     report = {"system": system, "config": config, "results": results}
     report["summary"] = summarize(results)
-    for feat, s in report["summary"].items():
-        print(
-            f"{feat}: ISA/dense peak memory (explicit, forward) measured "
-            f"{s['measured_peak_isa_over_dense']}, analytic affinity "
-            f"{s['analytic_affinity_isa_over_dense']:.4f}, analytic peak model "
-            f"{s['analytic_peak_isa_over_dense']:.4f}"
-        )
+    for line in format_summary(report["summary"]):
+        print(line)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     figures = [args.out.with_suffix(s) for s in (".png", ".svg")]

@@ -12,6 +12,10 @@ BENCHMARKS = {
         "isa_explorer.bench.attention_cli",
         "ISA vs dense attention modules by resolution: memory, time, FLOPs",
     ),
+    "decoder": (
+        "isa_explorer.bench.decoder",
+        "every head's whole decoder by resolution: memory, time, FLOPs, forward and training step",
+    ),
 }
 
 

@@ -4,8 +4,9 @@ A CPU process's peak resident memory never goes down, so each case of a memory b
 in a new process. :func:`run_worker` starts ``python -m isa_explorer.bench.worker KIND SPEC``
 with :data:`~isa_explorer.costs.measure.WORKER_ENV`; the worker calls the function registered
 for ``KIND`` in :data:`WORKERS` with the JSON ``SPEC`` and prints its JSON result as the last
-line of stdout. A benchmark script outside the package (``benchmarks/decoder.py``) runs its
-cases the same way through :func:`run_fresh`, as ``python SCRIPT --worker SPEC``.
+line of stdout. A benchmark with a command line of its own runs its cases the same way through
+:func:`run_fresh`, as ``python -m MODULE --worker SPEC`` (``isa-explorer bench decoder``:
+``python -m isa_explorer.bench.decoder --worker SPEC``).
 """
 
 from __future__ import annotations
