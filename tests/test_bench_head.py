@@ -212,10 +212,10 @@ def test_cli_training_mode_writes_its_own_report(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     argv = ["--mode", "train", "--sizes", "8x16", "--paths", "isa-fused-checkpoint"]
     assert bench_head.main([*argv, "--runs", "1", "--warmup", "0", "--no-plot"]) == 0
-    report = json.loads((tmp_path / "results" / "bench_head_train_cpu.json").read_text())
+    report = json.loads((tmp_path / "results" / "bench_decoder_train_cpu.json").read_text())
     assert report["mode"] == "train" and "probe" not in report
     assert [r["path"] for r in report["results"]] == ["isa-fused-checkpoint"]
     assert all(r["status"] == "ok" and r["mode"] == "train" for r in report["results"])
-    assert not (tmp_path / "results" / "bench_head_train_cpu.png").exists()
+    assert not (tmp_path / "results" / "bench_decoder_train_cpu.png").exists()
     with pytest.raises(SystemExit):  # checkpointing is a training path
         bench_head.main(["--paths", "isa-fused-checkpoint", "--sizes", "8x16"])

@@ -21,8 +21,9 @@ the ``fused`` checkpointed path of each head that checkpoints (``isa-fused-check
 ``--mode infer`` (default) times a forward of the decoder fused for inference
 (:func:`~isa_explorer.models.fusion.fuse_for_inference`) under ``inference_mode``;
 ``--mode train`` times a training step of the plain decoder in train mode: forward, a
-mean-square loss of the logits, backward and ``zero_grad`` (written to
-``results/bench_head_train_cpu.json``). Each result also holds ``flops``, the whole pass counted
+mean-square loss summed over every training output (DA's three), backward and ``zero_grad``
+(written to ``results/bench_decoder_train_cpu.json``; inference to
+``results/bench_decoder_cpu.json``). Each result also holds ``flops``, the whole pass counted
 by ``FlopCounterMode`` on the meta device (:func:`decoder_flops`), and, where the head declares
 a cost (:meth:`~isa_explorer.heads.protocol.Head.cost`), ``attention_flops_analytic``: its
 context step's analytic FLOPs for the pass. A case whose analytic peak exceeds the memory
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     p.add_argument("--max-memory", type=float, help="GiB a case may use (default: available)")
     p.add_argument("--probe-size", type=parse_size, default=(128, 256))
     p.add_argument("--no-probe", action="store_true")
-    p.add_argument("--out", type=Path, help="default: results/bench_head[_train]_cpu.json")
+    p.add_argument("--out", type=Path, help="default: results/bench_decoder[_train]_cpu.json")
     p.add_argument("--plot", action="store_true", default=True, help="figure beside --out")
     p.add_argument("--no-plot", dest="plot", action="store_false", help="no .png and .svg")
     p.add_argument("--worker", metavar="SPEC", help="run one case (JSON) here, print its result")
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     chosen = args.paths or default_paths(args.mode)
     if not train and any(path_of(path).checkpoint for path in chosen):
         p.error("the -checkpoint paths are training paths: add --mode train")
-    out = args.out or Path(f"results/bench_head{'_train' if train else ''}_cpu.json")
+    out = args.out or Path(f"results/bench_decoder{'_train' if train else ''}_cpu.json")
     report = run(
         args.sizes,
         chosen,

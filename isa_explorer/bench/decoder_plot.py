@@ -13,9 +13,8 @@ from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullLocator
 
-from isa_explorer.costs.plot import MIN_PEAK_MIB, PAIRS, measured_peak
+from isa_explorer.costs.plot import MIN_PEAK_MIB, PAIRS, log_axes, measured_peak
 
 #: The title of each mode.
 TITLES = {"infer": "forward (fused for inference)", "train": "training step (fwd + bwd)"}
@@ -82,13 +81,4 @@ def plot_decoder(report: dict[str, Any], path: str | Path | None = None) -> Figu
 def _layout(ax_mem: Axes, ax_time: Axes, results: list[dict[str, Any]]) -> None:
     """Log-log axes with the feature sizes as ticks, and short titles."""
     ticks = sorted({(r["positions"], tuple(r["size"])) for r in results})
-    for ax, ylabel in ((ax_mem, "peak memory growth (MiB)"), (ax_time, "median time (ms)")):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xticks([n for n, _ in ticks], [f"{h}x{w}\n{n} pos." for n, (h, w) in ticks])
-        ax.xaxis.set_minor_locator(NullLocator())  # y keeps its minor labels: < 1 decade
-        ax.set_xlabel("feature map (positions N = h * w)")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, which="major", alpha=0.3)
-    ax_mem.set_title("Peak memory")
-    ax_time.set_title("Median time")
+    log_axes(ax_mem, ax_time, ticks, "feature map (positions N = h * w)")

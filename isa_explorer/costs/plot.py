@@ -134,13 +134,22 @@ def plot_results(
 def _axes_layout(ax_mem: Axes, ax_time: Axes, rows: list[dict[str, Any]]) -> None:
     """Log-log axes with the input resolutions as ticks, and short titles."""
     ticks = sorted({(r["positions"], tuple(r["resolution"])) for r in rows})
+    log_axes(ax_mem, ax_time, ticks, "input resolution (feature positions at 1/8)")
+    ax_time.set_title("Time per pass")
+
+
+def log_axes(
+    ax_mem: Axes, ax_time: Axes, ticks: list[tuple[int, tuple[int, int]]], xlabel: str
+) -> None:
+    """The memory and time panels of a benchmark figure: log-log, ``ticks`` as
+    ``(positions, (h, w))`` labelled with the size and its positions, a light major grid."""
     for ax, ylabel in ((ax_mem, "peak memory growth (MiB)"), (ax_time, "median time (ms)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks([n for n, _ in ticks], [f"{h}x{w}\n{n} pos." for n, (h, w) in ticks])
         ax.minorticks_off()
-        ax.set_xlabel("input resolution (feature positions at 1/8)")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(True, which="major", alpha=0.3)
     ax_mem.set_title("Peak memory")
-    ax_time.set_title("Time per pass")
+    ax_time.set_title("Median time")
