@@ -4,7 +4,7 @@
 Runs in a venv that has mmseg (mmengine, mmcv-lite + :mod:`mmcv_ext_shim`) and the project on
 the same torch (README.md beside this file says how). Heads (``--heads``, the project's names):
 ``isa``, ``nl``, ``cc``, ``da``, ``gc``, ``ema``, each with its published settings
-(:data:`HEADS`: 2048 input channels, 19 classes, batch 1; mmseg's with BN for SyncBN, ours
+(``HEADS`` of ``peer_settings.py``: 2048 input channels, 19 classes, batch 1; mmseg's with BN for SyncBN, ours
 through ``heads.get(name).build(2048, 19, HeadConfig(...))`` as ``ISANet`` builds its
 decoder). Every case runs in a fresh process with 2 threads; the kinds alternate their order
 from round to round; each case reports the median wall time of ``--reps`` steps (4) after one
@@ -41,85 +41,10 @@ import subprocess
 import sys
 import time
 
+from peer_settings import HEADS, ISA_KINDS, default_kinds
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROJECT = os.environ.get("PROJECT_DIR", os.path.dirname(os.path.dirname(HERE)))
-#: Each head's published settings: mmseg's decode head (``configs/_base_/models/*_r50-d8.py``
-#: of mmseg 1.2.2, SyncBN -> BN) and the project's ``HeadConfig`` of the same head.
-HEADS = {
-    "isa": dict(
-        mmseg=dict(type="ISAHead", channels=512, isa_channels=256, down_factor=(8, 8)),
-        ours=dict(channels=512, key_channels=256),
-        impls=("fused", "explicit"),
-    ),
-    "nl": dict(
-        mmseg=dict(
-            type="NLHead", channels=512, reduction=2, use_scale=True, mode="embedded_gaussian"
-        ),
-        ours=dict(channels=512, options={"reduction": 2}),
-        impls=("fused", "explicit"),
-        dense=True,
-    ),
-    "cc": dict(
-        mmseg=dict(type="CCHead", channels=512, recurrence=2),
-        ours=dict(channels=512, options={"recurrence": 2}),
-        impls=(),
-    ),
-    "da": dict(
-        mmseg=dict(type="DAHead", channels=512, pam_channels=64),
-        ours=dict(channels=512, options={"pam_channels": 64}),
-        impls=("fused", "explicit"),
-        dense=True,
-    ),
-    "gc": dict(
-        mmseg=dict(
-            type="GCHead",
-            channels=512,
-            ratio=1 / 4.0,
-            pooling_type="att",
-            fusion_types=("channel_add",),
-        ),
-        ours=dict(channels=512, options={"ratio": 0.25}),
-        impls=(),
-    ),
-    "ema": dict(
-        mmseg=dict(
-            type="EMAHead",
-            channels=256,
-            ema_channels=512,
-            num_bases=64,
-            num_stages=3,
-            momentum=0.1,
-        ),
-        ours=dict(
-            channels=256,
-            options={"ema_channels": 512, "num_bases": 64, "num_stages": 3, "momentum": 0.1},
-        ),
-        impls=(),
-    ),
-}
-KINDS = (
-    "mmseg",
-    "ours",
-    "fused",
-    "explicit",
-    "fused-checkpoint",
-    "explicit-checkpoint",
-    "fused-prepared",
-    "ours-prepared",
-)
-
-
-#: ISA's kinds when it runs alone (the peer run of ``results/peer_cpu.json``, as before).
-ISA_KINDS = {
-    "infer": ("mmseg", "fused", "explicit", "fused-prepared"),
-    "train": ("mmseg", "fused", "explicit", "fused-checkpoint"),
-}
-
-
-def default_kinds(head: str, mode: str) -> tuple[str, ...]:
-    """mmseg's head and ours: both attention implementations where the head has them (``fused``,
-    ``explicit``), else its one path (``ours``)."""
-    return ("mmseg", *(HEADS[head]["impls"] or ("ours",)))
 
 
 def _kib(field: str, source: str = "/proc/self/status") -> int:

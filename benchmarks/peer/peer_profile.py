@@ -32,6 +32,7 @@ import sys
 import time
 
 import peer_bench as bench
+from peer_settings import default_kinds
 
 MiB = 2**20
 #: Operator families by the aten name of their kernels (first match wins).
@@ -237,8 +238,7 @@ def main() -> int:
         head, mode, size = case.split(":")
         h, w = map(int, size.split("x"))
         rows = [
-            run_kind(head, k, mode, h, w, a.steps, a.timeout)
-            for k in bench.default_kinds(head, mode)
+            run_kind(head, k, mode, h, w, a.steps, a.timeout) for k in default_kinds(head, mode)
         ]
         doc["cases"][case] = rows
         for r in rows:

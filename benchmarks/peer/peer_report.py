@@ -11,6 +11,7 @@ import statistics
 import time
 
 import peer_bench as bench
+from peer_settings import HEADS, KINDS, default_kinds
 
 
 def summarise(rows: list[dict], modes: list[str], sizes: list[str], heads=("isa",)) -> list[dict]:
@@ -21,7 +22,7 @@ def summarise(rows: list[dict], modes: list[str], sizes: list[str], heads=("isa"
             for size in sizes:
                 h, w = map(int, size.split("x"))
                 med = {}
-                for k in bench.KINDS:
+                for k in KINDS:
                     key = (head, k, mode, h, w)
                     rs = [
                         r
@@ -87,7 +88,7 @@ def _system(argv: list[str]) -> dict:
 def write_out(path: str, rows: list[dict], failures: list[dict], argv: list[str]) -> None:
     """The JSON (rows, skipped cases, summary, wall seconds per head), rewritten atomically,
     and its markdown table beside it (``.md``)."""
-    heads = [h for h in bench.HEADS if any(r.get("head", "isa") == h for r in rows + failures)]
+    heads = [h for h in HEADS if any(r.get("head", "isa") == h for r in rows + failures)]
     modes = [m for m in ("infer", "train") if any(r["mode"] == m for r in rows + failures)]
     sizes = sorted(
         {f"{r['h']}x{r['w']}" for r in rows + failures}, key=lambda s: int(s.split("x")[0])
@@ -156,7 +157,7 @@ def markdown(doc: dict, sizes=("64x128", "128x256"), modes=("train", "infer")) -
         ]
         return "; ".join(whys) or "not run (time)"
 
-    for head in bench.HEADS:
+    for head in HEADS:
         for mode in modes:
             for size in sizes:
                 tg = target(mode, size)
@@ -166,10 +167,10 @@ def markdown(doc: dict, sizes=("64x128", "128x256"), modes=("train", "infer")) -
                 bm = f"{b['mem_mib']:.0f}" if b else "-"
                 extra = [
                     k
-                    for k in bench.KINDS
-                    if (head, mode, size, k) in summ and k not in bench.default_kinds(head, mode)
+                    for k in KINDS
+                    if (head, mode, size, k) in summ and k not in default_kinds(head, mode)
                 ]
-                for k in [*bench.default_kinds(head, mode)[1:], *extra]:
+                for k in [*default_kinds(head, mode)[1:], *extra]:
                     r = summ.get((head, mode, size, k))
                     if r and b:
                         met = "-"
