@@ -52,6 +52,53 @@ def test_banded_convolution_equals_the_whole_one(kernel, dilation, band_rows, mo
         assert len(calls) == 1
 
 
+@pytest.mark.parametrize("kernel,dilation", [(1, 1), (3, 1), (3, 2)])
+@pytest.mark.parametrize("band_rows", [1, 4])
+def test_banded_convolution_of_a_concatenation_equals_cat_then_conv(
+    kernel, dilation, band_rows, monkeypatch
+):
+    """``conv((x, y))`` is ``conv(cat[x, y])``: made a band at a time at CPU inference
+    (1x1 included), whole under autograd."""
+    torch.manual_seed(0)
+    conv = TokenConv2d(7, 5, kernel, padding=dilation * (kernel // 2), dilation=dilation)
+    x, y = torch.randn(2, 4, 11, 9), torch.randn(2, 3, 11, 9)
+    cats = []
+    real_cat = torch.cat
+    monkeypatch.setattr(torch, "cat", lambda t, *a, **k: cats.append(1) or real_cat(t, *a, **k))
+    with torch.no_grad():
+        expected = F.conv2d(real_cat([x, y], 1), conv.weight, conv.bias, 1, conv.padding, dilation)
+        monkeypatch.setattr(layers_module, "BAND_BYTES", band_rows * 2 * 7 * 9 * 4)
+        got = conv((x, y))
+    assert cats == []  # never concatenated whole
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    with torch.enable_grad():
+        torch.testing.assert_close(conv((x, y)), expected, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="one input"):
+        conv((x.flatten(2).mT, y.flatten(2).mT))
+
+
+@pytest.mark.parametrize("name", ["fcn", "nl", "cc", "gc", "ema"])
+def test_heads_with_conv_cat_give_the_same_logits_banded(name, monkeypatch):
+    """The heads whose ``conv_cat`` reads ``cat[x, .]``: the same logits at inference, in
+    bands of one row, as with autograd (whole maps)."""
+    from isa_explorer import heads
+    from isa_explorer.heads.protocol import HeadConfig
+
+    torch.manual_seed(0)
+    head = randomise_bn(heads.get(name).build(24, 3, HeadConfig(channels=16)))
+    x = torch.randn(1, 24, 12, 10)
+    with torch.enable_grad():
+        expected = head(x).detach()
+    monkeypatch.setattr(layers_module, "BAND_BYTES", 1)  # one row per band
+    calls = []
+    real = F.conv2d
+    monkeypatch.setattr(F, "conv2d", lambda *a, **k: calls.append(a[0].shape[1]) or real(*a, **k))
+    with torch.no_grad():
+        got = head(x)
+    assert calls.count(24 + 16) == 12  # conv_cat: one call per row of the map
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_fusing_folds_batchnorm_in_place_once():
     torch.manual_seed(0)
     model = randomise_bn(small_isanet(aux_head=True))

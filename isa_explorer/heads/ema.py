@@ -265,7 +265,7 @@ class EMAHead(Head):
         recon = self.ema_out_conv(recon)
         output = F.relu(identity + recon, inplace=True)
         output = self.bottleneck(output)  # (B, channels, H, W)
-        output = self.conv_cat(torch.cat([x, output], dim=1))  # (B, Cin + channels, H, W) in
+        output = self.conv_cat((x, output))  # of cat[x, output], (B, Cin + channels, H, W)
         logits = self.conv_seg(self.dropout(output))
         if return_attention:
             return logits, EMARecord((x.shape[-2], x.shape[-1]), z, bases)

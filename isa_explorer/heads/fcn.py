@@ -70,7 +70,9 @@ class FCNHead(Head):
         y, record = self.context(self.convs[0](x), return_attention)
         y = self.convs[1:](y)
         if self.conv_cat is not None:
-            y = self.conv_cat(torch.cat([x, y], dim=1))  # (B, Cin + channels, H, W) in
+            # The convolution of cat[x, y], (B, Cin + channels, H, W), made a band at a time
+            # at CPU inference (TokenConv2d).
+            y = self.conv_cat((x, y))
         return (y, record) if return_attention else y
 
     def forward(

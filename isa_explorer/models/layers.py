@@ -48,44 +48,66 @@ BAND_BYTES = 16 * 2**20
 
 
 class TokenConv2d(nn.Conv2d):
-    """An ``nn.Conv2d`` that also takes tokens: 1x1 on ``(B, L, Cin)`` is ``F.linear``.
+    """An ``nn.Conv2d`` that also takes tokens, or maps to concatenate.
 
-    On a 4-D map, the plain convolution; on tokens (1x1 only), ``(B, L, Cout)``: the numbers
-    a 1x1 convolution of the map gives. At CPU inference (no autograd, not compiled) a large
-    input of a ``k x k`` kernel runs in bands of output rows: oneDNN copies its input into a
-    blocked layout, one band (:data:`BAND_BYTES`) at a time instead of all 268 MiB of
-    ``in_conv``'s 2048-channel 128x256 input, whose peak goes from ~375 to ~146 MiB at
-    unchanged time (``docs/benchmarks.md``). Forward hooks see the whole input and output.
+    * A map ``(B, Cin, H, W)``: the plain convolution.
+    * Tokens ``(B, L, Cin)`` (1x1 only): ``F.linear``, ``(B, L, Cout)``, the numbers a 1x1
+      convolution of the map gives.
+    * A tuple of maps ``(B, C_i, H, W)`` with ``sum C_i = Cin``: the convolution of their
+      channel concatenation (the FCN-style ``conv_cat(cat[x, y])`` of mmseg's heads).
+
+    At CPU inference (no autograd, not compiled) a large input runs in bands of output rows:
+    oneDNN copies its input into a blocked layout, one band (:data:`BAND_BYTES`) at a time
+    instead of all 268 MiB of ``in_conv``'s 2048-channel 128x256 input, whose peak goes from
+    ~375 to ~146 MiB at unchanged time (``docs/benchmarks.md``). A tuple of maps is
+    concatenated one band at a time too, so the 320 MiB ``cat[x, y]`` of a 2560-channel
+    128x256 ``conv_cat`` never exists whole (``docs/benchmarks.md``, "Each head against
+    mmsegmentation"). Forward hooks see the whole input (the tuple, for maps to concatenate)
+    and the whole output.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 3:
-            if self.kernel_size != (1, 1) or self.groups != 1:
-                raise ValueError("token layout needs a 1x1 convolution without groups")
-            return F.linear(x, self.weight.flatten(1), self.bias)  # (B, L, Cout)
+    def forward(self, x: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+        maps = x if isinstance(x, tuple) else (x,)
+        if maps[0].dim() == 3:
+            if len(maps) > 1 or self.kernel_size != (1, 1) or self.groups != 1:
+                raise ValueError(
+                    "token layout needs one input and a 1x1 convolution without groups"
+                )
+            return F.linear(maps[0], self.weight.flatten(1), self.bias)  # (B, L, Cout)
         banded = (
-            self.kernel_size != (1, 1)
-            and x.device.type == "cpu"
+            (self.kernel_size != (1, 1) or len(maps) > 1)
+            and maps[0].device.type == "cpu"
             and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling()
             and self.stride == (1, 1)
             and self.groups == 1
             and 2 * self.padding[0] == self.dilation[0] * (self.kernel_size[0] - 1)
         )
-        return self._in_bands(x) if banded else super().forward(x)
+        if banded:
+            return self._in_bands(maps)
+        return super().forward(torch.cat(maps, dim=1) if len(maps) > 1 else maps[0])
 
-    def _in_bands(self, x: torch.Tensor) -> torch.Tensor:
-        """The convolution of ``(B, Cin, H, W)`` (same-size padding), a band of rows at a time."""
-        b, cin, h, w = x.shape
-        rows = max(1, BAND_BYTES // (b * cin * w * x.element_size()))
+    def _in_bands(self, maps: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The convolution of ``cat(maps, 1)``, each ``(B, C_i, H, W)`` (same-size padding),
+        a band of rows at a time: each band's rows, with the rows its kernel reaches above and
+        below (zeros beyond the map), are copied once into one ``(B, Cin, r + 2 pad, W)``."""
+        b, _, h, w = maps[0].shape
+        rows = max(1, BAND_BYTES // (b * self.in_channels * w * maps[0].element_size()))
         if h <= 2 * rows:
-            return super().forward(x)
+            return super().forward(torch.cat(maps, dim=1) if len(maps) > 1 else maps[0])
         pad = self.padding[0]  # rows of context above and below every output row
-        out = x.new_empty(b, self.out_channels, h, w)
+        out = maps[0].new_empty(b, self.out_channels, h, w)
         for r0 in range(0, h, rows):
             r1 = min(r0 + rows, h)
             a, z = max(r0 - pad, 0), min(r1 + pad, h)  # input rows the band reads
-            band = F.pad(x[:, :, a:z], (0, 0, pad - (r0 - a), pad - (z - r1)))  # zero borders
+            band = maps[0].new_empty(b, self.in_channels, r1 - r0 + 2 * pad, w)
+            top, bottom = a - (r0 - pad), a - (r0 - pad) + (z - a)  # band rows holding them
+            band[:, :, :top].zero_()  # zero rows above and below the map
+            band[:, :, bottom:].zero_()
+            c0 = 0
+            for m in maps:  # (B, C_i, z - a, W) each, side by side in channels
+                band[:, c0 : c0 + m.shape[1], top:bottom] = m[:, :, a:z]
+                c0 += m.shape[1]
             out[:, :, r0:r1] = F.conv2d(  # (B, Cout, r1 - r0, W)
                 band, self.weight, self.bias, 1, (0, self.padding[1]), self.dilation
             )
@@ -131,7 +153,8 @@ class MaskReLU(nn.ReLU):
 class ConvBNReLU(nn.Module):
     """Convolution without bias, BatchNorm and ReLU (mmcv ``ConvModule`` with BN and ReLU).
 
-    Takes a map ``(B, Cin, H, W)`` or, for a 1x1 kernel, tokens ``(B, L, Cin)``.
+    Takes a map ``(B, Cin, H, W)``, a tuple of maps to concatenate along channels, or, for a
+    1x1 kernel, tokens ``(B, L, Cin)`` (:class:`TokenConv2d`).
 
     Args:
         in_channels: Input channels.
@@ -170,8 +193,9 @@ class ConvBNReLU(nn.Module):
             raise RuntimeError(FUSED_MODEL)
         return super().train(mode)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, Cin, H, W) -> (B, Cout, H, W)``, or tokens ``(B, L, Cin) -> (B, L, Cout)``."""
+    def forward(self, x: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """``(B, Cin, H, W) -> (B, Cout, H, W)``, tokens ``(B, L, Cin) -> (B, L, Cout)``, or a
+        tuple of maps whose channel concatenation is the input (:class:`TokenConv2d`)."""
         y = self.conv(x)
         if y.dim() == 3:
             b, n, c = y.shape
