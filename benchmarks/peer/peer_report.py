@@ -78,11 +78,30 @@ def _system(argv: list[str]) -> dict:
         torch=torch.__version__,
         python=platform.python_version(),
         cpu=platform.processor() or platform.machine(),
+        cpu_model=_cpu_model(),
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),  # the vector ISA torch uses
         cores=os.cpu_count(),
         threads=2,
         loadavg=[round(x, 2) for x in os.getloadavg()],
         date=time.strftime("%Y-%m-%d"),
     )
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's name for it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def _run_text(run: str | dict) -> str:
+    """A run of the file as the report lists it: the command and, where recorded, the machine."""
+    if isinstance(run, str):  # runs before the machine was recorded
+        return f"`{run}`"
+    return f"`{run['command']}` ({run['cpu_model']}, {run['cpu_capability']}; {run['date']})"
 
 
 def write_out(path: str, rows: list[dict], failures: list[dict], argv: list[str]) -> None:
@@ -102,8 +121,9 @@ def write_out(path: str, rows: list[dict], failures: list[dict], argv: list[str]
     if os.path.exists(path):
         with open(path) as f:
             runs = json.load(f).get("runs", [])
-    if runs[-1:] != [system["command"]]:
-        runs.append(system["command"])
+    run = {k: system[k] for k in ("command", "cpu_model", "cpu_capability", "date")}
+    if not runs or runs[-1] != run:  # a run's entry names the machine it ran on
+        runs.append(run)
     doc = dict(
         system=system,
         runs=runs,
@@ -138,7 +158,7 @@ def markdown(doc: dict, sizes=("64x128", "128x256"), modes=("train", "infer")) -
         "",
         "Runs (each resumed the last):",
         "",
-        *[f"- `{c}`" for c in doc.get("runs") or [s["command"]]],
+        *[f"- {_run_text(c)}" for c in doc.get("runs") or [s["command"]]],
         "",
         "| head | mode | size | mmseg s | mmseg MiB | ours | rounds | s | MiB | time x | "
         "fastest x | memory x | target (time, memory) | met |",
