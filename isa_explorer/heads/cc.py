@@ -79,8 +79,9 @@ class CrissCrossAttention(nn.Module):
         e_col = e_col.masked_fill(own, float("-inf"))
         e_row = torch.einsum("bchw,bchj->bhwj", q, k)  # (B, H, W, W): row (h, j)
         attn = F.softmax(torch.cat([e_col, e_row], dim=-1), dim=-1)  # (B, H, W, H + W)
+        del e_col, e_row  # not kept for backward: freed before the aggregation's maps exist
         out = torch.einsum("bciw,bhwi->bchw", v, attn[..., :h])
-        out = out + torch.einsum("bchj,bhwj->bchw", v, attn[..., h:])
+        out += torch.einsum("bchj,bhwj->bchw", v, attn[..., h:])  # in place: no third map
         out = self.gamma(out) + x
         return (out, q.detach(), k.detach()) if return_qk else out
 
