@@ -100,7 +100,9 @@ def _pointwise_in_bands(layer: nn.Module, *maps: torch.Tensor) -> torch.Tensor:
     the whole ``(B, 2C, H, W)`` copy beside its inputs: at 128x256 with 512 channels the head's
     peak stays near the attention phase's 192 MiB instead of 256. The numbers are the same
     (each output position reads its own input position only). Forward hooks on ``layer`` fire
-    once per band.
+    once per band. Unlike :class:`~isa_explorer.models.layers.TokenConv2d`'s banded
+    concatenation (the 3x3 ``conv_cat`` of the FCN-style heads), the whole layer runs per band,
+    BatchNorm and ReLU included, so no whole pre-BatchNorm map exists either.
     """
     b, _, h, w = maps[0].shape
     per_row = b * sum(m.shape[1] for m in maps) * w * maps[0].element_size()  # bytes

@@ -85,9 +85,7 @@ class TokenConv2d(nn.Conv2d):
             and self.groups == 1
             and 2 * self.padding[0] == self.dilation[0] * (self.kernel_size[0] - 1)
         )
-        if banded:
-            return self._in_bands(maps)
-        return super().forward(torch.cat(maps, dim=1) if len(maps) > 1 else maps[0])
+        return self._in_bands(maps) if banded else super().forward(_joined(maps))
 
     def _in_bands(self, maps: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The convolution of ``cat(maps, 1)``, each ``(B, C_i, H, W)`` (same-size padding),
@@ -96,14 +94,15 @@ class TokenConv2d(nn.Conv2d):
         b, _, h, w = maps[0].shape
         rows = max(1, BAND_BYTES // (b * self.in_channels * w * maps[0].element_size()))
         if h <= 2 * rows:
-            return super().forward(torch.cat(maps, dim=1) if len(maps) > 1 else maps[0])
+            return super().forward(_joined(maps))
         pad = self.padding[0]  # rows of context above and below every output row
         out = maps[0].new_empty(b, self.out_channels, h, w)
         for r0 in range(0, h, rows):
             r1 = min(r0 + rows, h)
             a, z = max(r0 - pad, 0), min(r1 + pad, h)  # input rows the band reads
             band = maps[0].new_empty(b, self.in_channels, r1 - r0 + 2 * pad, w)
-            top, bottom = a - (r0 - pad), a - (r0 - pad) + (z - a)  # band rows holding them
+            top = a - (r0 - pad)  # the band row holding input row a
+            bottom = top + (z - a)
             band[:, :, :top].zero_()  # zero rows above and below the map
             band[:, :, bottom:].zero_()
             c0 = 0
@@ -114,6 +113,11 @@ class TokenConv2d(nn.Conv2d):
                 band, self.weight, self.bias, 1, (0, self.padding[1]), self.dilation
             )
         return out
+
+
+def _joined(maps: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """``torch.cat(maps, 1)``, or the one map itself (no copy)."""
+    return torch.cat(maps, dim=1) if len(maps) > 1 else maps[0]
 
 
 class _ReLUKeepingMask(torch.autograd.Function):
