@@ -186,7 +186,8 @@ def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
     """A copy of ``cfg`` with ``"key=value"`` / ``"model.key=value"`` overrides applied.
 
     Values are parsed as JSON when possible (``3``, ``0.02``, ``true``, ``[96,192]``), ``none``
-    or ``null`` is ``None``, anything else stays a string.
+    or ``null`` is ``None``, ``True``/``False`` in any case are booleans, anything else stays a
+    string.
 
     Raises:
         ValueError: An override without ``=`` or naming an unknown key.
@@ -199,7 +200,8 @@ def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
             raise ValueError(f"override {item!r} must look like key=value (e.g. iters=2000)")
         text = text.strip()
         try:
-            value = None if text.lower() in ("none", "null") else json.loads(text)
+            words = {"none": None, "null": None, "true": True, "false": False}
+            value = words[text.lower()] if text.lower() in words else json.loads(text)
         except json.JSONDecodeError:
             value = text
         if key in _FLAT_EVAL:  # the flat names of older configs

@@ -110,6 +110,9 @@ class TrainConfig(FromDict):
             (:meth:`~isa_explorer.heads.protocol.Head.set_full_checkpoint`; refused by heads
             without it): less memory, a second forward in backward, the same numbers.
         clip_grad: Max gradient norm, or ``None`` for no clipping.
+        freeze_encoder: Train the head only: the encoder's weights (``model.encoder_weights``)
+            stay fixed and its BatchNorm layers keep their running statistics (eval mode), so
+            no gradient or activation of the encoder is kept.
         seed: Seed of the model init, the data order and the augmentations.
         workers: DataLoader worker processes per process.
         synthetic: The synthetic dataset (:class:`~isa_explorer.data.synthetic.SyntheticConfig`).
@@ -142,6 +145,7 @@ class TrainConfig(FromDict):
     compile: bool = False
     checkpoint_attention: bool = False
     clip_grad: float | None = None
+    freeze_encoder: bool = False
     seed: int = 0
     workers: int = 0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -159,6 +163,9 @@ class TrainConfig(FromDict):
                 if not isinstance(value, (list, tuple)) or len(value) != 2:
                     raise ValueError(f"{key} must be an (H, W) pair, got {value!r}")
                 setattr(self, key, (int(value[0]), int(value[1])))
+        for f in dataclasses.fields(self):  # a flag given as "yes" or "False" must not be truthy
+            if f.type == "bool" and not isinstance(getattr(self, f.name), bool):
+                raise ValueError(f"{f.name} must be true or false, got {getattr(self, f.name)!r}")
         for key in ("iters", "batch_size", "eval_interval", "ckpt_interval", "log_interval"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"{key} must be at least 1, got {getattr(self, key)!r}")

@@ -216,6 +216,12 @@ def test_overrides_parse_json_and_nested_keys() -> None:
     assert CONFIGS["synthetic-context"].iters == 500  # the registry is not modified
 
 
+@pytest.mark.parametrize(("text", "value"), [("False", False), ("TRUE", True), ("false", False)])
+def test_flags_read_python_and_json_spellings(text: str, value: bool) -> None:
+    cfg = get_config("synthetic-context", [f"freeze_encoder={text}", f"channels_last={text}"])
+    assert cfg.freeze_encoder is value and cfg.channels_last is value
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -225,6 +231,8 @@ def test_overrides_parse_json_and_nested_keys() -> None:
         ("crop_size=[1,2,3]", r"crop_size must be an \(H, W\) pair"),
         ("eval_mode=sliding", "eval_mode must be 'whole' or 'slide'"),
         ("iters=0", "iters must be at least 1"),
+        ("freeze_encoder=yes", "freeze_encoder must be true or false, got 'yes'"),
+        ("amp=1", "amp must be true or false, got 1"),
     ],
 )
 def test_bad_overrides_are_named(override: str, message: str) -> None:

@@ -42,6 +42,7 @@ from isa_explorer.training.steps import (
     loss_weights,
     poly_factor,
     segmentation_loss,
+    train_mode,
 )
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
@@ -124,13 +125,16 @@ class _Trainer:
         model, why_not = sync_batchnorm(model, info)
         if why_not is not None:
             self.log.info(why_not)
+        if cfg.freeze_encoder:
+            model.encoder.requires_grad_(False)
         if cfg.checkpoint_attention:
             model.decoder.set_full_checkpoint(True)  # refused by heads without it
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model, self.loss_weights = model, loss_weights(model, cfg.aux_weight)
+        trained = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            trained, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, poly_factor(cfg))
         cuda = info.device.type == "cuda"
@@ -205,7 +209,7 @@ class _Trainer:
                 self.writer.add_image("val/predictions", grid, it)
                 for key in ("mIoU", "mAcc", "aAcc"):
                     self.writer.add_scalar(f"val/{key}", metrics[key], it)
-        self.model.train()
+        train_mode(self.model, self.cfg)
         self.history.append({"iter": it, **metrics})
         self.log.info(
             f"iter {it}: mIoU {100 * metrics['mIoU']:.2f} mAcc {100 * metrics['mAcc']:.2f} "
@@ -283,7 +287,7 @@ class _Trainer:
             f"training {cfg.name}: {cfg.iters} iterations, {info.world_size} process(es) x "
             f"batch {cfg.batch_size} on {info.device}, run dir {self.run_dir}"
         )
-        self.model.train()
+        train_mode(self.model, self.cfg)
         data = iter(self.train_loader)
         bar = tqdm(
             total=cfg.iters,

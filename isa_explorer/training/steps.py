@@ -34,6 +34,13 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def train_mode(model: nn.Module, cfg: TrainConfig) -> None:
+    """Put ``model`` in training mode, its encoder in eval mode if ``cfg.freeze_encoder``."""
+    model.train()
+    if cfg.freeze_encoder:
+        model.encoder.eval()
+
+
 class TrainForward(nn.Module):
     """``model.forward_train`` as ``forward``, so DDP and ``torch.compile`` wrap the train pass."""
 
@@ -97,7 +104,11 @@ RESUMABLE_CHANGES = frozenset(
 
 
 def check_resume_config(saved: dict, current: dict) -> None:
-    """Raise ``ValueError`` if a resumed run's config changes something that matters."""
+    """Raise ``ValueError`` if a resumed run's config changes something that matters.
+
+    A key the saved config lacks (a run of an earlier version) counts as its default value.
+    """
+    saved = TrainConfig.from_dict(saved).to_dict()
     changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     bad = [k for k in changed if k not in RESUMABLE_CHANGES]
     if bad:
