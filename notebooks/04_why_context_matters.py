@@ -22,14 +22,16 @@
 # - a synthetic dataset where some labels can **only** be decided from far away: grey objects are
 #   `object-red-context` or `object-blue-context` depending on a coloured cue more than a third
 #   of the image away, and the objects look identical in both cases;
-# - three heads on the **same encoder, data and budget**: `fcn` (convolutions only), `isa`
-#   (interlaced sparse attention) and `dense` (attention over all positions);
-# - how to read the outcome: mIoU overall and on the two context classes, time per iteration,
-#   peak memory, and how strongly a context object's attention points at the cue.
+# - one encoder, trained once with the convolution-only FCN head and then **frozen**; every head
+#   -- `fcn`, `isa` (interlaced sparse), `nl` (non-local), `cc` (criss-cross), `da` (dual),
+#   `gc` (global context), `ema` (EM attention) -- trained alone on it with the same data, width
+#   and budget, two seeds each, so the runs differ only in the head;
+# - how to read the outcome: mIoU overall and on the two context classes, time per training
+#   step, peak memory, and how strongly a context object's attention points at the cue.
 #
-# The notebook trains all three heads in a tiny budget (30 iterations, small images) so
-# that it runs in CI, and shows the committed full-budget results beside it. The tiny run is too
-# short to separate the heads reliably -- that is what the full run is for.
+# The notebook runs the same experiment in a tiny budget (three heads, one seed, 30 iterations,
+# small images) so that it runs in CI, and shows the committed full-budget results beside it.
+# The tiny run is too short to separate the heads -- that is what the full run is for.
 
 # %%
 import json
@@ -39,11 +41,14 @@ from tempfile import TemporaryDirectory
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from IPython.display import Markdown, display
 
 from isa_explorer.configs import get_config
 from isa_explorer.data.synthetic import SYNTHETIC_CONTEXT_CLASSES, SYNTHETIC_INFO, generate
-from isa_explorer.experiments.context import HEADS, HELD_OUT_SEED, format_results, run_experiment
-from isa_explorer.pretrained import load_model
+from isa_explorer.experiments.context import run_experiment
+from isa_explorer.experiments.report import findings, format_results
+from isa_explorer.experiments.scores import HELD_OUT_SEED
+from isa_explorer.pretrained import default_heads, load_default_model, load_model
 
 _ = torch.manual_seed(0)
 PALETTE = np.asarray(SYNTHETIC_INFO.palette, dtype=np.uint8)
@@ -82,11 +87,12 @@ print(f"pixels that differ: {int((a != b).any(-1).sum())} of {a.shape[0] * a.sha
 #
 # ## 2. The tiny experiment
 #
-# `isa_explorer.experiments.context.run_experiment` trains one run per head with the
-# `synthetic-context` recipe (`train/fit.py --config synthetic-context`) and the same overrides,
-# then scores each on held-out scenes (seed `HELD_OUT_SEED`, never used for training). Here:
-# 30 iterations of batch 2 at 96 x 192 with a 32-channel head -- a few minutes on a 2-core CPU
-# for all three, against the full recipe (printed below) for the committed run.
+# `isa_explorer.experiments.context.run_experiment` first trains the shared encoder (the
+# `synthetic-context` recipe, `train/fit.py --config synthetic-context`, with the FCN head), then
+# one run per head and seed on it with `freeze_encoder=true`, and scores each on held-out scenes
+# (seed `HELD_OUT_SEED`, never used for training nor for choosing a seed). Here: 30 iterations
+# of batch 2 at 96 x 192 with a 32-channel head, for three heads and one seed -- a few minutes on
+# a 2-core CPU, against the full recipe (printed below) for the committed run.
 
 # %%
 tiny = [
@@ -106,15 +112,20 @@ print(
     f"{tuple(full.synthetic['size'])}, lr {full.lr}, head {full.model['decoder_channels']} ch"
 )
 workdir = TemporaryDirectory(prefix="isa_context_")
-live = run_experiment(workdir.name, HEADS, overrides=tiny, n_eval=8, progress=False)
-print(format_results(live))
+LIVE_HEADS = ("fcn", "isa", "cc")
+live = run_experiment(
+    workdir.name, LIVE_HEADS, seeds=(0,), reference=(), overrides=tiny, n_eval=8, progress=False
+)
+display(Markdown(format_results(live)))
 
 # %% [markdown]
 # ## 3. The committed full-budget results
 #
-# `results/context_experiment.json` is written by
-# `isa-explorer experiment context --runs-dir runs/context` (same code, the full
-# recipe, 128 held-out scenes). If this checkout has it, it is shown here next to the tiny run.
+# `results/context_experiment.json` is written by `isa-explorer experiment context` (same code,
+# the full recipe, seven heads, two seeds each, 128 held-out scenes) and lists every run with its
+# `head` and `seed`; beside them, end-to-end ISA and dense runs as a reference (their encoders
+# learned with the head, so they are not part of the controlled comparison). If this checkout
+# has it, it is shown here next to the tiny run.
 
 # %%
 committed = json.loads(COMMITTED.read_text()) if COMMITTED.is_file() else None
@@ -122,26 +133,26 @@ if committed is None:
     print(f"{COMMITTED} is not in this checkout: only the tiny run is shown.")
     print("Produce it with: isa-explorer experiment context --runs-dir runs/context")
 else:
-    print(format_results(committed))
-    print("command:", committed.get("command", "?"))
-    print("held out:", committed.get("held_out"), "| environment:", committed.get("environment"))
+    display(Markdown(format_results(committed)))
 
 # %%
 runs = {"tiny (this notebook)": live}
 if committed is not None:
     runs["full (committed)"] = committed
-metrics = ("mIoU", "context_mIoU")
 fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 3.2), squeeze=False)
 for ax, (name, res) in zip(axes[0], runs.items(), strict=True):
-    heads = list(res["heads"])
+    heads = [h for h, s in res["heads"].items() if s["kind"] == "head-only"]
     x = np.arange(len(heads))
-    for i, key in enumerate(metrics):
-        values = [res["heads"][h][key] for h in heads]
-        ax.bar(x + (i - 0.5) * 0.38, values, 0.38, label=key)
+    for i, key in enumerate(("mIoU", "context_mIoU")):
+        means = [res["heads"][h][key]["mean"] for h in heads]
+        ax.bar(x + (i - 0.5) * 0.38, means, 0.38, label=f"{key} (mean over seeds)")
+        for j, h in enumerate(heads):  # one dot per seed
+            seeds = [r[key] for r in res["runs"] if r["kind"] == "head-only" and r["head"] == h]
+            ax.plot([x[j] + (i - 0.5) * 0.38] * len(seeds), seeds, "k.", ms=4)
     ax.set_xticks(x, heads)
     ax.set_ylim(0, 1)
     ax.set_title(name)
-    ax.legend()
+    ax.legend(fontsize=7, loc="lower right")
 plt.tight_layout()
 plt.show()
 
@@ -155,14 +166,21 @@ plt.show()
 #   on the cue, divided by the cue's area share; 1 = no preference) tells whether the attention
 #   heads found the cue. It is given separately for objects in the red and in the blue context:
 #   a head may look at the cue in one context only and read the other from its absence, so
-#   compare the two numbers, not just their median.
-# - **time and peak memory of a training step** are the price: at these small maps ISA and
-#   dense cost about the same; notebook 2 shows how the dense cost grows with `N^2`.
+#   compare the two numbers, not just their median. GC's map is one mask for every query, so a
+#   high ratio there means the mask itself sits on the cue.
+# - **the seeds**: two seeds per head show how far a result moves by chance; a difference
+#   between heads smaller than that is not a finding.
+# - **time and peak memory of a training step** are the price: at these small maps the heads
+#   cost about the same; notebook 2 shows how the costs part as the maps grow.
 
 # %%
+if committed is not None:
+    print("What the committed run finds:")
+    for line in findings(committed):
+        print(" -", line)
 for name, res in runs.items():
     print(name)
-    for head, row in res["heads"].items():
+    for row in res["runs"]:
         cue = row.get("cue_attention")
         where = "no attention"
         if cue:
@@ -170,24 +188,32 @@ for name, res in runs.items():
                 f"{cls} {c['median']:.2f}x" for cls, c in cue.get("by_class", {}).items()
             )
             where = f"cue attention median {cue['median']:.2f}x ({per_class})"
-        print(f"  {head:6s} params {row['params']:,}  {where}")
+        print(f"  {row['kind']:10s} {row['head']:5s} seed {row['seed']}  {where}")
 
 # %% [markdown]
-# ## 4. The tiny models on a held-out scene
+# ## 4. The models on a held-out scene
+#
+# The tiny models of this notebook, and the embedded default models: the best seed of each head
+# in the committed run, all on the one shared encoder (`load_default_model(head=...)`).
 
 # %%
 image, labels = generate(HELD_OUT_SEED, 0, SIZE)
 x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
-fig, axes = plt.subplots(1, 2 + len(HEADS), figsize=(4 * (2 + len(HEADS)), 2.4))
+shown = [(f"{h} (tiny run)", load_model(Path(workdir.name) / "heads" / h / "seed0" / "final"))
+         for h in LIVE_HEADS]  # fmt: skip
+shown += [(f"{h} (default model)", load_default_model(head=h)) for h in default_heads()]
+cols = 4
+rows = -(-(2 + len(shown)) // cols)
+fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.2 * rows))
+axes = axes.ravel()
 axes[0].imshow(image)
 axes[0].set_title("held-out scene")
 axes[1].imshow(PALETTE[labels])
 axes[1].set_title("labels")
-for ax, head in zip(axes[2:], HEADS, strict=True):
-    model = load_model(Path(workdir.name) / head / "final")
+for ax, (title, model) in zip(axes[2:], shown, strict=False):
     pred = model.predict(model.normalize(x))[0].argmax(0).numpy()
     ax.imshow(PALETTE[pred])
-    ax.set_title(f"{head} (tiny run)")
+    ax.set_title(title, fontsize=9)
 for ax in axes:
     ax.set_axis_off()
 plt.tight_layout()
@@ -198,12 +224,13 @@ workdir.cleanup()  # remove the temporary folders
 # ## Exercises
 #
 # 1. Double the tiny budget (`iters=80`). Which head's context mIoU moves first?
-# 2. Add `model.decoder_order=short-long` to the overrides for a second ISA run. Does the order
-#    of the two steps matter here?
+# 2. Run the tiny experiment with `seeds=(0, 1, 2)`: how far apart are a head's seeds, and
+#    does any difference between heads survive it?
 # 3. The cue is at least a third of the width away from the grey objects. Make the scenes wider
 #    (`synthetic.size=[96,384]`): what happens to the FCN head's context mIoU, and to the
 #    dense head's memory?
 # 4. Use `isa_explorer.experiments.context.cue_attention_ratio` on the tiny ISA model with
 #    `map_name="long"` and `"short"`: which step carries the cue's information?
-# 5. In the full results, is the ISA head's cue-attention ratio larger or smaller than the dense
-#    head's? Why could a two-step route be *easier* to learn than one dense softmax?
+# 5. In the full results, compare ISA on the frozen encoder with the end-to-end ISA reference.
+#    What does an encoder that learns with its head add, and why does the controlled comparison
+#    freeze it?

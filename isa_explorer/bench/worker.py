@@ -24,7 +24,7 @@ from isa_explorer.costs.measure import WORKER_ENV
 #: ``kind -> "module:function"``; each function takes the spec dict and returns a JSON dict.
 WORKERS = {
     "attention": "isa_explorer.bench.runner:worker",
-    "train-step": "isa_explorer.experiments.context:train_step_worker",
+    "train-step": "isa_explorer.experiments.scores:train_step_worker",
 }
 
 

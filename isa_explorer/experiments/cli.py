@@ -10,11 +10,11 @@ from isa_explorer.cli import dispatch
 EXPERIMENTS = {
     "context": (
         "isa_explorer.experiments.context",
-        "FCN vs ISA vs dense heads on labels only a far cue decides",
+        "every head alone on one frozen encoder, on labels only a far cue decides",
     ),
     "default-model": (
         "isa_explorer.experiments.default_model",
-        "export a synthetic-context run as the embedded default model",
+        "export the context experiment's best runs as the embedded default models",
     ),
 }
 

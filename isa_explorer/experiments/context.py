@@ -1,284 +1,264 @@
-"""Why long-range context matters: FCN vs ISA vs dense heads on the synthetic context scenes.
+"""What each head buys: the controlled long-range experiment on the synthetic context scenes.
 
-The same encoder and training recipe (``train/fit.py --config synthetic-context``) with three
-heads: (a) ``fcn`` -- convolutions only, (b) ``isa`` -- interlaced sparse self-attention, (c)
-``dense`` -- dense self-attention over all positions. Each is scored on a held-out split whose
-seed no training or validation run uses: mIoU overall and on the classes only the far cue
-decides, time per training iteration and peak memory; for the attention heads also how much of
-a context object's attention lands on the cue (the combined map's mass on the cue, relative to
-the cue's share of the image).
+Labels of the grey objects in the scenes of :mod:`isa_explorer.data.synthetic` are decided by a
+coloured cue far away. The experiment asks which heads bring that cue to the object:
 
-``isa-explorer experiment context`` writes ``results/context_experiment.json`` and ``.md``; a
-head whose run (``runs/context/HEAD``) already holds ``final/`` is not trained again, so the run
-of ``python train/fit.py --config synthetic-context --run-dir runs/context/isa`` is reused.
+1. **One shared encoder** (``runs_dir/encoder``): the ``synthetic-context`` recipe with the FCN
+   head alone, end to end. FCN is the part every other head builds on (mmseg's NL, CC, GC and
+   DA heads are its subclasses, ISA and EMA have the same bottleneck), so the encoder learns
+   what all heads share and no attention head shapes its features; it is also one run, where
+   seven heads summed would cost seven heads' steps and weigh their gradients by chance.
+2. **Every head alone on it, frozen** (``runs_dir/heads/HEAD/seedS``): the same recipe with
+   ``freeze_encoder=true`` and the encoder run's weights, the same widths (128 channels; EMA's
+   ``ema_channels`` 128), the same schedule; the runs differ only in the head and the seed.
+3. **Scores** on held-out scenes (:data:`~isa_explorer.experiments.scores.HELD_OUT_SEED`) that
+   neither training nor the choice of a seed sees (the best seed is the one with the best
+   validation mIoU): mIoU, mIoU of the context classes, the cue attention of heads with a
+   spatial map; the time and memory of each head's training step, in a fresh process per head.
+4. **Reference**: end-to-end runs of ISA and dense attention (``runs_dir/end-to-end/HEAD``),
+   the experiment as it was first run, with the encoder trained for the head.
+
+``isa-explorer experiment context`` writes ``results/context_experiment.{json,md}``. A run whose
+``final/`` model exists is reused (after checking its config), an interrupted one resumes from
+its last checkpoint, and a run's scores are kept in its ``held_out.json``: stop it any time and
+run the same command again.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from isa_explorer import heads as registry
-from isa_explorer.attention import capture_attention, query_maps
-from isa_explorer.data.synthetic import (
-    SYNTHETIC_CONTEXT_CLASSES,
-    SYNTHETIC_INFO,
-    SyntheticConfig,
-    SyntheticContextDataset,
-    generate,
-)
-from isa_explorer.evaluation import evaluate
-from isa_explorer.models.isanet import ISANet
+from isa_explorer.data.synthetic import SYNTHETIC_INFO
+from isa_explorer.experiments.report import format_results
+from isa_explorer.experiments.scores import HELD_OUT_SEED, cue_attention_ratio, held_out_metrics
 
-#: The heads compared: every registered head (built in: ``isa``, ``dense``, ``fcn``).
-HEADS = tuple(registry.names())
-#: Seed of the held-out scenes: no config trains or validates on it.
-HELD_OUT_SEED = 20261124
-CUE_CLASSES = (1, 2)
+#: The heads compared on the shared encoder (each with an embedded default model).
+COMPARED = ("fcn", "isa", "nl", "cc", "da", "gc", "ema")
+#: The heads of the end-to-end reference runs.
+REFERENCE = ("isa", "dense")
+#: Training seeds of each head-only run.
+SEEDS = (0, 1)
+#: The head trained with the shared encoder.
+ENCODER_HEAD = "fcn"
+#: Options that give a head the same width as the others (EMA's published 512 is 4x theirs).
+WIDTH_OPTIONS = {"ema": ['model.head_options={"ema_channels": 128}']}
 
 
-def held_out_metrics(
-    model: ISANet,
-    size: tuple[int, int] = SyntheticConfig.size,
-    n_images: int = 128,
-    seed: int = HELD_OUT_SEED,
-    batch_size: int = 8,
-    progress: bool = False,
-) -> dict:
-    """mIoU of ``model`` on held-out synthetic scenes, overall and on the context classes.
+@dataclass
+class Run:
+    """One training run of the experiment: ``kind`` is ``"encoder"``, ``"head-only"`` or
+    ``"end-to-end"``; ``overrides`` its ``synthetic-context`` config overrides."""
 
-    Returns:
-        :func:`~isa_explorer.evaluation.evaluate`'s metrics plus ``"context_mIoU"`` (mean IoU of
-        :data:`SYNTHETIC_CONTEXT_CLASSES`) and the split's ``seed``/``size``.
-    """
-    data = SyntheticContextDataset(length=n_images, seed=seed, size=size)
-    loader = torch.utils.data.DataLoader(data, batch_size=batch_size)
-    device = next(model.parameters()).device
-    metrics = evaluate(
-        model, loader, SYNTHETIC_INFO.num_classes, device=device, progress=progress,
-        class_names=SYNTHETIC_INFO.class_names,
-    )  # fmt: skip
-    metrics["context_mIoU"] = float(np.mean([metrics["IoU"][c] for c in SYNTHETIC_CONTEXT_CLASSES]))
-    metrics.update(seed=seed, size=list(size))
-    return metrics
+    kind: str
+    head: str
+    seed: int
+    run_dir: Path
+    overrides: list[str] = field(default_factory=list)
 
 
-def cue_attention_ratio(
-    model: ISANet,
-    size: tuple[int, int] = SyntheticConfig.size,
-    n_scenes: int = 16,
-    seed: int = HELD_OUT_SEED,
-    map_name: str | None = None,
-) -> dict:
-    """How much more attention a context object pays to the cue than the cue's area share.
-
-    For each scene, the query is a pixel well inside a context-decided object (class 3 or 4);
-    its ``map_name`` map (default: the head's ``main_map``, ISA's combined one) is summed over
-    the feature cells that lie mostly on the cue, and divided by the fraction of cells that do.
-    A ratio of 1 is attention spread evenly; the cue is what decides the object's class. Per
-    context class too: a model may find one cue colour and decide the other class by its absence
-    (the shipped model looks for the red cue), so one class can attend to the cue and the other not.
-
-    Returns:
-        ``{"ratios": [...], "median": float, "min": float, "cue_share": [...], "classes": [...],
-        "by_class": {name: {"median": float, "count": int}}, "map": map_name}``.
-    """
-    map_name = map_name or registry.of(model).main_map
-    rng = np.random.default_rng(seed)
-    ratios, shares, classes = [], [], []
-    for index in range(n_scenes):
-        image, labels = generate(seed, index, size)
-        labels = torch.from_numpy(labels)
-        mask = torch.isin(labels, torch.tensor(SYNTHETIC_CONTEXT_CLASSES))[None, None].float()
-        objects = (-F.max_pool2d(-mask, 9, stride=1, padding=4))[0, 0] > 0.5  # eroded by 4 px
-        ys, xs = torch.nonzero(objects, as_tuple=True)
-        if len(ys) == 0:
-            continue
-        pick = int(rng.integers(len(ys)))
-        cache = capture_attention(model, torch.from_numpy(image).permute(2, 0, 1))
-        m = query_maps(cache, int(xs[pick]), int(ys[pick])).maps[map_name]  # (h, w) feature grid
-        cue = torch.isin(labels, torch.tensor(CUE_CLASSES)).float()  # (H, W)
-        cue_cells = cache.cell_mean(cue) > 0.5  # (h, w): cells mostly of cue pixels
-        share = float(cue_cells.float().mean())
-        if share == 0:
-            continue
-        ratios.append(float(m[cue_cells].sum() / m.sum()) / share)
-        shares.append(share)
-        classes.append(int(labels[ys[pick], xs[pick]]))
-    by_class = {
-        SYNTHETIC_INFO.class_names[c]: {"median": float(np.median(r)), "count": len(r)}
-        for c in SYNTHETIC_CONTEXT_CLASSES
-        if (r := [v for v, k in zip(ratios, classes, strict=True) if k == c])
-    }
-    return {
-        "ratios": ratios,
-        "median": float(np.median(ratios)),
-        "min": float(np.min(ratios)),
-        "cue_share": shares,
-        "classes": classes,
-        "by_class": by_class,
-        "map": map_name,
-    }
+def encoder_weights(runs_dir: str | Path) -> Path:
+    """The shared encoder's weights: the encoder run's final model."""
+    return Path(runs_dir) / "encoder" / "final" / "model.safetensors"
 
 
-def train_step_cost(cfg_overrides: Sequence[str], steps: int = 6, warmup: int = 2) -> dict:
-    """Median time and peak memory growth of one training step of a ``synthetic-context`` model.
+def plan(
+    runs_dir: str | Path,
+    heads: Sequence[str] = COMPARED,
+    seeds: Sequence[int] = SEEDS,
+    reference: Sequence[str] = REFERENCE,
+    overrides: Sequence[str] = (),
+) -> list[Run]:
+    """The runs of the experiment, in training order (the encoder first)."""
+    runs_dir = Path(runs_dir)
+    runs = [Run("encoder", ENCODER_HEAD, 0, runs_dir / "encoder",
+                [*overrides, f"model.head={ENCODER_HEAD}"])]  # fmt: skip
+    frozen = [f"model.encoder_weights={encoder_weights(runs_dir)}", "freeze_encoder=true"]
+    for seed in seeds:
+        for head in heads:
+            sets = [*overrides, f"model.head={head}", *frozen, f"seed={seed}"]
+            sets += WIDTH_OPTIONS.get(head, [])
+            runs.append(
+                Run("head-only", head, seed, runs_dir / "heads" / head / f"seed{seed}", sets)
+            )
+    for head in reference:
+        sets = [*overrides, f"model.head={head}", *WIDTH_OPTIONS.get(head, [])]
+        runs.append(Run("end-to-end", head, 0, runs_dir / "end-to-end" / head, sets))
+    return runs
 
-    Runs in the calling process; :func:`run_experiment` runs it in a fresh process per head
-    (:func:`train_step_worker`), so the heads are measured under the same conditions.
+
+def ensure_trained(run: Run, progress: bool = True) -> None:
+    """Train ``run`` unless its ``final/`` model exists (then check it was trained with this
+    config); an interrupted run resumes from its checkpoint.
+
+    Raises:
+        ValueError: The run directory holds a run of another config.
     """
     from isa_explorer.configs import get_config
-    from isa_explorer.costs.measure import PeakMemory, median_ms, time_runs
-    from isa_explorer.training.model import build_model
-    from isa_explorer.training.steps import loss_weights, segmentation_loss
+    from isa_explorer.training import train
+    from isa_explorer.training.steps import check_resume_config
 
-    cfg = get_config("synthetic-context", cfg_overrides)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, SYNTHETIC_INFO).train()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=cfg.momentum)
-    data = SyntheticContextDataset(length=cfg.batch_size, seed=0, size=cfg.synthetic.size)
-    images = torch.stack([data[i][0] for i in range(cfg.batch_size)]).float()
-    masks = torch.stack([data[i][1] for i in range(cfg.batch_size)]).long()
-
-    def step() -> None:
-        outputs = model.forward_train(model.normalize(images))
-        loss, _ = segmentation_loss(outputs, masks, loss_weights(model, 0.0), 255)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    step()  # allocate the optimiser state before the memory baseline
-    peak = PeakMemory().start()
-    times = time_runs(step, runs=steps, warmup=warmup)
-    return {"ms_per_step": median_ms(times), "peak_memory_bytes": peak.growth(),
-            "batch": cfg.batch_size, "size": list(cfg.synthetic.size),
-            "threads": torch.get_num_threads()}  # fmt: skip
+    cfg = get_config("synthetic-context", run.overrides)
+    if (run.run_dir / "final").is_dir():
+        saved = json.loads((run.run_dir / "config.json").read_text())
+        try:
+            check_resume_config(saved, cfg.to_dict())
+        except ValueError as e:
+            raise ValueError(
+                f"{run.run_dir} holds a run of another config ({e}); remove it or pass another "
+                "--runs-dir"
+            ) from None
+        return
+    resume = (run.run_dir / "checkpoints" / "last.pt").exists()
+    train(cfg, run.run_dir, resume=resume, progress=progress)
 
 
-def train_step_worker(spec: dict) -> dict:
-    """:func:`train_step_cost` from a JSON spec, in a fresh process (:mod:`isa_explorer.bench.worker`)."""
-    return {"status": "ok", **train_step_cost(spec["overrides"])}
+def score(run: Run, n_eval: int, shared: dict[str, torch.Tensor] | None, progress: bool) -> dict:
+    """The run's row: validation and held-out scores, cue attention; kept in ``held_out.json``
+    and read back from it when it was made of the same weights for the same number of scenes."""
+    from isa_explorer.pretrained import load_model
+
+    cache = run.run_dir / "held_out.json"
+    weights = hashlib.sha256((run.run_dir / "final" / "model.safetensors").read_bytes()).hexdigest()
+    if cache.is_file():
+        row = json.loads(cache.read_text())
+        if (row.get("held_out_images"), row.get("weights_sha256")) == (n_eval, weights):
+            return row
+    summary = json.loads((run.run_dir / "metrics.json").read_text())
+    model = load_model(run.run_dir / "final")
+    size = tuple(json.loads((run.run_dir / "config.json").read_text())["synthetic"]["size"])
+    metrics = held_out_metrics(model, size=size, n_images=n_eval, progress=progress)
+    row = {
+        "kind": run.kind,
+        "head": run.head,
+        "seed": run.seed,
+        "run_dir": str(run.run_dir),
+        "overrides": run.overrides,
+        "val_mIoU": summary["final_metrics"]["mIoU"],
+        "mIoU": metrics["mIoU"],
+        "context_mIoU": metrics["context_mIoU"],
+        "IoU": dict(zip(SYNTHETIC_INFO.class_names, metrics["IoU"], strict=True)),
+        "params": sum(p.numel() for p in model.parameters()),
+        "head_params": sum(p.numel() for p in model.decoder.parameters()),
+        "sec_per_iter_in_run": summary.get("sec_per_iter"),
+        "held_out_images": n_eval,
+        "weights_sha256": weights,
+    }
+    if shared is not None:  # the head-only runs must leave the shared encoder as it was
+        state = model.state_dict()
+        row["encoder_unchanged"] = all(
+            torch.equal(state[k], v.to(state[k].dtype)) for k, v in shared.items()
+        )
+    if registry.get(run.head).maps:  # heads without attention maps have none to analyse
+        row["cue_attention"] = cue_attention_ratio(model, size=size)
+    cache.write_text(json.dumps(row, indent=2))
+    return row
 
 
 def run_experiment(
     runs_dir: str | Path,
-    heads: Sequence[str] = HEADS,
+    heads: Sequence[str] = COMPARED,
+    seeds: Sequence[int] = SEEDS,
+    reference: Sequence[str] = REFERENCE,
     overrides: Sequence[str] = (),
     n_eval: int = 128,
     progress: bool = True,
+    time_steps: bool = True,
 ) -> dict:
-    """Train (or reuse) one run per head with the same config, then score each on held-out data.
-
-    Args:
-        runs_dir: Parent of the per-head run directories ``runs_dir/<head>``.
-        heads: Heads to compare.
-        overrides: ``key=value`` overrides applied to every head's ``synthetic-context`` config.
-        n_eval: Held-out scenes to score on.
-        progress: Show progress bars.
+    """Train (or reuse) every run of :func:`plan`, score each on held-out scenes and time each
+    head's training step afresh (unless ``time_steps`` is false).
 
     Returns:
-        ``{"config": ..., "heads": {head: {...}}, "environment": ...}``.
+        ``{"runs": [row per run, with "kind", "head", "seed"], "heads": {head: summary},
+        "encoder": ..., "held_out": ..., "environment": ...}``.
     """
     from isa_explorer.bench.worker import run_worker
     from isa_explorer.configs import get_config
-    from isa_explorer.pretrained import load_model
-    from isa_explorer.training import train
 
-    runs_dir = Path(runs_dir)
-    out: dict = {"heads": {}, "overrides": list(overrides)}
-    for head in heads:
-        cfg = get_config("synthetic-context", [*overrides, f"model.head={head}"])
-        run_dir = runs_dir / head
-        summary_path = run_dir / "metrics.json"
-        if not (run_dir / "final").is_dir():
-            train(cfg, run_dir, resume=(run_dir / "checkpoints" / "last.pt").exists(),
-                  progress=progress)  # fmt: skip
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-        model = load_model(run_dir / "final")
-        size = cfg.synthetic.size
-        metrics = held_out_metrics(model, size=size, n_images=n_eval, progress=progress)
-        row = {
-            "mIoU": metrics["mIoU"],
-            "context_mIoU": metrics["context_mIoU"],
-            "IoU": dict(zip(SYNTHETIC_INFO.class_names, metrics["IoU"], strict=True)),
-            "iters": cfg.iters,
-            "sec_per_iter_in_run": summary.get("sec_per_iter"),
-            "params": sum(p.numel() for p in model.parameters()),
-            "run_dir": str(run_dir),
-        }
-        if registry.get(head).maps:  # heads without attention maps have none to analyse
-            row["cue_attention"] = cue_attention_ratio(model, size=size)
-        out["heads"][head] = row
-        out["config"] = cfg.to_dict()
+    runs = plan(runs_dir, heads, seeds, reference, overrides)
+    for run in runs:
+        ensure_trained(run, progress)
+    shared = {k: v for k, v in load_file(encoder_weights(runs_dir)).items() if k[:8] == "encoder."}
+    rows = [score(r, n_eval, shared if r.kind == "head-only" else None, progress) for r in runs]
+    summaries: dict[str, dict] = {}
     # Training runs may have shared the machine differently: time one step of each head afresh.
-    for head in heads:
-        spec = {"overrides": [*overrides, f"model.head={head}"]}
-        out["heads"][head]["train_step"] = run_worker("train-step", spec)
-    out["held_out"] = {"seed": HELD_OUT_SEED, "images": n_eval}
-    out["environment"] = {
-        "torch": torch.__version__,
-        "device": "cuda" if torch.cuda.is_available() else platform.processor() or "cpu",
-        "threads": torch.get_num_threads(),
-        "date": time.strftime("%Y-%m-%d"),
+    for run in runs:
+        key = run.head if run.kind == "head-only" else f"{run.head} ({run.kind})"
+        if key not in summaries:
+            summaries[key] = {
+                "kind": run.kind,
+                "head": run.head,
+                "train_step": run_worker("train-step", {"overrides": run.overrides})
+                if time_steps
+                else {"status": "skipped"},
+            }
+    for summary in summaries.values():
+        mine = [r for r in rows if r["head"] == summary["head"] and r["kind"] == summary["kind"]]
+        best = max(mine, key=lambda r: r["val_mIoU"])  # chosen on validation, not held-out
+        summary["best_seed"] = best["seed"]
+        summary["seeds"] = [r["seed"] for r in mine]
+        for metric in ("mIoU", "context_mIoU"):
+            values = [r[metric] for r in mine]
+            summary[metric] = {"mean": sum(values) / len(values), "min": min(values),
+                               "max": max(values)}  # fmt: skip
+    return {
+        "runs": rows,
+        "heads": summaries,
+        "encoder": {
+            "head": ENCODER_HEAD,
+            "weights": str(encoder_weights(runs_dir)),
+            "run_dir": str(runs[0].run_dir),
+        },
+        "config": get_config("synthetic-context", overrides).to_dict(),  # each run: its overrides
+        "overrides": list(overrides),
+        "held_out": {"seed": HELD_OUT_SEED, "images": n_eval},
+        "environment": {
+            "torch": torch.__version__,
+            "device": "cuda" if torch.cuda.is_available() else platform.processor() or "cpu",
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(),
+            "date": time.strftime("%Y-%m-%d"),
+        },
     }
-    return out
-
-
-def format_results(results: dict) -> str:
-    """A Markdown table of :func:`run_experiment`'s results."""
-    lines = [
-        "| head | mIoU | context mIoU | s per train step | step peak memory (MB) | cue attention "
-        "(median x, red / blue context) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for head, r in results["heads"].items():
-        mem = r.get("train_step", {}).get("peak_memory_bytes")
-        ms = r.get("train_step", {}).get("ms_per_step")
-        by_class = r.get("cue_attention", {}).get("by_class", {})
-        names = (SYNTHETIC_INFO.class_names[c] for c in SYNTHETIC_CONTEXT_CLASSES)
-        cue = " / ".join(f"{by_class[n]['median']:.1f}" if n in by_class else "-" for n in names)
-        lines.append(
-            f"| {head} | {r['mIoU']:.3f} | {r['context_mIoU']:.3f} | "
-            f"{'-' if ms is None else f'{ms / 1000:.2f}'} | "
-            f"{'-' if mem is None else f'{mem / 2**20:.0f}'} | "
-            f"{cue if by_class else '-'} |"
-        )
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "isa-explorer experiment context") -> int:
-    """CLI: train/reuse the three heads, score them, write JSON and a Markdown table."""
+    """CLI: train/reuse every run, score them, write JSON and a Markdown report."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs-dir", default="runs/context", help="parent of the head runs")
-    parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=HEADS)
+    parser.add_argument("--runs-dir", default="runs/context", help="parent of the runs")
+    parser.add_argument("--heads", nargs="+", default=list(COMPARED), choices=registry.names())
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    parser.add_argument("--reference", nargs="*", default=list(REFERENCE),
+                        choices=registry.names(), help="heads of the end-to-end reference runs")  # fmt: skip
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="config overrides for every head, e.g. iters=200")  # fmt: skip
+                        help="config overrides for every run, e.g. iters=200")  # fmt: skip
     parser.add_argument("--eval-images", type=int, default=128)
+    parser.add_argument("--no-step-timing", action="store_true",
+                        help="do not time each head's training step (a fresh process each)")  # fmt: skip
     parser.add_argument("--out", default="results/context_experiment.json")
     args = parser.parse_args(argv)
-    results = run_experiment(args.runs_dir, args.heads, args.set, args.eval_images)
-    results["command"] = f"{prog} " + " ".join(argv if argv is not None else sys.argv[1:])
+    results = run_experiment(
+        args.runs_dir, args.heads, args.seeds, args.reference, args.set, args.eval_images,
+        time_steps=not args.no_step_timing,
+    )  # fmt: skip
+    results["command"] = " ".join([prog, *(argv if argv is not None else sys.argv[1:])])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
-    table = format_results(results)
-    env = results["environment"]
-    out.with_suffix(".md").write_text(
-        f"`{results['command']}` ({env['date']}, torch {env['torch']}, {env['device']}, "
-        f"{env['threads']} threads; held-out seed {HELD_OUT_SEED}, "
-        f"{results['held_out']['images']} scenes; train steps timed afresh per head, batch "
-        f"{results['config']['batch_size']})\n\n{table}\n"
-    )
-    print(table)
+    report = format_results(results)
+    out.with_suffix(".md").write_text(report)
+    print(report)
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
 
