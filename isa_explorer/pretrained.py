@@ -2,8 +2,10 @@
 or a released mmseg model by name (:mod:`isa_explorer.zoo`).
 
 Every model directory holds what ``ISANet.save_pretrained`` writes: ``config.json`` (the
-constructor arguments, class names and palette included) and ``model.safetensors``. Weights are
-only ever read with safetensors, never unpickled.
+constructor arguments, class names and palette included) and ``model.safetensors``. The embedded
+default models share one encoder: each head's directory holds ``head.safetensors`` (the head's
+tensors) and its ``config.json`` names the shared encoder file (``"_encoder_weights"``, relative
+to the directory). Weights are only ever read with safetensors, never unpickled.
 """
 
 from __future__ import annotations
@@ -12,15 +14,19 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from isa_explorer.data.info import SYNTHETIC_INFO
 from isa_explorer.models.fusion import fuse_for_inference
 from isa_explorer.models.isanet import ISANet
 
-#: The model shipped with the package: ISANet (timm ResNet-10-T, output stride 8) trained with
-#: ``train/fit.py --config synthetic-context`` (see its MODEL_CARD.md).
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "default_model"
+#: The models shipped with the package: one timm ResNet-10-T encoder (output stride 8) and a head
+#: of each kind trained on it, frozen, on the synthetic context scenes
+#: (``isa-explorer experiment context``; each head's MODEL_CARD.md).
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "assets" / "default_models"
+#: The default model: the ISA head on the shared encoder.
+DEFAULT_MODEL_DIR = DEFAULT_MODELS_DIR / "isa"
 #: Said wherever a model of the synthetic scenes meets a real image (the app, ``predict``).
 SYNTHETIC_ONLY = (
     "This model knows the synthetic scenes' classes only (coloured objects and cues), so a "
@@ -37,6 +43,8 @@ def knows_synthetic_classes_only(class_names: list[str] | tuple[str, ...]) -> bo
 
 
 _WEIGHTS = "model.safetensors"
+_HEAD_WEIGHTS = "head.safetensors"  # a model whose encoder is a shared file
+_ENCODER_KEY = "_encoder_weights"  # config.json: that file, relative to the model directory
 _RUN_SUBDIRS = ("best", "final")  # what train/fit.py writes inside a run directory
 
 
@@ -90,7 +98,7 @@ def resolve_model_dir(path: str | Path, progress: bool = True) -> Path:
             f"`isa-explorer convert {root} OUT_DIR`"
         )
     for candidate in (root, *(root / sub for sub in _RUN_SUBDIRS)):
-        if (candidate / "config.json").is_file() and (candidate / _WEIGHTS).is_file():
+        if (candidate / "config.json").is_file() and _has_weights(candidate):
             return candidate
     raise ModelNotFoundError(
         f"no saved model in {root}: expected config.json and {_WEIGHTS} there, or in its "
@@ -123,36 +131,73 @@ def load_model(
         isa_explorer.zoo.ZooError: A zoo model could not be downloaded or converted.
     """
     model_dir = resolve_model_dir(DEFAULT_MODEL_DIR if path is None else path)
-    arch = read_config(model_dir).get("_model_class", "ISANet")
+    config = read_config(model_dir)
+    arch = config.get("_model_class", "ISANet")
     if arch != "ISANet":
         raise ValueError(
             f"{model_dir} holds a {arch} model; ISA Explorer loads ISANet models only "
             "(train one with train/fit.py or convert an mmseg ISANet checkpoint)"
         )
     try:
-        model = ISANet.from_pretrained(str(model_dir))
-        with safe_open(str(model_dir / _WEIGHTS), framework="pt") as f:
-            stored = set(f.keys())
-    except SafetensorError as e:
-        raise DamagedModelError(
-            f"{model_dir / _WEIGHTS} is damaged ({e}); copy or download the model again"
-            + _zoo_hint(model_dir)
-        ) from None
+        model = ISANet(**config)  # keys starting with "_" are not constructor arguments
     except (TypeError, ValueError) as e:  # a config the model does not take
         raise DamagedModelError(
             f"{model_dir / 'config.json'} does not describe an ISANet this version builds "
             f"({e})" + _zoo_hint(model_dir)
         ) from None
+    state = _read_weights(model_dir, config)
     expected = set(model.state_dict())
-    missing, extra = sorted(expected - stored), sorted(stored - expected)
+    missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or extra:
         raise DamagedModelError(
-            f"{model_dir / _WEIGHTS} does not fit its config.json: {len(missing)} tensor(s) "
+            f"{model_dir}: the weights file does not fit its config.json: {len(missing)} tensor(s) "
             f"missing (e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]}); the "
             "folder mixes two models or is incomplete" + _zoo_hint(model_dir)
         )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # a tensor of the wrong shape
+        raise DamagedModelError(
+            f"{model_dir}: the weights file does not fit its config.json ({e})"
+            + _zoo_hint(model_dir)
+        ) from None
     model = model.float().eval().to(device)
     return fuse_for_inference(model) if for_inference else model
+
+
+def _has_weights(model_dir: Path) -> bool:
+    return (model_dir / _WEIGHTS).is_file() or (model_dir / _HEAD_WEIGHTS).is_file()
+
+
+def _read_weights(model_dir: Path, config: dict) -> dict[str, torch.Tensor]:
+    """The state dict of a model directory: ``model.safetensors``, or the shared encoder file
+    named in its config plus ``head.safetensors``."""
+    files = [model_dir / _WEIGHTS]
+    if not files[0].is_file():
+        shared = config.get(_ENCODER_KEY)
+        if not isinstance(shared, str) or Path(shared).is_absolute():
+            raise DamagedModelError(
+                f"{model_dir / 'config.json'} has {_HEAD_WEIGHTS} beside it but names no shared "
+                f"encoder file: set {_ENCODER_KEY!r} to its path relative to {model_dir}"
+            )
+        files = [model_dir / shared, model_dir / _HEAD_WEIGHTS]
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        try:
+            part = load_file(file)
+        except FileNotFoundError:
+            raise DamagedModelError(
+                f"{file} is missing: {model_dir} keeps its encoder in a shared file; copy the "
+                "whole folder that holds both" + _zoo_hint(model_dir)
+            ) from None
+        except (SafetensorError, OSError) as e:
+            raise DamagedModelError(
+                f"{file} is damaged ({e}); copy or download the model again" + _zoo_hint(model_dir)
+            ) from None
+        if set(part) & set(state):
+            raise DamagedModelError(f"{file} repeats tensors of {files[0]}: not a model's parts")
+        state.update(part)
+    return state
 
 
 def read_config(model_dir: str | Path) -> dict:
@@ -173,9 +218,26 @@ def _zoo_hint(model_dir: Path) -> str:
     return ""
 
 
-def load_default_model(device: str | torch.device = "cpu", for_inference: bool = False) -> ISANet:
-    """The embedded default model (trained on the synthetic long-range-context scenes)."""
-    return load_model(None, device=device, for_inference=for_inference)
+def default_heads() -> list[str]:
+    """The heads with an embedded default model (``isa`` first)."""
+    found = sorted(p.name for p in DEFAULT_MODELS_DIR.iterdir() if (p / "config.json").is_file())
+    return sorted(found, key=lambda name: name != "isa")
+
+
+def load_default_model(
+    device: str | torch.device = "cpu", for_inference: bool = False, head: str = "isa"
+) -> ISANet:
+    """An embedded default model: ``head`` on the shared encoder, trained on the synthetic
+    long-range-context scenes (``isa``: the ISA head; :func:`default_heads` lists them all).
+
+    Raises:
+        ValueError: No default model of that head (the message lists those there are).
+    """
+    if head not in default_heads():
+        raise ValueError(
+            f"no embedded default model for head {head!r}: choose from {', '.join(default_heads())}"
+        )
+    return load_model(DEFAULT_MODELS_DIR / head, device=device, for_inference=for_inference)
 
 
 def model_card(path: str | Path | None = None) -> str:

@@ -16,6 +16,8 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "isa-explorer"
+#: The heads with an embedded default model.
+HEADS = ("fcn", "isa", "nl", "cc", "da", "gc", "ema")
 
 
 def _pyproject() -> dict:
@@ -106,14 +108,24 @@ _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 @pytest.mark.slow
 def test_a_non_editable_install_loads_the_default_model(tmp_path):
-    """The built wheel carries the embedded model and py.typed; its top level has the API."""
+    """The built wheel carries the embedded models (one encoder, a head of each kind; under
+    30 MB of package data) and py.typed; every head's model loads offline from it."""
     pytest.importorskip("setuptools")
     wheel = _build_wheel(tmp_path)
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
+        data = sum(
+            i.file_size for i in zf.infolist() if i.filename.startswith("isa_explorer/assets/")
+        )
         metadata = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "isa_explorer/py.typed" in names
-    assert "isa_explorer/assets/default_model/model.safetensors" in names
+    models = "isa_explorer/assets/default_models/"
+    assert {
+        models + "encoder.safetensors",
+        *(models + h + "/head.safetensors" for h in HEADS),
+    } <= names
+    assert data < 30 * 2**20, f"package data {data / 2**20:.1f} MB"
+    print(f"package data in the wheel: {data / 2**20:.1f} MB")
     # Scripts of the repository (the GPU check, tests' helpers) are not installed.
     assert not [
         n for n in names if n.startswith(("benchmarks/", "tests/", "isa_explorer/bench/gpu"))
@@ -132,6 +144,9 @@ def test_a_non_editable_install_loads_the_default_model(tmp_path):
     code = (
         "import isa_explorer, torch; m = isa_explorer.load_default_model(); "
         "print(isa_explorer.__file__); "
+        f"heads = {list(HEADS)!r}; x = torch.rand(1, 3, 64, 96) * 255; "
+        "outs = [isa_explorer.load_default_model(head=h).predict(x) for h in heads]; "
+        "assert all(o.shape == (1, 7, 64, 96) and o.isfinite().all() for o in outs); "
         "c = isa_explorer.capture_attention(m, torch.rand(1, 3, 64, 96) * 255); "
         "print(sorted(isa_explorer.query_maps(c, 10, 20).maps)); "
         "from isa_explorer.costs.cases import COMMITTED_RESULTS, load_results; "
@@ -142,7 +157,13 @@ def test_a_non_editable_install_loads_the_default_model(tmp_path):
     run = subprocess.run(
         [sys.executable, "-c", code],
         cwd=tmp_path,  # not the checkout: the installed copy is imported
-        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+        env={
+            "PYTHONPATH": str(target),
+            "PATH": "/usr/bin:/bin",
+            "HF_HUB_OFFLINE": "1",
+            "https_proxy": "http://127.0.0.1:9",
+            "http_proxy": "http://127.0.0.1:9",
+        },  # fmt: skip
         capture_output=True,
         text=True,
         timeout=300,

@@ -19,6 +19,7 @@ from isa_explorer.models.isanet import ISANet
 from isa_explorer.palette import palette_or_default
 from isa_explorer.pretrained import (
     DEFAULT_MODEL_DIR,
+    DEFAULT_MODELS_DIR,
     SYNTHETIC_ONLY,
     knows_synthetic_classes_only,
     load_model,
@@ -135,6 +136,11 @@ class ExplorerModel:
                 ms = f", {entry.miou_ms:.2f} multi-scale + flip" if entry.miou_ms else ""
                 numbers = f": published mIoU {entry.miou:.2f}{ms}"
             return f"Model: **{entry.title}** `{entry.name}` ({what}){numbers}."
+        if self.model_dir.parent == DEFAULT_MODELS_DIR:
+            return (
+                f"Model: the embedded default `{self.head}` model ({what}; the encoder shared by "
+                f"the default model of every head). {self.upload_note}"
+            ).rstrip()
         return f"Model: `{self.model_dir.name}` ({what}). {self.upload_note}".rstrip()
 
     @property
