@@ -223,14 +223,17 @@ workdir.cleanup()  # remove the temporary folders
 # %% [markdown]
 # ## Exercises
 #
-# 1. Double the tiny budget (`iters=80`). Which head's context mIoU moves first?
+# 1. Double the tiny budget (`iters=60`). Which head's context mIoU moves first?
 # 2. Run the tiny experiment with `seeds=(0, 1, 2)`: how far apart are a head's seeds, and
 #    does any difference between heads survive it?
 # 3. The cue is at least a third of the width away from the grey objects. Make the scenes wider
 #    (`synthetic.size=[96,384]`): what happens to the FCN head's context mIoU, and to the
-#    dense head's memory?
-# 4. Use `isa_explorer.experiments.context.cue_attention_ratio` on the tiny ISA model with
+#    step memory of the attention heads (add `"nl"` to `LIVE_HEADS`)?
+# 4. Use `isa_explorer.experiments.scores.cue_attention_ratio` on the ISA default model with
 #    `map_name="long"` and `"short"`: which step carries the cue's information?
 # 5. In the full results, compare ISA on the frozen encoder with the end-to-end ISA reference.
 #    What does an encoder that learns with its head add, and why does the controlled comparison
 #    freeze it?
+# 6. In the full results NL's map stays an even spread. Its block starts as the identity
+#    (`decoder.nl_block.conv_out.bn.weight` is 0): load `load_default_model(head="nl")` and look
+#    at how far that weight and the query/key weights moved in 500 iterations.
