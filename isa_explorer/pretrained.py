@@ -25,8 +25,9 @@ from isa_explorer.models.isanet import ISANet
 #: of each kind trained on it, frozen, on the synthetic context scenes
 #: (``isa-explorer experiment context``; each head's MODEL_CARD.md).
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "assets" / "default_models"
-#: The default model: the ISA head on the shared encoder.
-DEFAULT_MODEL_DIR = DEFAULT_MODELS_DIR / "isa"
+#: The head of the default model, and its directory: the ISA head on the shared encoder.
+DEFAULT_HEAD = "isa"
+DEFAULT_MODEL_DIR = DEFAULT_MODELS_DIR / DEFAULT_HEAD
 #: Said wherever a model of the synthetic scenes meets a real image (the app, ``predict``).
 SYNTHETIC_ONLY = (
     "This model knows the synthetic scenes' classes only (coloured objects and cues), so a "
@@ -221,11 +222,11 @@ def _zoo_hint(model_dir: Path) -> str:
 def default_heads() -> list[str]:
     """The heads with an embedded default model (``isa`` first)."""
     found = sorted(p.name for p in DEFAULT_MODELS_DIR.iterdir() if (p / "config.json").is_file())
-    return sorted(found, key=lambda name: name != "isa")
+    return sorted(found, key=lambda name: name != DEFAULT_HEAD)
 
 
 def load_default_model(
-    device: str | torch.device = "cpu", for_inference: bool = False, head: str = "isa"
+    device: str | torch.device = "cpu", for_inference: bool = False, head: str = DEFAULT_HEAD
 ) -> ISANet:
     """An embedded default model: ``head`` on the shared encoder, trained on the synthetic
     long-range-context scenes (``isa``: the ISA head; :func:`default_heads` lists them all).

@@ -3,6 +3,7 @@ and what the numbers say (written from them, whatever they are)."""
 
 from __future__ import annotations
 
+from isa_explorer import heads as registry
 from isa_explorer.data.synthetic import SYNTHETIC_CONTEXT_CLASSES, SYNTHETIC_INFO
 from isa_explorer.experiments.scores import HELD_OUT_SEED
 
@@ -61,17 +62,19 @@ def findings(results: dict) -> list[str]:
     out = [
         "By mean context mIoU over seeds: " + ", ".join(f"{h} {ctx[h]:.3f}" for h in ranked) + "."
     ]
-    if "fcn" in ctx:
-        bar = heads["fcn"]["context_mIoU"]["max"] + USES_CUE_MARGIN
+    plain = [h for h in ranked if not registry.get(h).maps]  # heads without attention
+    if plain:
+        base = plain[0]
+        bar = heads[base]["context_mIoU"]["max"] + USES_CUE_MARGIN
         rows = [r for r in results["runs"] if r["kind"] == "head-only"]
         won = {h: [r["seed"] for r in rows if r["head"] == h and r["context_mIoU"] >= bar]
-               for h in ranked if h != "fcn"}  # fmt: skip
+               for h in ranked if h not in plain}  # fmt: skip
         every = [h for h, s in won.items() if len(s) == len(heads[h]["seeds"])]
         some = [
             f"{h} (seed {', '.join(map(str, s))})" for h, s in won.items() if s and h not in every
         ]
         out.append(
-            f"Without attention (fcn) the context classes reach {ctx['fcn']:.3f}. At least "
+            f"Without attention ({base}) the context classes reach {ctx[base]:.3f}. At least "
             f"{USES_CUE_MARGIN} above its best seed ({bar:.3f}) on every seed: "
             f"{', '.join(every) or 'none'}; on some seeds only: {', '.join(some) or 'none'}; on "
             f"none: {', '.join(h for h, s in won.items() if not s) or 'none'}."
@@ -93,23 +96,25 @@ def findings(results: dict) -> list[str]:
              if heads[h]["train_step"].get("status") == "ok"}  # fmt: skip
     if steps:
         fast, slow = min(steps, key=steps.get), max(steps, key=steps.get)
-        whole = results["heads"].get("fcn (encoder)", {}).get("train_step", {})
+        encoder = next((v for v in results["heads"].values() if v["kind"] == "encoder"), {})
+        whole = encoder.get("train_step", {})
         out.append(
             f"A head-only training step (frozen encoder) takes {steps[fast] / 1000:.2f} s ({fast}) "
             f"to {steps[slow] / 1000:.2f} s ({slow})"
             + (
-                f"; the encoder's own end-to-end FCN step {whole['ms_per_step'] / 1000:.2f} s."
+                f"; the encoder's own end-to-end {encoder['head']} step "
+                f"{whole['ms_per_step'] / 1000:.2f} s."
                 if whole.get("status") == "ok"
                 else "."
             )
         )
-    ref = results["heads"].get("isa (end-to-end)")
-    if ref is not None and "isa" in heads:
-        out.append(
-            f"ISA trained end to end (the encoder learning with it) reaches context mIoU "
-            f"{ref['context_mIoU']['mean']:.3f}; on the FCN-trained frozen encoder "
-            f"{heads['isa']['context_mIoU']['mean']:.3f}."
-        )
+    for ref in results["heads"].values():  # a reference run of a head compared above
+        if ref["kind"] == "end-to-end" and ref["head"] in heads:
+            out.append(
+                f"{ref['head']} trained end to end (the encoder learning with it) reaches context "
+                f"mIoU {ref['context_mIoU']['mean']:.3f}; on the shared frozen encoder "
+                f"{heads[ref['head']]['context_mIoU']['mean']:.3f}."
+            )
     return out
 
 
