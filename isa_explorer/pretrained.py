@@ -234,9 +234,9 @@ def load_default_model(
     Raises:
         ValueError: No default model of that head (the message lists those there are).
     """
-    if head not in default_heads():
+    if head not in (known := default_heads()):
         raise ValueError(
-            f"no embedded default model for head {head!r}: choose from {', '.join(default_heads())}"
+            f"no embedded default model for head {head!r}: choose from {', '.join(known)}"
         )
     return load_model(DEFAULT_MODELS_DIR / head, device=device, for_inference=for_inference)
 

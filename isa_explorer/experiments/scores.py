@@ -124,15 +124,18 @@ def train_step_cost(cfg_overrides: Sequence[str], steps: int = 6, warmup: int = 
     from isa_explorer.configs import get_config
     from isa_explorer.costs.measure import PeakMemory, median_ms, time_runs
     from isa_explorer.training.model import build_model
-    from isa_explorer.training.steps import loss_weights, segmentation_loss, train_mode
+    from isa_explorer.training.steps import (
+        loss_weights,
+        segmentation_loss,
+        train_mode,
+        trained_parameters,
+    )
 
     cfg = get_config("synthetic-context", cfg_overrides)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, SYNTHETIC_INFO)
-    if cfg.freeze_encoder:  # as the training loop: only the head learns
-        model.encoder.requires_grad_(False)
+    trained = trained_parameters(model, cfg)  # as the training loop: the head only if frozen
     train_mode(model, cfg)
-    trained = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(trained, lr=1e-3, momentum=cfg.momentum)
     data = SyntheticContextDataset(length=cfg.batch_size, seed=0, size=cfg.synthetic.size)
     images = torch.stack([data[i][0] for i in range(cfg.batch_size)]).float()

@@ -43,6 +43,7 @@ from isa_explorer.training.steps import (
     poly_factor,
     segmentation_loss,
     train_mode,
+    trained_parameters,
 )
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
@@ -125,14 +126,12 @@ class _Trainer:
         model, why_not = sync_batchnorm(model, info)
         if why_not is not None:
             self.log.info(why_not)
-        if cfg.freeze_encoder:
-            model.encoder.requires_grad_(False)
         if cfg.checkpoint_attention:
             model.decoder.set_full_checkpoint(True)  # refused by heads without it
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model, self.loss_weights = model, loss_weights(model, cfg.aux_weight)
-        trained = [p for p in model.parameters() if p.requires_grad]
+        trained = trained_parameters(model, cfg)
         self.optimizer = torch.optim.SGD(
             trained, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )

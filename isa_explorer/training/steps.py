@@ -34,6 +34,14 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def trained_parameters(model: nn.Module, cfg: TrainConfig) -> list[nn.Parameter]:
+    """The parameters the optimiser updates: all, or the head's with ``cfg.freeze_encoder``
+    (the encoder's are then frozen here, so autograd keeps nothing of the encoder)."""
+    if cfg.freeze_encoder:
+        model.encoder.requires_grad_(False)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def train_mode(model: nn.Module, cfg: TrainConfig) -> None:
     """Put ``model`` in training mode, its encoder in eval mode if ``cfg.freeze_encoder``."""
     model.train()
