@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from isa_explorer.heads.batched import segment_matmul
 from isa_explorer.heads.fcn import FCNHead
 from isa_explorer.heads.protocol import (
     BYTES,
@@ -241,6 +242,53 @@ class CCHead(FCNHead):
         for r in range(q.shape[0] - 3, -1, -1):  # passes before the last two (recurrence > 2)
             combined = _through_all(combined, q[r], k[r])
         return {"first": passes[0], "second": passes[1], "combined": combined}
+
+    @classmethod
+    def main_maps(cls, record: CCRecord, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
+        """The ``combined`` maps of ``Q`` cells at once, ``A2 @ A1`` restricted to their rows.
+
+        The first pass's criss-cross softmax of every position (``N (H + W)`` numbers) is
+        computed once; a query's map sums, over the cells ``m`` of its cross, ``A2[p, m]``
+        times ``m``'s row of it. ``O(Q N + N (H + W))`` memory. A head of more than two passes
+        (``recurrence > 2``) takes the base class's loop over :meth:`query_maps`.
+
+        Args:
+            record: The head's record.
+            fx, fy: ``(Q,)`` int64 columns and rows of the query cells.
+
+        Returns:
+            ``(Q, h, w)`` float64, row ``i`` equal to
+            ``query_maps(record, fx[i], fy[i])["combined"]``.
+        """
+        if record.q.shape[1] != 2:
+            return super().main_maps(record, fx, fy)
+        q, k = record.q[0].double(), record.k[0].double()  # (2, Ck, h, w)
+        ck, h, w = q.shape[1:]
+        rows, n = torch.arange(h), len(fx)
+        # First pass, every position (y, x): weights over its column i and its row j.
+        e_col = torch.einsum("chw,ciw->hwi", q[0], k[0])  # (h, w, h)
+        e_col = e_col.masked_fill(rows[:, None, None] == rows, float("-inf"))
+        e_row = torch.einsum("chw,chj->hwj", q[0], k[0])  # (h, w, w)
+        a1 = torch.cat([e_col, e_row], dim=-1).softmax(-1)  # (h, w, h + w)
+        a1_col, a1_row = a1[..., :h], a1[..., h:]  # (h, w, h), (h, w, w)
+        # Second pass, the queries only: keys of each column (row) as one block of rows.
+        qp = q[1][:, fy, fx].T  # (Q, Ck)
+        k_cols = k[1].permute(2, 0, 1).reshape(w * ck, h)  # (w, Ck, h) -> (w * Ck, h)
+        k_rows = k[1].permute(1, 0, 2).reshape(h * ck, w)  # (h, Ck, w) -> (h * Ck, w)
+        e_col2 = segment_matmul(qp, fx, k_cols)  # (Q, h)
+        e_col2 = e_col2.masked_fill(rows == fy[:, None], float("-inf"))
+        a2 = torch.cat([e_col2, segment_matmul(qp, fy, k_rows)], dim=-1).softmax(-1)
+        col, row = a2[:, :h], a2[:, h:]  # (Q, h): 0 at the query; (Q, w): holds the query
+        # Cells (fy, j) of the query's row pass on their column part (i, j) ...
+        out = a1_col[fy].transpose(1, 2) * row[:, None, :]  # (Q, w, h) -> (Q, h, w)
+        # ... cells (i, fx) of its column their row part (i, j') ...
+        out += a1_row[:, fx].transpose(0, 1) * col[:, :, None]  # (h, Q, w) -> (Q, h, w)
+        # ... and both sum into the query's own row and column.
+        at = torch.arange(n)
+        out[at, fy] += segment_matmul(row, fy, a1_row.reshape(h * w, w))  # (Q, w)
+        cols_first = a1_col.transpose(0, 1).reshape(w * h, h)  # (w, h, h) -> (w * h, h)
+        out[at, :, fx] += segment_matmul(col, fx, cols_first)  # (Q, h)
+        return out
 
     @classmethod
     def reach(cls, record: CCRecord, fx: int, fy: int) -> dict[str, torch.Tensor]:

@@ -349,6 +349,22 @@ class DAHead(Head):
         return {"position": logits.flatten().softmax(0).view_as(logits)}
 
     @classmethod
+    def main_maps(cls, record: DARecord, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
+        """PAM's maps (unscaled, as mmseg) of ``Q`` cells at once: their queries against every key.
+
+        Args:
+            record: The head's record.
+            fx, fy: ``(Q,)`` int64 columns and rows of the query cells.
+
+        Returns:
+            ``(Q, h, w)`` float64, row ``i`` equal to ``query_maps(record, fx[i], fy[i])['position']``;
+            ``O(Q N)`` memory.
+        """
+        q, k = record.pam_q[0].double(), record.pam_k[0].double()  # (C., h, w)
+        logits = torch.einsum("cq,chw->qhw", q[:, fy, fx], k)  # (Q, h, w)
+        return logits.flatten(1).softmax(-1).view_as(logits)  # softmax over (h * w)
+
+    @classmethod
     def query_values(cls, record: DARecord, fx: int, fy: int) -> dict[str, torch.Tensor]:
         """``channel``: CAM's ``(C, C)`` matrix of image 0 (row ``i``: what channel ``i`` mixes
         in), float64, the same for every query; ``query_channels``: int64 indices of the (up to

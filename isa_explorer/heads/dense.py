@@ -96,6 +96,22 @@ class DenseAttentionDecoder(ContextHead):
         return {"dense": logits.flatten().softmax(0).view_as(logits)}
 
     @classmethod
+    def main_maps(cls, record: DenseRecord, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
+        """The dense maps of ``Q`` cells at once: their queries against every key.
+
+        Args:
+            record: The head's record.
+            fx, fy: ``(Q,)`` int64 columns and rows of the query cells.
+
+        Returns:
+            ``(Q, h, w)`` float64, row ``i`` equal to ``query_maps(record, fx[i], fy[i])['dense']``;
+            ``O(Q N)`` memory.
+        """
+        q, k = record.q[0].double(), record.k[0].double()  # (C., h, w)
+        logits = torch.einsum("cq,chw->qhw", q[:, fy, fx], k) * record.scale  # (Q, h, w)
+        return logits.flatten(1).softmax(-1).view_as(logits)  # softmax over (h * w)
+
+    @classmethod
     def reach(cls, record: DenseRecord, fx: int, fy: int) -> dict[str, torch.Tensor]:
         return {"dense": torch.ones(record.size, dtype=torch.bool)}
 

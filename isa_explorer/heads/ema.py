@@ -334,6 +334,30 @@ class EMAHead(Head):
         return {k: v.view(record.size) for k, v in maps.items()}
 
     @classmethod
+    def main_maps(cls, record: EMARecord, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
+        """The ``effective`` maps of ``Q`` cells at once: ``zq @ zbar^T``, ``O(Q N)`` memory.
+
+        Args:
+            record: The head's record.
+            fx, fy: ``(Q,)`` int64 columns and rows of the query cells.
+
+        Returns:
+            ``(Q, h, w)`` float64, row ``i`` equal to
+            ``query_maps(record, fx[i], fy[i])["effective"]``.
+
+        Raises:
+            IndexError: A cell outside the feature map.
+        """
+        h, w = record.size
+        if not bool(((fx >= 0) & (fx < w) & (fy >= 0) & (fy < h)).all()):
+            raise IndexError(f"query cells outside the {w} x {h} feature map")
+        z = record.z[0].double()  # (N, K)
+        zbar = z / z.sum(0)  # (N, K), each column sums to one
+        zq = z[fy * w + fx]  # (Q, K)
+        zq = zq / zq.sum(1, keepdim=True)  # renormalised per query, as query_maps
+        return (zq @ zbar.T).view(-1, h, w)  # (Q, N) -> (Q, h, w)
+
+    @classmethod
     def query_values(cls, record: EMARecord, fx: int, fy: int) -> dict[str, torch.Tensor]:
         """``responsibilities``: the query's ``z[q, :]`` over the ``K`` bases (last stage,
         renormalised to sum to one in float64)."""

@@ -207,6 +207,20 @@ class GCHead(FCNHead):
         return {"context": mask / mask.sum()}
 
     @classmethod
+    def main_maps(cls, record: GCRecord, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
+        """The context mask for each of ``Q`` cells: one map, the same for every query.
+
+        Args:
+            record: The head's record.
+            fx, fy: ``(Q,)`` int64 columns and rows of the query cells.
+
+        Returns:
+            ``(Q, h, w)`` float64, every row the renormalised mask of :meth:`query_maps`.
+        """
+        mask = record.mask[0, 0].double()  # (h, w)
+        return (mask / mask.sum()).expand(len(fx), -1, -1).clone()  # (Q, h, w), rows writable
+
+    @classmethod
     def reach(cls, record: GCRecord, fx: int, fy: int) -> dict[str, torch.Tensor]:
         """``context``: every cell."""
         return {"context": torch.ones(record.size, dtype=torch.bool)}

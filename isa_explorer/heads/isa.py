@@ -33,6 +33,7 @@ from torch import nn
 
 from isa_explorer.heads.grid import GroupGrid
 from isa_explorer.heads.grid_export import grid_for
+from isa_explorer.heads.isa_maps import combined_maps
 from isa_explorer.heads.isa_stream import QK, streamed
 from isa_explorer.heads.protocol import Cost, HeadConfig, MapInfo, MmsegNames, Record, relation_cost
 from isa_explorer.heads.registry import register
@@ -281,6 +282,7 @@ class ISADecoder(ContextHead):
 
         Memory and time are ``O(N * Ck)``: one query against the keys it meets, and the
         first step of each position of its block (or group), never the ``N x N`` affinity.
+        Products in float64, so :meth:`main_maps` (batched) equals it to float64 rounding.
         """
         g = record.grid
         bi, bj, li, lj = g.locate(fx, fy)  # the query's block and its offset in it
@@ -291,21 +293,22 @@ class ISADecoder(ContextHead):
         ck, s = q1.shape[0], record.scale
         # Viewed as (Ck, gh, lh, gw, lw): [.., m, a, n, b] is position (m*lh + a, n*lw + b).
         k2v, q1v = (t.view(ck, g.gh, g.lh, g.gw, g.lw) for t in (k2, q1))
+        qp = q2[:, py, px].double()  # (Ck,): the query
         if first == "long":
             # Second step (short): p's weights over its block (a, b).
-            w2 = _softmax(torch.einsum("c,cab->ab", q2[:, py, px], k2v[:, bi, :, bj, :]) * s)
+            w2 = _softmax(torch.einsum("c,cab->ab", qp, k2v[:, bi, :, bj, :].double()) * s)
             # First step (long) for every j = (bi, a, bj, b) of p's block over its group (m, n).
-            qb = q1v[:, bi, :, bj, :].permute(1, 2, 0).reshape(g.lh * g.lw, 1, ck)
-            kg = record.first_keys[0].view(g.lh * g.lw, ck, g.gh * g.gw)
+            qb = q1v[:, bi, :, bj, :].permute(1, 2, 0).reshape(g.lh * g.lw, 1, ck).double()
+            kg = record.first_keys[0].view(g.lh * g.lw, ck, g.gh * g.gw).double()
             w1 = _softmax(torch.bmm(qb, kg).view(g.lh, g.lw, g.gh, g.gw) * s)  # (lh, lw, gh, gw)
             combined = (w2[:, :, None, None] * w1).permute(2, 0, 3, 1)  # (gh, lh, gw, lw)
             long_w, short_w = w1[li, lj], w2  # p's own weights: (gh, gw), (lh, lw)
         else:
             # Second step (long): p's weights over its long-range group (m, n).
-            w2 = _softmax(torch.einsum("c,cmn->mn", q2[:, py, px], k2v[:, :, li, :, lj]) * s)
+            w2 = _softmax(torch.einsum("c,cmn->mn", qp, k2v[:, :, li, :, lj].double()) * s)
             # First step (short) for every j = (m, li, n, lj) of p's group over its block (a, b).
-            qg = q1v[:, :, li, :, lj].permute(1, 2, 0).reshape(g.gh * g.gw, 1, ck)
-            kg = record.first_keys[0].view(g.gh * g.gw, ck, g.lh * g.lw)
+            qg = q1v[:, :, li, :, lj].permute(1, 2, 0).reshape(g.gh * g.gw, 1, ck).double()
+            kg = record.first_keys[0].view(g.gh * g.gw, ck, g.lh * g.lw).double()
             w1 = _softmax(torch.bmm(qg, kg).view(g.gh, g.gw, g.lh, g.lw) * s)  # (gh, gw, lh, lw)
             combined = (w2[:, :, None, None] * w1).permute(0, 2, 1, 3)  # (gh, lh, gw, lw)
             long_w, short_w = w2, w1[bi, bj]
@@ -315,6 +318,17 @@ class ISADecoder(ContextHead):
         short_map[bi, :, bj, :] = short_w
         maps = {"long": long_map, "short": short_map, "combined": combined}
         return {k: v.reshape(g.padded) for k, v in maps.items()}
+
+    @classmethod
+    def main_maps(cls, record: ISARecord, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
+        """The ``combined`` maps of ``Q`` cells at once, ``(Q, hp, wp)`` float64, row ``i``
+        equal to ``query_maps(record, fx[i], fy[i])["combined"]``; both orders, padding.
+
+        The short step of every position is computed once; the long step for the queries'
+        blocks only (long-short) or each query's own (short-long): ``O(Q N)`` memory
+        (:func:`~isa_explorer.heads.isa_maps.combined_maps`).
+        """
+        return combined_maps(record, fx, fy)
 
     @classmethod
     def reach(cls, record: ISARecord, fx: int, fy: int) -> dict[str, torch.Tensor]:

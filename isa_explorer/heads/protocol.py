@@ -324,6 +324,34 @@ class Head(nn.Module, ABC):
         raise ValueError(f"the {cls.name!r} head has no attention to probe")
 
     @classmethod
+    def main_maps(cls, record: Record, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
+        """The :attr:`main_map` of many query cells of image 0 at once.
+
+        Args:
+            record: The head's record.
+            fx: ``(Q,)`` int64 columns of the query cells (unpadded feature grid).
+            fy: ``(Q,)`` int64 rows.
+
+        Returns:
+            ``(Q, hp, wp)`` float64 on the padded grid, row ``i`` equal to
+            ``query_maps(record, fx[i], fy[i])[main_map]``.
+
+        This default asks :meth:`query_maps` once per query (a loop over queries, every map of
+        each); a head overrides it with the same math batched over the queries, in ``O(Q N)``
+        memory for ``N`` cells, never the ``N x N`` affinity of every query. The Compare
+        view's whole-image statistics run on it, a chunk of queries at a time.
+        """
+        if cls.main_map is None:
+            raise ValueError(f"the {cls.name!r} head has no attention to probe")
+        maps = [
+            cls.query_maps(record, x, y)[cls.main_map]
+            for x, y in zip(fx.tolist(), fy.tolist(), strict=True)
+        ]
+        if not maps:
+            return torch.zeros(0, *record.padded, dtype=torch.float64)
+        return torch.stack(maps).to(torch.float64)
+
+    @classmethod
     def query_values(cls, record: Record, fx: int, fy: int) -> dict[str, torch.Tensor]:
         """The :attr:`values` of feature cell ``(fx, fy)`` of image 0: ``{name: tensor}`` in
         :attr:`values` order, float64 values or int64 indices (DA's strongest channels); none
