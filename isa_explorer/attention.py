@@ -94,6 +94,11 @@ class AttentionCache:
         (h, w), (rc, cc) = self.feature_size, self.pixel_cells
         return np.searchsorted(rc, np.arange(h + 1)), np.searchsorted(cc, np.arange(w + 1))
 
+    def cell_centres(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, cols)``: the image row and column of every cell's centre pixel (``(h,)``,
+        ``(w,)``), which gives a cell its class (its centre pixel's)."""
+        return tuple((e[:-1] + np.maximum(e[1:] - 1, e[:-1])) // 2 for e in self.cell_edges())
+
     def to_feature(self, x: int, y: int) -> tuple[int, int]:
         """Image pixel ``(x, y)`` -> feature cell ``(fx, fy)``; raises ``ValueError`` outside."""
         H, W = self.image_size
