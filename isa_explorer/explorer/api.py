@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from isa_explorer.explorer.compare import CompareState, Comparison
 from isa_explorer.explorer.service import Explorer, ExplorerError
 from isa_explorer.explorer.store import ImageState
 from isa_explorer.explorer.uploads import check_image, load_image_file
@@ -36,8 +37,13 @@ def analyse_cached(
         raise ExplorerError("no image received; send a PNG, JPEG or WebP file")
     checked = load_image_file(image) if isinstance(image, str | Path) else check_image(image)
     rgb = checked.rgb
-    key = f"api:{rgb.shape[0]}x{rgb.shape[1]}:{hashlib.sha1(rgb.tobytes()).hexdigest()[:20]}"
+    key = image_key("api", rgb)
     return explorer.store.get(key) or explorer.load_checked(key, checked, "api")
+
+
+def image_key(prefix: str, rgb: np.ndarray) -> str:
+    """The store key of an API client's image: its size and a hash of its pixels."""
+    return f"{prefix}:{rgb.shape[0]}x{rgb.shape[1]}:{hashlib.sha1(rgb.tobytes()).hexdigest()[:20]}"
 
 
 def size_dict(hw: tuple[int, int]) -> dict[str, int]:
@@ -100,3 +106,58 @@ def attention_summary(explorer: Explorer, state: ImageState, x: object, y: objec
         "maps": {n: maps[n].numpy().round(8).tolist() for n in names},
         "sums": {n: float(maps[n].sum()) for n in names},
     }
+
+
+def compare_summary(
+    comparison: Comparison,
+    image: str | Path | Image.Image | np.ndarray | None,
+    x: object,
+    y: object,
+    heads: object,
+    image_means: bool = False,
+) -> dict:
+    """JSON-ready comparison of ``heads`` at image pixel ``(x, y)`` (the ``/compare`` endpoint).
+
+    The image is analysed once per set of pixels (each head's forward pass kept, heads added
+    to it as asked); clicks then read the kept records.
+
+    Args:
+        comparison: The app's comparison.
+        image: An image file's path, or a decoded image.
+        x: Pixel column, a whole number ``0 <= x < width`` (never rounded).
+        y: Pixel row, a whole number ``0 <= y < height``.
+        heads: 2 to 4 model names on offer (``Comparison.names``: the default models by head
+            name, ``["isa", "nl", "cc", "da"]``), as a list or comma-separated.
+        image_means: Also average the statistics over the image's query cells (bounded in
+            time per head: ``image_statistics.queries`` says how many were done).
+
+    Returns:
+        :func:`~isa_explorer.explorer.compare_panels.summary`: ``query``, ``image_size``,
+        ``colour_scale_log10``, and per head (in the order asked) ``name``, ``head``,
+        ``predicted_class``, ``confidence``, ``final_map``, ``statistics``,
+        ``image_statistics`` (``None`` unless computed), ``cost`` (``None`` unless measured
+        in the app), ``feature_cell``, ``feature_size``, ``stride`` and ``maps``.
+
+    Raises:
+        ExplorerError: Unknown or too few/many heads, a bad image, a bad pixel.
+    """
+    from isa_explorer.explorer.compare_panels import summary
+
+    names = comparison.check_names(heads)  # before any work: a bad request costs nothing
+    if image is None:
+        raise ExplorerError("no image received; send a PNG, JPEG or WebP file")
+    checked = load_image_file(image) if isinstance(image, str | Path) else check_image(image)
+    rgb = checked.rgb
+    key = (
+        f"api-compare:{rgb.shape[0]}x{rgb.shape[1]}:{hashlib.sha1(rgb.tobytes()).hexdigest()[:20]}"
+    )
+    kept = comparison.store.get(key)
+    if isinstance(kept, CompareState):
+        comparison.choose(key, names, kept)
+    else:
+        comparison.load_checked(key, checked, "api", names)
+    click = comparison.click(key, x, y)
+    if image_means:
+        comparison.image_averages(key)
+        click = comparison.click(key, *click.query)
+    return summary(comparison, click)

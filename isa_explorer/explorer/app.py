@@ -12,7 +12,9 @@ down to a longest side of 2048 px; the analysed images of at most ``--max-sessio
 
 API (gradio_client; parameters by keyword or in this order): ``/predict`` ``(image) ->
 (overlay, json)`` and ``/attention`` ``(image, x, y) -> json``, where ``x`` is the pixel column
-and ``y`` the row, whole numbers (``3.5`` is refused, not rounded). Every size in the JSON is
+and ``y`` the row, whole numbers (``3.5`` is refused, not rounded); ``/compare`` ``(image, x, y,
+heads, image_means) -> json`` compares 2 to 4 heads at one pixel
+(:func:`~isa_explorer.explorer.api.compare_summary`). Every size in the JSON is
 ``{"width": W, "height": H}`` (``size``; ``image_size``, ``feature_size``); points are ``[x,
 y]``; ``maps`` are nested lists rows first, ``maps[name][row][column]``.
 """
@@ -35,6 +37,8 @@ from isa_explorer.explorer import (
     efficiency,
 )
 from isa_explorer.explorer import api as api_fns
+from isa_explorer.explorer.compare import Comparison, available_models
+from isa_explorer.explorer.compare_tab import build_compare_tab, compare_api, compare_key
 from isa_explorer.explorer.service import CONTEXTS, NUM_EXAMPLES
 from isa_explorer.explorer.ui import api_guard, guard, session_key
 from isa_explorer.explorer.uploads import FORMAT_NAMES, MAX_SIDE, MIN_SIDE
@@ -60,6 +64,7 @@ def build_app(
     explorer: Explorer | None = None,
     max_sessions: int = 16,
     max_cache_mb: int = 1024,
+    comparison: Comparison | None = None,
 ) -> gr.Blocks:
     """Build the Gradio app.
 
@@ -69,6 +74,8 @@ def build_app(
         explorer: Use this explorer instead of building one (tests share one model).
         max_sessions: Browser sessions whose analysed image is kept (least recently used out).
         max_cache_mb: Memory bound of those kept images, in MiB.
+        comparison: The Compare tab's models; default the embedded default model of every
+            head, the cached zoo models and ``checkpoint`` (:func:`available_models`).
 
     Returns:
         The ``gr.Blocks`` app (call ``.launch(...)``; see :func:`launch_kwargs`).
@@ -77,6 +84,8 @@ def build_app(
         store = SessionStore(max_sessions, max_cache_mb << 20)
         explorer = Explorer(ExplorerModel(checkpoint), store)
     ex, em = explorer, explorer.model
+    if comparison is None:
+        comparison = Comparison(available_models(checkpoint), explorer.store)
     # One image per map of the served model's head (short titles; captions say what each shows).
     head_maps = em.head_class.maps
     caption = "; ".join(f"**{m.title}**: {m.caption}" for m in head_maps)
@@ -134,6 +143,9 @@ def build_app(
             with gr.Row():
                 slots = [_image(m.title, f"map-{m.name}") for m in head_maps]
             regions = gr.Markdown(elem_id="regions")
+
+        with gr.Tab("Compare"):
+            build_compare_tab(comparison)
 
         with gr.Tab("Attribution"):
             gr.Markdown(
@@ -266,10 +278,12 @@ def build_app(
         show_grid.change(on_view, [opacity, show_grid], click_outputs, **vis)
 
         _api_endpoints(ex)
+        compare_api(comparison)
 
         def forget_session(request: gr.Request) -> None:
             """A closed tab frees its analysed image at once (not only when evicted)."""
             ex.store.discard(session_key(request))
+            comparison.store.discard(compare_key(request))
 
         demo.unload(forget_session)
     return demo

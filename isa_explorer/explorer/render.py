@@ -106,12 +106,14 @@ def heat_panel(
     pixel_cells: tuple[np.ndarray, np.ndarray],
     display: Display,
     opacity: float,
+    peak: float | None = None,
 ) -> Image.Image:
     """A feature-grid map ``(h, w)`` as a heat map over ``base`` ``(dh, dw, 3)``, scaled to its
-    maximum: every image pixel shows the value of its cell, the cell row of its row and column
-    of its column in ``pixel_cells`` (``AttentionCache.pixel_cells``)."""
+    maximum (or to ``peak``, clipped): every image pixel shows the value of its cell, the cell
+    row of its row and column of its column in ``pixel_cells`` (``AttentionCache.pixel_cells``)."""
     base = as_pil(base)
-    peak = float(m.max())
+    peak = float(m.max()) if peak is None else float(peak)
+    m = np.minimum(m, peak)
     idx = np.zeros(m.shape, np.uint8) if peak <= 0 else (m / peak * 255).round().astype(np.uint8)
     rows, cols = display.pixel_index()  # image pixel of every display pixel
     cell_rows, cell_cols = pixel_cells

@@ -138,9 +138,7 @@ class Explorer:
             elif name == "labels":
                 state.view[name] = render.label_image(state.labels, self.model.palette, d)
             elif name == "cell_labels":
-                rows, cols = (
-                    (e[:-1] + np.maximum(e[1:] - 1, e[:-1])) // 2 for e in state.cache.cell_edges()
-                )
+                rows, cols = state.cache.cell_centres()
                 state.view[name] = state.labels[rows][:, cols]
         return state.view[name]
 
@@ -209,35 +207,7 @@ class Explorer:
                 f"whose head has attention maps: {', '.join(heads.with_attention())} "
                 "(--checkpoint)"
             )
-        h, w = state.size
-        coords = []
-        for name, value, limit in (("x", x, w), ("y", y, h)):
-            fix = f"send a whole number 0 <= {name} < {limit}, e.g. {name}={limit // 2}"
-            if value is None:
-                raise ExplorerError(
-                    f"give both pixel coordinates x and y: {name} is missing; {fix}"
-                )
-            if isinstance(value, bool) or not isinstance(value, Real):  # numpy's too, not bool_
-                raise ExplorerError(
-                    f"pixel coordinate {name} must be a number, got {value!r} "
-                    f"({type(value).__name__}); {fix}"
-                )
-            if isinstance(value, float | np.floating) and not np.isfinite(value):
-                raise ExplorerError(f"pixel coordinate {name} must be finite, got {value}; {fix}")
-            if value != int(value):
-                raise ExplorerError(
-                    f"pixel coordinates must be whole numbers, got {name}={value}: coordinates "
-                    f"are not rounded; send {name}={int(np.floor(value))} or "
-                    f"{name}={int(np.ceil(value))}"
-                )
-            coords.append(int(value))
-        x, y = coords
-        if not (0 <= x < w and 0 <= y < h):
-            raise ExplorerError(
-                f"pixel (x={x}, y={y}) is outside the {w}x{h} image: use 0 <= x < {w} and "
-                f"0 <= y < {h}"
-            )
-        return query_maps(state.cache, x, y)
+        return query_maps(state.cache, *check_pixel(x, y, state.size))
 
     def render_click(
         self,
@@ -287,3 +257,40 @@ class Explorer:
         parts = [f"{names[k]} {mass[k]:.0%}" for k in top if mass[k] >= 0.005]
         lines += ["", "**Attention by predicted class:** " + ", ".join(parts)]
         return "\n".join(lines)
+
+
+def check_pixel(x: object, y: object, size: tuple[int, int]) -> tuple[int, int]:
+    """Image pixel ``(x, y)`` of an image of ``size`` ``(H, W)``, checked: whole numbers
+    (``5`` or ``5.0``; never rounded: ``3.5``, NaN, infinities, strings and booleans are
+    refused) inside the image.
+
+    Raises:
+        ExplorerError: A coordinate missing, not a whole number or outside the image (the
+            message names it and the fix).
+    """
+    h, w = size
+    coords = []
+    for name, value, limit in (("x", x, w), ("y", y, h)):
+        fix = f"send a whole number 0 <= {name} < {limit}, e.g. {name}={limit // 2}"
+        if value is None:
+            raise ExplorerError(f"give both pixel coordinates x and y: {name} is missing; {fix}")
+        if isinstance(value, bool) or not isinstance(value, Real):  # numpy's too, not bool_
+            raise ExplorerError(
+                f"pixel coordinate {name} must be a number, got {value!r} "
+                f"({type(value).__name__}); {fix}"
+            )
+        if isinstance(value, float | np.floating) and not np.isfinite(value):
+            raise ExplorerError(f"pixel coordinate {name} must be finite, got {value}; {fix}")
+        if value != int(value):
+            raise ExplorerError(
+                f"pixel coordinates must be whole numbers, got {name}={value}: coordinates "
+                f"are not rounded; send {name}={int(np.floor(value))} or "
+                f"{name}={int(np.ceil(value))}"
+            )
+        coords.append(int(value))
+    x, y = coords
+    if not (0 <= x < w and 0 <= y < h):
+        raise ExplorerError(
+            f"pixel (x={x}, y={y}) is outside the {w}x{h} image: use 0 <= x < {w} and 0 <= y < {h}"
+        )
+    return x, y

@@ -7,6 +7,7 @@ status line, anything else is logged on the server and reported as an internal e
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Callable
 
@@ -22,6 +23,27 @@ def session_key(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "default"
 
 
+def _problem(fn: Callable) -> str:
+    """The message of the exception being handled: the user's own, or an internal error
+    (its traceback in the server log only)."""
+    import sys
+
+    err = sys.exc_info()[1]
+    if isinstance(err, ExplorerError):
+        return str(err)
+    log.exception("explorer callback %s failed", fn.__name__)
+    return "internal error while processing the request (see the server log)"
+
+
+def _unchanged(n_outputs: int, status_index: int | None, message: str):
+    """Every output left unchanged but the status line, which gets the problem."""
+    gr.Warning(message)
+    out = [gr.skip()] * n_outputs
+    if status_index is not None:
+        out[status_index] = f"**Problem:** {message}"
+    return tuple(out) if n_outputs > 1 else out[0]
+
+
 def guard(n_outputs: int, status_index: int | None = None) -> Callable:
     """Decorate a callback with ``n_outputs`` outputs: errors become a warning and a status line.
 
@@ -31,20 +53,23 @@ def guard(n_outputs: int, status_index: int | None = None) -> Callable:
     """
 
     def wrap(fn: Callable) -> Callable:
+        if inspect.isgeneratorfunction(fn):  # a callback that streams its outputs
+
+            @functools.wraps(fn)
+            def stream(*args, **kwargs):
+                try:
+                    yield from fn(*args, **kwargs)
+                except Exception:
+                    yield _unchanged(n_outputs, status_index, _problem(fn))
+
+            return stream
+
         @functools.wraps(fn)
         def inner(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
-            except ExplorerError as err:
-                message = str(err)
-            except Exception:  # a bug: keep the details in the server log only
-                log.exception("explorer callback %s failed", fn.__name__)
-                message = "internal error while processing the request (see the server log)"
-            gr.Warning(message)
-            out = [gr.skip()] * n_outputs
-            if status_index is not None:
-                out[status_index] = f"**Problem:** {message}"
-            return tuple(out) if n_outputs > 1 else out[0]
+            except Exception:
+                return _unchanged(n_outputs, status_index, _problem(fn))
 
         return inner
 

@@ -25,7 +25,7 @@ from filelock import FileLock
 from isa_explorer.convert import ConversionError, convert_checkpoint
 from isa_explorer.paths import home
 from isa_explorer.zoo.download import DownloadError, download
-from isa_explorer.zoo.entries import ZooEntry, ZooError, get_entry
+from isa_explorer.zoo.entries import ZooEntry, ZooError, entries, get_entry
 
 ENTRY_FILE = "zoo.json"
 zoo_home = home  # the zoo lives in the project's home folder
@@ -39,6 +39,14 @@ def model_dir(entry: ZooEntry | str) -> Path:
     if target.parent != root:  # entries are validated; this guards hand-made ones too
         raise ZooError(f"zoo entry name {entry.name!r} does not name a folder of {root}")
     return target
+
+
+def cached_names() -> list[str]:
+    """Names of the zoo models already in the cache (loading them is offline)."""
+    try:
+        return [name for name, entry in entries().items() if is_cached(entry)]
+    except ZooError:
+        return []
 
 
 def is_cached(entry: ZooEntry | str) -> bool:

@@ -19,18 +19,9 @@ from isa_explorer.explorer.service import (
 from isa_explorer.explorer.store import ImageState
 from isa_explorer.explorer.widgets import base
 from isa_explorer.explorer.widgets.base import _View, _widgets, new_figure
+from isa_explorer.zoo.cache import cached_names as cached_zoo_models
 
 _KEY = "notebook"  # the explorer session of a view
-
-
-def cached_zoo_models() -> list[str]:
-    """Names of the zoo models already in the cache (loading them is offline)."""
-    from isa_explorer import zoo
-
-    try:
-        return [name for name, entry in zoo.entries().items() if zoo.is_cached(entry)]
-    except zoo.ZooError:
-        return []
 
 
 class AttentionView(_View):

@@ -1,0 +1,173 @@
+"""The Compare view's service on the embedded default models: one forward pass per image and
+head, clicks from the cached records, the statistics of the final maps, costs, downloads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from isa_explorer.explorer import compare_panels as panels
+from isa_explorer.explorer.compare import Comparison, ExplorerError
+from isa_explorer.explorer.map_stats import MapGrid, map_statistics
+
+
+@pytest.fixture(scope="module")
+def cmp() -> Comparison:
+    return Comparison()
+
+
+@pytest.fixture
+def forwards(cmp):
+    """Counts of the forward passes of each model's network (encoder hooks)."""
+    counts: dict[str, int] = {}
+    handles = []
+    for name in cmp.names:
+        encoder = cmp.explorers[name].model.model.encoder
+
+        def hook(*_args, name=name):
+            counts[name] = counts.get(name, 0) + 1
+
+        handles.append(encoder.register_forward_hook(hook))
+    yield counts
+    for h in handles:
+        h.remove()
+
+
+def test_the_offer_is_every_default_model_by_head_name(cmp):
+    assert {"fcn", "isa", "nl", "cc", "da", "gc", "ema"} <= set(cmp.names)
+    assert cmp.default_choice() == ["isa", "nl", "cc", "da"]
+
+
+def test_clicks_read_the_cached_records_and_new_heads_run_once(cmp, forwards):
+    cmp.load_example("s", 3, "as drawn", ["isa", "nl", "cc"])
+    assert forwards == {"isa": 1, "nl": 1, "cc": 1}
+    for x, y in ((0, 0), (255, 127), (100, 60)):
+        click = cmp.click("s", x, y)
+        assert [h.name for h in click.heads] == ["isa", "nl", "cc"]
+    cmp.choose("s", ["isa", "gc", "cc", "fcn"])  # gc and fcn are new; nl is dropped
+    cmp.click("s", 5, 5)
+    assert forwards == {"isa": 1, "nl": 1, "cc": 1, "gc": 1, "fcn": 1}
+    assert list(cmp.state("s").analyses) == ["isa", "gc", "cc", "fcn"]
+
+
+def test_a_clicks_statistics_are_those_of_its_final_map_at_the_query_pixel(cmp):
+    cmp.load_example("t", 5, "red cue", ["isa", "da", "fcn"])
+    click = cmp.click("t", 130, 70)
+    state = click.state
+    for head in click.heads[:2]:
+        cache = state.analyses[head.name].cache
+        rows, cols = cache.cell_centres()
+        grid = MapGrid.of(
+            cache.record,
+            cache.stride,
+            state.analyses[head.name].labels[rows][:, cols],
+            state.truth[rows][:, cols],
+        )
+        fx, fy = head.maps.query_feature
+        expected = map_statistics(
+            head.maps.padded[head.final_map][None],
+            torch.tensor([fx]),
+            torch.tensor([fy]),
+            grid,
+            torch.tensor([int(state.analyses[head.name].labels[70, 130])]),
+            torch.tensor([int(state.truth[70, 130])]),
+        )
+        assert head.statistics == {k: float(v[0]) for k, v in expected.items()}
+        assert "share_true" in head.statistics  # an example scene: its truth is known
+    assert click.heads[1].final_map == "position" and click.heads[0].final_map == "combined"
+    fcn = click.heads[2]
+    assert fcn.maps is None and fcn.statistics == {} and fcn.final_map is None
+    assert (
+        panels.final_panel(cmp, click, fcn).shape
+        == panels.final_panel(cmp, click, click.heads[0]).shape
+    )
+    # DA's channel matrix is drawn once per image, its strongest channels marked.
+    steps = panels.step_panels(cmp, click, click.heads[1])
+    assert any("per image" in caption and "marked" in caption for _, caption in steps)
+
+
+def test_the_shared_scale_tops_at_the_largest_final_map(cmp):
+    cmp.load_example("u", 2, "as drawn", ["isa", "nl"])
+    click = cmp.click("u", 50, 50)
+    lo, hi = click.scale()
+    top = max(float(h.maps[h.final_map].max()) for h in click.heads)
+    assert hi == pytest.approx(np.log10(top)) and hi - lo == pytest.approx(3.0)
+
+
+def test_uploads_have_no_true_class_and_bad_requests_say_what_to_do(cmp, tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (96, 160, 3), dtype=np.uint8)
+    cmp.load_image("v", rgb, ["nl", "gc"])
+    click = cmp.click("v", 10, 10)
+    assert "share_true" not in click.heads[0].statistics
+    for names, message in (
+        (["isa"], "choose 2 to 4 heads"),
+        (["isa", "nl", "cc", "da", "gc"], "choose 2 to 4 heads"),
+        (["isa", "isa"], "each head once"),
+        (["isa", "transformer"], "unknown head 'transformer': choose from"),
+        (7, "heads must be a list of names"),
+    ):
+        with pytest.raises(ExplorerError, match=message):
+            cmp.choose("v", names)
+    for x, y, message in ((160, 5, "outside the 160x96 image"), (2.5, 5, "whole numbers")):
+        with pytest.raises(ExplorerError, match=message):
+            cmp.click("v", x, y)
+    with pytest.raises(ExplorerError, match="no image loaded yet"):
+        cmp.click("never-loaded", 1, 1)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ExplorerError, match="not an image"):
+        cmp.load_file("v", bad, ["nl", "gc"])
+
+
+def test_costs_and_image_means_fill_in_and_the_download_holds_the_click(cmp, tmp_path):
+    cmp.load_example("w", 1, "blue cue", ["isa", "cc"])
+    cmp.measure_costs("w")
+    cmp.image_averages("w")
+    click = cmp.click("w", 40, 100)
+    for head in click.heads:
+        cost = click.state.costs[head.name]
+        assert cost["status"] == "ok" and cost["ms"] > 0 and cost["runs"] >= 1
+        averages = click.state.averages[head.name]
+        assert averages.complete and averages.total == 16 * 32
+        text = panels.statistics_markdown(click.state, head)
+        assert "being" not in text and f"over {averages.total} of {averages.total}" in text
+    npz, meta = panels.download(cmp, click, tmp_path)
+    with np.load(npz) as saved:
+        assert set(saved) == {
+            "isa/long",
+            "isa/short",
+            "isa/combined",
+            "cc/first",
+            "cc/second",
+            "cc/combined",
+        }
+        assert np.allclose(saved["isa/combined"], click.heads[0].maps["combined"].numpy())
+    info = json.loads(Path(meta).read_text())
+    assert info["query"] == [40, 100] and [h["name"] for h in info["heads"]] == ["isa", "cc"]
+    assert info["heads"][0]["statistics"] == {
+        k: round(v, 6) for k, v in click.heads[0].statistics.items()
+    }
+    assert "maps" not in info["heads"][0]  # the maps are in the .npz
+    assert info["heads"][1]["image_statistics"]["complete"] is True
+
+
+def test_a_spent_cost_budget_measures_one_head_and_says_so_for_the_others(cmp):
+    cmp.load_example("x", 4, "as drawn", ["isa", "nl", "gc"])
+    costs = cmp.measure_costs("x", budget_s=0.0).costs
+    assert costs["isa"]["status"] == "ok"
+    assert costs["nl"] == {"status": "skipped", "reason": "time budget 0 s"} == costs["gc"]
+    text = panels.statistics_markdown(cmp.state("x"), cmp.click("x", 3, 3).heads[1])
+    assert "not measured (time budget 0 s)" in text
+
+
+def test_a_new_image_is_not_overwritten_by_the_last_ones_late_results(cmp):
+    old = cmp.load_example("y", 1, "as drawn", ["isa", "nl"])
+    cmp.load_example("y", 2, "as drawn", ["isa", "nl"])
+    stale = cmp._update("y", old, costs={"isa": {"status": "ok"}})
+    assert (
+        stale.costs and not cmp.state("y").costs and cmp.state("y").source.startswith("example 2")
+    )
