@@ -87,7 +87,16 @@ def test_a_clicks_statistics_are_those_of_its_final_map_at_the_query_pixel(cmp):
     )
     # DA's channel matrix is drawn once per image, its strongest channels marked.
     steps = panels.step_panels(cmp, click, click.heads[1])
-    assert any("per image" in caption and "marked" in caption for _, caption in steps)
+    assert [title for _, title in steps] == [
+        "Position attention",
+        "Channel attention",
+    ]
+    text = panels.step_captions(cmp, click.heads[1])
+    assert (
+        "**Channel attention** (one per image)" in text and "does not depend on the query" in text
+    )
+    marked = click.heads[1].values["query_channels"].tolist()
+    assert marked and f"(marked): {', '.join(map(str, marked))}" in text
 
 
 def test_the_shared_scale_tops_at_the_largest_final_map(cmp):

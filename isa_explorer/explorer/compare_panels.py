@@ -91,7 +91,8 @@ def final_panel(
 def step_panels(
     comparison: Comparison, click: CompareClick, head: HeadClick, opacity: float = 0.6
 ) -> list[tuple[np.ndarray, str]]:
-    """A model's maps, each on its own scale, then its non-map values: ``(image, caption)``."""
+    """A model's maps, each on its own scale, then its non-map values: ``(image, title)``
+    (:func:`step_captions` says what each shows)."""
     if head.maps is None:
         return []
     state, d = click.state, display(click.state)
@@ -99,20 +100,31 @@ def step_panels(
     base, out = _base(state), []
     for info in cache.head.maps:
         panel = render.heat_panel(base, head.maps[info.name].numpy(), cache.pixel_cells, d, opacity)
-        caption = f"{info.title}: {info.caption}"
-        out.append((np.asarray(render.mark_query(panel, *click.query, d)), caption))
-    marks = None
+        out.append((np.asarray(render.mark_query(panel, *click.query, d)), info.title))
+    values, marks = [], None
     for info in reversed(cache.head.values):  # index values mark the matrix before them
         value = head.values[info.name]
         if not value.dtype.is_floating_point:
             marks = value.tolist()
             continue
-        caption = f"{info.title}: {info.caption}" + ("" if info.per_query else " (per image)")
-        if marks:
-            caption += f"; marked: {', '.join(map(str, marks))}"
-        out.append((value_panel(value.numpy(), marks), caption))
+        values.append((value_panel(value.numpy(), marks), info.title))
         marks = None
-    return out
+    return out + values[::-1]
+
+
+def step_captions(comparison: Comparison, head: HeadClick) -> str:
+    """Markdown: what each of a model's step panels shows (the query's strongest channels
+    named where a head marks them)."""
+    cls = comparison.explorers[head.name].model.head_class
+    parts = [f"**{m.title}**: {m.caption}" for m in cls.maps]
+    for info in cls.values:
+        value = head.values.get(info.name)
+        if value is not None and not value.dtype.is_floating_point:
+            parts.append(f"**{info.title}** (marked): {', '.join(map(str, value.tolist()))}")
+        else:
+            once = "" if info.per_query else " (one per image)"
+            parts.append(f"**{info.title}**{once}: {info.caption}")
+    return "Its maps, each on its own scale: " + "; ".join(parts) + "." if parts else ""
 
 
 def value_panel(value: np.ndarray, marks: list[int] | None = None) -> np.ndarray:
@@ -140,7 +152,8 @@ def column(comparison: Comparison, click: CompareClick, head: HeadClick) -> dict
         "title": f"### {head.name}\n`{head.head}` head",
         "final": final_panel(comparison, click, head),
         "prediction": prediction_panel(comparison, click.state, head.name),
-        "statistics": statistics_markdown(click.state, head),
+        "statistics": statistics_markdown(click.state, head)
+        + ("\n\n" + step_captions(comparison, head) if head.maps is not None else ""),
         "steps": step_panels(comparison, click, head),
     }
 

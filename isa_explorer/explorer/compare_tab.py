@@ -94,6 +94,7 @@ def build_compare_tab(comparison: Comparison) -> None:
                 steps = gr.Gallery(
                     label="its maps (own scales) and values",
                     columns=2,
+                    object_fit="contain",
                     format=_FORMAT,
                     elem_id=f"compare-steps-{i}",
                 )
