@@ -180,3 +180,31 @@ def test_a_new_image_is_not_overwritten_by_the_last_ones_late_results(cmp):
     assert (
         stale.costs and not cmp.state("y").costs and cmp.state("y").source.startswith("example 2")
     )
+
+
+def test_a_model_that_cannot_be_opened_is_left_out_with_a_warning(tmp_path, caplog):
+    from isa_explorer.pretrained import DEFAULT_MODELS_DIR
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    cmp = Comparison({"isa": DEFAULT_MODELS_DIR / "isa", "broken": broken, "gone": tmp_path / "x"})
+    assert cmp.names == ["isa"]
+    assert "leaves out broken" in caplog.text and "leaves out gone" in caplog.text
+
+
+def test_the_offer_adds_cached_zoo_models_and_a_checkpoint(tmp_path, monkeypatch):
+    from conftest import small_isanet
+
+    from isa_explorer import zoo
+    from isa_explorer.explorer.compare import available_models
+    from isa_explorer.paths import HOME_ENV
+
+    monkeypatch.setenv(HOME_ENV, str(tmp_path / "home"))
+    name = next(iter(zoo.entries()))
+    assert name not in available_models()  # nothing cached yet
+    small_isanet().save_pretrained(zoo.model_dir(name))  # as the zoo leaves a converted model
+    small_isanet(head="nl").save_pretrained(tmp_path / "my-run")
+    offer = available_models(tmp_path / "my-run")
+    assert offer[name] == name and offer["my-run"] == tmp_path / "my-run"
+    assert list(offer)[:1] == ["isa"]

@@ -16,6 +16,7 @@ The models on offer (:func:`available_models`): the embedded default model of ev
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ SCALE_DECADES = 3.0
 COST_REPEAT_S = 1.0
 
 _cost_lock = threading.Lock()
+log = logging.getLogger("isa_explorer.app")
 
 
 def available_models(checkpoint: str | Path | None = None) -> dict[str, str | Path]:
@@ -152,10 +154,14 @@ class Comparison:
         store: SessionStore | None = None,
     ):
         models = available_models() if models is None else models
-        self.explorers = {
-            n: Explorer(m if isinstance(m, ExplorerModel) else ExplorerModel(m))
-            for n, m in models.items()
-        }
+        self.explorers: dict[str, Explorer] = {}
+        for name, m in models.items():
+            try:
+                self.explorers[name] = Explorer(
+                    m if isinstance(m, ExplorerModel) else ExplorerModel(m)
+                )
+            except (OSError, ValueError) as err:  # a damaged cache entry: not on offer
+                log.warning("the Compare view leaves out %s: %s", name, err)
         self.store = store if store is not None else SessionStore()
 
     @property
