@@ -1,13 +1,12 @@
 """Screenshots of the notebooks' interactive views, taken in JupyterLab in headless Chromium.
 
-    python docs/notebook_screenshots.py            # writes docs/notebook_*.png
+    python docs/notebook_screenshots.py [NOTEBOOK.ipynb ...]   # writes docs/notebook_*.png
 
-Starts JupyterLab on a free local port (no token, bound to 127.0.0.1, for the run only) on a
-scratch copy of ``notebooks/``, and for notebooks 1, 2 and 3 in turn: opens the notebook, waits
-until JupyterLab reports its Python 3 kernel attached and idle (REST ``/api/sessions`` and the
-notebook's toolbar; a "Select Kernel" dialog is answered with Python 3), runs all cells with the
-JupyterLab menu, waits until they have all run and the ipympl figure of the view has drawn, clicks
-the attention view once and waits for its redraw, and saves the output of each view's cell.
+Starts JupyterLab on a free port of 127.0.0.1 (no token, for the run only) on a scratch copy of
+``notebooks/``; for each notebook of :data:`VIEWS` (or those named) it waits until the notebook's
+Python 3 kernel is attached and idle (REST ``/api/sessions`` and the toolbar; a "Select Kernel"
+dialog gets Python 3), runs all cells from the menu, waits for every cell and the view's ipympl
+figure, clicks the view where :data:`VIEWS` says, waits for its redraw and saves the view.
 
 Every wait polls the real state with a generous time limit (a busy 2-core machine is slow) and,
 past it, fails with a message naming the notebook, the step and what was last seen; a picture of
@@ -37,10 +36,12 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-VIEWS = {  # notebook -> (text of the view's cell, screenshot)
-    "03_inside_a_model.ipynb": ("AttentionView(compare", "notebook_attention.png"),
-    "01_isa_from_scratch.ipynb": ("GroupingView(h=", "notebook_grouping.png"),
-    "02_cost.ipynb": ("CostView(resolution", "notebook_cost.png"),
+# notebook -> (text of the view's cell, screenshot, click first at (x, y) fractions of its canvas)
+VIEWS = {
+    "03_inside_a_model.ipynb": ("AttentionView(compare", "notebook_attention.png", (0.7, 0.6)),
+    "01_isa_from_scratch.ipynb": ("GroupingView(h=", "notebook_grouping.png", None),
+    "02_cost.ipynb": ("CostView(resolution", "notebook_cost.png", None),
+    "07_isa_among_its_peers.ipynb": ("CompareView([", "notebook_compare.png", (0.3, 0.3)),
 }
 # Time limits of the steps, in seconds: generous, for a 2-core machine busy with other work.
 LAB_START_S = 180
@@ -93,11 +94,7 @@ class RunAllStopped(RuntimeError):
 
 
 def wait_for(
-    what: str,
-    probe: Callable[[], tuple[T | None, str]],
-    timeout_s: float,
-    *,
-    poll_s: float = 1.0,
+    what: str, probe: Callable[[], tuple[T | None, str]], timeout_s: float, *, poll_s: float = 1.0
 ) -> T:
     """Poll ``probe`` until it returns a value, or fail naming ``what`` and the last state seen.
 
@@ -321,7 +318,7 @@ class NotebookRun:
         what = "the view's figure" if after is None else "the view's redraw after the click"
         return self.wait(what, drawn, FIGURE_S if after is None else CLICK_S)
 
-    def shoot(self, url: str, out: Path, click: bool) -> None:
+    def shoot(self, url: str, out: Path, click: tuple[float, float] | None) -> None:
         """Open, run all, wait for the view (click it once if asked) and save its output."""
         self.open(url)
         self.run_all()
@@ -330,12 +327,13 @@ class NotebookRun:
         with step(f"{self.notebook}: the view's cell on screen"):
             cell.scroll_into_view_if_needed(timeout=FIGURE_S * 1000)
         before = self.figure()
-        if click:  # a click inside the combined panel: the live canvas answers
+        if click:  # a click inside a panel: the live canvas answers
             with step(f"{self.notebook}: a click on the view"):
+                canvas.scroll_into_view_if_needed(timeout=CLICK_S * 1000)  # a tall cell's too
                 box = canvas.bounding_box(timeout=CLICK_S * 1000)
                 if box is None:
                     raise StepTimeout(f"{self.notebook}: the view's canvas is not on screen")
-                x, y = box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.6
+                x, y = box["x"] + box["width"] * click[0], box["y"] + box["height"] * click[1]
                 self.page.mouse.click(x, y)
             self.figure(after=before)
             self.page.wait_for_timeout(1500)  # the toolbar's fade-in (0.5 s) has ended
@@ -351,7 +349,11 @@ class NotebookRun:
                 httpx.delete(f"{self.base}/api/sessions/{session['id']}", timeout=60)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    names = sys.argv[1:] if argv is None else argv  # the notebooks to photograph (none: all)
+    if unknown := sorted(set(names) - set(VIEWS)):
+        raise SystemExit(f"no view to photograph in {unknown}: choose from {', '.join(VIEWS)}")
+    views = {n: v for n, v in VIEWS.items() if not names or n in names}
     with socket.socket() as s:  # a free port
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -371,12 +373,12 @@ def main() -> int:
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-            for i, (notebook, (marker, name)) in enumerate(VIEWS.items()):
+            for i, (notebook, (marker, name, click)) in enumerate(views.items()):
                 page = browser.new_page(viewport={"width": 1500, "height": 1100})
                 run = NotebookRun(page, base, notebook, marker)
                 url = f"{base}/lab/workspaces/shot{i}/tree/{notebook}?reset"
                 try:
-                    run.shoot(url, ROOT / "docs" / name, notebook.startswith("03"))
+                    run.shoot(url, ROOT / "docs" / name, click)
                 except (StepTimeout, RunAllStopped) as e:
                     picture = Path(tempfile.gettempdir()) / f"notebook_screenshots_{i}.png"
                     with contextlib.suppress(PlaywrightError):

@@ -167,3 +167,23 @@ def test_sessions_and_prompts_are_read_as_jupyterlab_writes_them(shots):
     assert shots.kernel_of(sessions[:1], NOTEBOOK) is None
     assert shots.prompt_counts(["[1]:", "[12]:", "[*]:", "[ ]:"]) == (2, 1, 4)
     assert shots.prompt_counts([]) == (0, 0, 0)
+
+
+def test_every_view_is_found_in_its_notebook_and_clicked_inside_its_canvas(shots):
+    notebooks = SCRIPT.parents[1] / "notebooks"
+    assert "07_isa_among_its_peers.ipynb" in shots.VIEWS
+    for notebook, (marker, png, click) in shots.VIEWS.items():
+        source = (notebooks / notebook).with_suffix(".py").read_text()
+        assert source.count(marker) == 1, f"{notebook}: its view's cell is not unique: {marker!r}"
+        assert png.startswith("notebook_") and png.endswith(".png")
+        assert click is None or all(0 < f < 1 for f in click)
+    assert len({png for _, png, _ in shots.VIEWS.values()}) == len(shots.VIEWS)
+
+
+def test_an_unknown_notebook_is_refused_before_anything_starts(shots, monkeypatch):
+    def no_lab(*args, **kwargs):
+        raise AssertionError("JupyterLab started")
+
+    monkeypatch.setattr(shots, "start_lab", no_lab)
+    with pytest.raises(SystemExit, match="no view to photograph in .'08_nope.ipynb'.: choose"):
+        shots.main(["07_isa_among_its_peers.ipynb", "08_nope.ipynb"])

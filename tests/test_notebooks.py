@@ -43,6 +43,7 @@ EXPECTED = [
     "04_why_context_matters",
     "05_real_datasets",
     "06_checkpoints_training_evaluation",
+    "07_isa_among_its_peers",
 ]
 
 

@@ -13,15 +13,20 @@ notebook read without a kernel (on GitHub, as HTML) still shows the maps.
   group and short-range block, and the support of ``C = S @ L``.
 * :class:`CostView` (notebook 2): analytic memory and FLOPs against resolution, channels and
   group size, with the committed measurements.
+* :class:`CompareView` (notebook 7): two to four models on one image, one click: each head's
+  final map on one shared log colour scale, its prediction and its map's statistics (the
+  app's :class:`~isa_explorer.explorer.compare.Comparison`: no forward pass per click).
 """
 
 from isa_explorer.explorer.widgets.attention_view import AttentionView, cached_zoo_models
 from isa_explorer.explorer.widgets.base import in_kernel, new_figure, snapshot_png
+from isa_explorer.explorer.widgets.compare_view import CompareView
 from isa_explorer.explorer.widgets.cost_view import CostView
 from isa_explorer.explorer.widgets.grouping_view import GroupingView
 
 __all__ = [
     "AttentionView",
+    "CompareView",
     "CostView",
     "GroupingView",
     "cached_zoo_models",
