@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,18 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from click_latency import _stats  # the same summary as the Explore tab's click benchmark
 from isa_explorer.costs.measure import system_info
 from isa_explorer.explorer import compare_panels as panels
 from isa_explorer.explorer.compare import DEFAULT_CHOICE, Comparison
-
-
-def _stats(ms: list[float]) -> dict[str, float]:
-    ms = sorted(ms)
-    return {
-        "median_ms": round(statistics.median(ms), 2),
-        "p90_ms": round(ms[min(len(ms) - 1, int(0.9 * len(ms)))], 2),
-        "max_ms": round(ms[-1], 2),
-    }
 
 
 def measure(size: tuple[int, int], heads: list[str], clicks: int, seed: int = 0) -> dict:
