@@ -48,10 +48,11 @@ def test_clicks_read_the_cached_records_and_new_heads_run_once(cmp, forwards):
     for x, y in ((0, 0), (255, 127), (100, 60)):
         click = cmp.click("s", x, y)
         assert [h.name for h in click.heads] == ["isa", "nl", "cc"]
-    cmp.choose("s", ["isa", "gc", "cc", "fcn"])  # gc and fcn are new; nl is dropped
-    cmp.click("s", 5, 5)
+    cmp.choose("s", ["isa", "gc", "cc", "fcn"])  # gc and fcn are new; nl is not shown
+    assert [h.name for h in cmp.click("s", 5, 5).heads] == ["isa", "gc", "cc", "fcn"]
+    cmp.choose("s", ["nl", "isa"])  # nl ran on this image already
+    assert [h.name for h in cmp.click("s", 5, 5).heads] == ["nl", "isa"]
     assert forwards == {"isa": 1, "nl": 1, "cc": 1, "gc": 1, "fcn": 1}
-    assert list(cmp.state("s").analyses) == ["isa", "gc", "cc", "fcn"]
 
 
 def test_a_clicks_statistics_are_those_of_its_final_map_at_the_query_pixel(cmp):
@@ -118,6 +119,7 @@ def test_uploads_have_no_true_class_and_bad_requests_say_what_to_do(cmp, tmp_pat
         (["isa", "isa"], "each head once"),
         (["isa", "transformer"], "unknown head 'transformer': choose from"),
         (7, "heads must be a list of names"),
+        ('["isa", "nl"', "is not a JSON list"),
     ):
         with pytest.raises(ExplorerError, match=message):
             cmp.choose("v", names)
@@ -176,7 +178,7 @@ def test_a_spent_cost_budget_measures_one_head_and_says_so_for_the_others(cmp):
 def test_a_new_image_is_not_overwritten_by_the_last_ones_late_results(cmp):
     old = cmp.load_example("y", 1, "as drawn", ["isa", "nl"])
     cmp.load_example("y", 2, "as drawn", ["isa", "nl"])
-    stale = cmp._update("y", old, costs={"isa": {"status": "ok"}})
+    stale = cmp._merge("y", old, "costs", {"isa": {"status": "ok"}})
     assert (
         stale.costs and not cmp.state("y").costs and cmp.state("y").source.startswith("example 2")
     )
@@ -208,3 +210,74 @@ def test_the_offer_adds_cached_zoo_models_and_a_checkpoint(tmp_path, monkeypatch
     offer = available_models(tmp_path / "my-run")
     assert offer[name] == name and offer["my-run"] == tmp_path / "my-run"
     assert list(offer)[:1] == ["isa"]
+
+
+def test_a_click_during_a_slow_step_and_the_steps_result_both_stay(cmp):
+    """A click stored while the costs are measured is kept, and so are the costs."""
+    import threading
+
+    cmp.load_example("z", 6, "as drawn", ["isa", "gc"])
+    started, clicked = threading.Event(), threading.Event()
+    forward = cmp.explorers["gc"].model.model.forward
+
+    def slow_forward(*args, **kwargs):  # the click lands while gc's pass is being timed
+        started.set()
+        clicked.wait(30)
+        return forward(*args, **kwargs)
+
+    cmp.explorers["gc"].model.model.forward = slow_forward
+    try:
+        worker = threading.Thread(target=cmp.measure_costs, args=("z",))
+        worker.start()
+        assert started.wait(30)
+        cmp.click("z", 200, 100)
+        clicked.set()
+        worker.join(60)
+    finally:
+        del cmp.explorers["gc"].model.model.forward
+    state = cmp.state("z")
+    assert state.query == (200, 100) and set(state.costs) == {"isa", "gc"}
+
+
+def test_a_click_answers_for_the_state_it_is_given(cmp):
+    """Another request choosing other heads meanwhile does not change what this one gets."""
+    first = cmp.load_example("r", 7, "as drawn", ["isa", "nl"])
+    cmp.choose("r", ["cc", "gc"])
+    assert [h.name for h in cmp.click("r", 1, 1, first).heads] == ["isa", "nl"]
+    assert [h.name for h in cmp.click("r", 1, 1).heads] == ["cc", "gc"]
+
+
+def test_a_head_whose_pass_fails_is_reported_and_the_others_measured(cmp):
+    cmp.load_example("f", 8, "as drawn", ["isa", "nl"])
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    cmp.explorers["isa"].model.model.forward = broken
+    try:
+        costs = cmp.measure_costs("f").costs
+    finally:
+        del cmp.explorers["isa"].model.model.forward
+    assert costs["isa"] == {"status": "failed", "reason": "RuntimeError: out of memory (simulated)"}
+    assert costs["nl"]["status"] == "ok"
+    assert "not measured (RuntimeError" in panels.statistics_markdown(
+        cmp.state("f"), cmp.click("f", 2, 2).heads[0]
+    )
+
+
+def test_the_api_checks_the_pixel_first_and_reuses_every_analysis(cmp, forwards):
+    from isa_explorer.explorer.api import compare_summary
+
+    rgb = np.random.default_rng(3).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    with pytest.raises(ExplorerError, match=r"pixel \(x=96, y=5\) is outside the 96x64 image"):
+        compare_summary(cmp, rgb, 96, 5, ["isa", "nl"])
+    assert forwards == {}  # refused before any forward pass
+    compare_summary(cmp, rgb, 5, 5, ["isa", "nl"])
+    compare_summary(cmp, rgb, 5, 5, "cc, da")
+    out = compare_summary(cmp, rgb.copy(), 6, 6, '["da", "isa"]', image_means=True)
+    assert forwards == {"isa": 1, "nl": 1, "cc": 1, "da": 1}  # the same pixels: run once each
+    assert [h["name"] for h in out["heads"]] == ["da", "isa"]
+    assert all(h["image_statistics"]["complete"] and h["cost"] is None for h in out["heads"])
+    out = compare_summary(cmp, rgb, 6, 6, ["nl", "isa"], costs=True)
+    assert [h["cost"]["status"] for h in out["heads"]] == ["ok", "ok"]
+    assert out["heads"][1]["image_statistics"]["complete"]  # kept from the call before

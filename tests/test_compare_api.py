@@ -24,8 +24,16 @@ def _compare(client, path, **kwargs):  # noqa: F811
 def test_compare_parameters_are_documented_by_keyword(client):  # noqa: F811
     endpoint = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     params = endpoint["/compare"]["parameters"]
-    assert [p["parameter_name"] for p in params] == ["image", "x", "y", "heads", "image_means"]
-    assert params[-1]["parameter_has_default"] and params[-1]["parameter_default"] is False
+    assert [p["parameter_name"] for p in params] == [
+        "image",
+        "x",
+        "y",
+        "heads",
+        "image_means",
+        "costs",
+    ]
+    for p in params[-2:]:
+        assert p["parameter_has_default"] and p["parameter_default"] is False
 
 
 def test_compare_gives_the_librarys_numbers(client, scene):  # noqa: F811

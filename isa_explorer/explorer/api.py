@@ -7,6 +7,7 @@ from its pixels. Sizes in the answers are ``{"width": W, "height": H}``; points 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from isa_explorer.explorer.compare import CompareState, Comparison
-from isa_explorer.explorer.service import Explorer, ExplorerError
+from isa_explorer.explorer.service import Explorer, ExplorerError, check_pixel
 from isa_explorer.explorer.store import ImageState
 from isa_explorer.explorer.uploads import check_image, load_image_file
 
@@ -115,11 +116,13 @@ def compare_summary(
     y: object,
     heads: object,
     image_means: bool = False,
+    costs: bool = False,
 ) -> dict:
     """JSON-ready comparison of ``heads`` at image pixel ``(x, y)`` (the ``/compare`` endpoint).
 
-    The image is analysed once per set of pixels (each head's forward pass kept, heads added
-    to it as asked); clicks then read the kept records.
+    Each head runs once per image (its analysis kept under a key made of the pixels, in the
+    server's bounded store); later calls, with any heads, reuse what was run, measured and
+    averaged.
 
     Args:
         comparison: The app's comparison.
@@ -130,13 +133,15 @@ def compare_summary(
             name, ``["isa", "nl", "cc", "da"]``), as a list or comma-separated.
         image_means: Also average the statistics over the image's query cells (bounded in
             time per head: ``image_statistics.queries`` says how many were done).
+        costs: Also time each head's forward pass on this image (once per image and head,
+            one run at a time per server, as the app's Compare tab).
 
     Returns:
         :func:`~isa_explorer.explorer.compare_panels.summary`: ``query``, ``image_size``,
         ``colour_scale_log10``, and per head (in the order asked) ``name``, ``head``,
         ``predicted_class``, ``confidence``, ``final_map``, ``statistics``,
-        ``image_statistics`` (``None`` unless computed), ``cost`` (``None`` unless measured
-        in the app), ``feature_cell``, ``feature_size``, ``stride`` and ``maps``.
+        ``image_statistics`` (``None`` unless computed: ``image_means``), ``cost``
+        (``None`` unless measured: ``costs``), ``feature_cell``, ``feature_size``, ``stride`` and ``maps``.
 
     Raises:
         ExplorerError: Unknown or too few/many heads, a bad image, a bad pixel.
@@ -147,17 +152,17 @@ def compare_summary(
     if image is None:
         raise ExplorerError("no image received; send a PNG, JPEG or WebP file")
     checked = load_image_file(image) if isinstance(image, str | Path) else check_image(image)
-    rgb = checked.rgb
-    key = (
-        f"api-compare:{rgb.shape[0]}x{rgb.shape[1]}:{hashlib.sha1(rgb.tobytes()).hexdigest()[:20]}"
-    )
+    x, y = check_pixel(x, y, checked.rgb.shape[:2])
+    key = image_key("api-compare", checked.rgb)
     kept = comparison.store.get(key)
-    if isinstance(kept, CompareState):
-        comparison.choose(key, names, kept)
+    if isinstance(kept, CompareState):  # the same pixels: their analyses, costs, means reused
+        comparison.keep(key, comparison.analysed(kept, names))
     else:
         comparison.load_checked(key, checked, "api", names)
-    click = comparison.click(key, x, y)
+    if costs:
+        comparison.measure_costs(key, names=names)
     if image_means:
-        comparison.image_averages(key)
-        click = comparison.click(key, *click.query)
+        comparison.image_averages(key, names=names)
+    state = dataclasses.replace(comparison.state(key), chosen=tuple(names))  # this request's
+    click = comparison.click(key, x, y, state)
     return summary(comparison, click)

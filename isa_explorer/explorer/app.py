@@ -42,7 +42,7 @@ from isa_explorer.explorer.compare_tab import build_compare_tab, compare_api, co
 from isa_explorer.explorer.service import CONTEXTS, NUM_EXAMPLES
 from isa_explorer.explorer.ui import api_guard, guard, session_key
 from isa_explorer.explorer.uploads import FORMAT_NAMES, MAX_SIDE, MIN_SIDE
-from isa_explorer.pretrained import model_card
+from isa_explorer.pretrained import model_card, resolve_model_dir
 
 #: Largest upload accepted by the server.
 MAX_FILE_SIZE = "20mb"
@@ -84,8 +84,15 @@ def build_app(
         store = SessionStore(max_sessions, max_cache_mb << 20)
         explorer = Explorer(ExplorerModel(checkpoint), store)
     ex, em = explorer, explorer.model
-    if comparison is None:
-        comparison = Comparison(available_models(checkpoint), explorer.store)
+    if comparison is None:  # the Explore tab's model, if offered, is shared (loaded once)
+        offer = available_models(checkpoint)
+        for name, path in offer.items():
+            try:
+                if resolve_model_dir(path) == em.model_dir:
+                    offer[name] = em
+            except (OSError, ValueError):  # not a model: the comparison says so
+                continue
+        comparison = Comparison(offer, explorer.store)
     # One image per map of the served model's head (short titles; captions say what each shows).
     head_maps = em.head_class.maps
     caption = "; ".join(f"**{m.title}**: {m.caption}" for m in head_maps)

@@ -16,10 +16,10 @@ The models on offer (:func:`available_models`): the embedded default model of ev
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +27,11 @@ import torch
 
 from isa_explorer.attention import AttentionMaps, query_maps
 from isa_explorer.costs.measure import MiB, PeakMemory, time_runs
-from isa_explorer.data.synthetic import generate
 from isa_explorer.explorer import map_stats
+from isa_explorer.explorer.compare_state import CompareClick, CompareState, HeadClick, final_map
 from isa_explorer.explorer.efficiency import LIVE_BUDGET_SECONDS, LIVE_MIN_PEAK_MIB
 from isa_explorer.explorer.served_model import ExplorerModel
-from isa_explorer.explorer.service import CONTEXTS, EXAMPLE_SEED, Explorer, check_pixel
+from isa_explorer.explorer.service import Explorer, check_pixel
 from isa_explorer.explorer.store import ImageState, SessionStore
 from isa_explorer.explorer.uploads import CheckedImage, ExplorerError, check_image, load_image_file
 from isa_explorer.pretrained import DEFAULT_MODELS_DIR, default_heads
@@ -43,8 +43,6 @@ MIN_HEADS, MAX_HEADS = 2, 4
 DEFAULT_CHOICE = ("isa", "nl", "cc", "da")
 #: Seconds of the whole-image averages per head, after which a random sample of cells counts.
 AVERAGE_BUDGET_S = 15.0
-#: Decades of the shared colour scale of the final maps (below its top, darkest).
-SCALE_DECADES = 3.0
 #: A head's forward pass under this many seconds is timed three more times (median).
 COST_REPEAT_S = 1.0
 
@@ -61,82 +59,6 @@ def available_models(checkpoint: str | Path | None = None) -> dict[str, str | Pa
     if checkpoint is not None:
         out.setdefault(Path(str(checkpoint)).name or str(checkpoint), checkpoint)
     return out
-
-
-@dataclass
-class CompareState:
-    """One image of a session and what each compared model made of it.
-
-    Attributes:
-        rgb: ``(H, W, 3)`` uint8.
-        source: Where it came from, for the status line.
-        truth: ``(H, W)`` true classes (example scenes), else ``None``.
-        analyses: ``{model name: ImageState}`` (prediction and the attention record).
-        costs: ``{model name: cost dict}`` once measured (:meth:`Comparison.measure_costs`).
-        averages: ``{model name: ImageStatistics}`` once computed.
-        query: The clicked pixel ``(x, y)``, if any.
-        view: Images drawn once per image (the panels' base, each prediction), shared by the
-            states derived from this one (the same image).
-    """
-
-    rgb: np.ndarray
-    source: str
-    truth: np.ndarray | None = None
-    analyses: dict[str, ImageState] = field(default_factory=dict)
-    costs: dict[str, dict] = field(default_factory=dict)
-    averages: dict[str, map_stats.ImageStatistics] = field(default_factory=dict)
-    query: tuple[int, int] | None = None
-    view: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.rgb.shape[0], self.rgb.shape[1]
-
-    @property
-    def nbytes(self) -> int:
-        extra = 0 if self.truth is None else self.truth.nbytes
-        extra += sum(v.nbytes for v in self.view.values() if isinstance(v, np.ndarray))
-        return self.rgb.nbytes + extra + sum(a.nbytes for a in self.analyses.values())
-
-
-@dataclass
-class HeadClick:
-    """One model's answer to a click.
-
-    Attributes:
-        name: The model's name in the comparison.
-        head: Its head's registry name.
-        final_map: The name of its final map (``None``: no attention, FCN).
-        class_name: Its predicted class at the query; confidence: the probability.
-        maps: Its maps of the query (``None`` without attention).
-        statistics: ``{statistic: value}`` of its final map at the query.
-        values: Its non-map quantities of the query (:meth:`Head.query_values`).
-    """
-
-    name: str
-    head: str
-    final_map: str | None
-    class_name: str
-    confidence: float
-    maps: AttentionMaps | None
-    statistics: dict[str, float]
-    values: dict[str, torch.Tensor]
-
-
-@dataclass
-class CompareClick:
-    """A click on the compared image: every model's answer, in the order chosen."""
-
-    query: tuple[int, int]
-    heads: list[HeadClick]
-    state: CompareState
-
-    def scale(self) -> tuple[float, float]:
-        """``(lo, hi)`` log10 bounds of the shared colour scale of the final maps: ``hi`` the
-        largest value of any final map, ``lo`` :data:`SCALE_DECADES` below it."""
-        tops = [float(h.maps[h.final_map].max()) for h in self.heads if h.maps is not None]
-        hi = float(np.log10(max(max(tops, default=1.0), 1e-300)))
-        return hi - SCALE_DECADES, hi
 
 
 class Comparison:
@@ -176,11 +98,20 @@ class Comparison:
 
     def check_names(self, names: object) -> list[str]:
         """The chosen model names, checked: 2 to 4 distinct names on offer."""
-        if isinstance(names, str):
+        if isinstance(names, str) and names.strip().startswith("["):  # a JSON list as text
+            try:
+                names = json.loads(names)
+            except ValueError:
+                raise ExplorerError(
+                    f"heads {names!r} is not a JSON list; send a list of names, e.g. "
+                    f"{self.default_choice()}, or a comma-separated string"
+                ) from None
+        elif isinstance(names, str):
             names = [n.strip() for n in names.split(",") if n.strip()]
         if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
             raise ExplorerError(
-                f"heads must be a list of names, e.g. {list(self.default_choice())}; got {names!r}"
+                f"heads must be a list of names or a comma-separated string, e.g. "
+                f"{self.default_choice()}; got {names!r}"
             )
         unknown = [n for n in names if n not in self.explorers]
         if unknown:
@@ -200,15 +131,13 @@ class Comparison:
         self, index: int, context: str, names: list[str]
     ) -> tuple[CheckedImage, np.ndarray]:
         """Example scene ``index`` and its true classes, at the first chosen model's size."""
-        first = self.explorers[names[0]]
         for n in names:  # each model must know the synthetic scenes' classes
             if not self.explorers[n].model.is_synthetic:
                 raise ExplorerError(
                     f"examples are synthetic context scenes, which {n!r} was not trained on; "
                     "upload an image instead"
                 )
-        first.example_image(index, context)  # checks index and context, with their messages
-        rgb, truth = generate(EXAMPLE_SEED, int(index), first.model.train_size, CONTEXTS[context])
+        rgb, truth = self.explorers[names[0]].example_scene(index, context)
         return CheckedImage(rgb), truth.astype(np.uint8)
 
     def load_example(self, key: str, index: int, context: str, names: list[str]) -> CompareState:
@@ -238,27 +167,39 @@ class Comparison:
         names: list[str],
         truth: np.ndarray | None = None,
     ) -> CompareState:
-        """Run every chosen model once on a checked image: their forward passes and captures."""
+        """Run every chosen model once on a checked image (their forward passes and captures)
+        and make it the session's image; a failure leaves the session's last image as it was."""
         notes = "; ".join(checked.notes)
         state = CompareState(checked.rgb, source + (f" -- {notes}" if notes else ""), truth)
-        self.store.discard(key)  # the old image goes before the new one is analysed
-        return self.choose(key, names, state)
-
-    def choose(self, key: str, names: list[str], state: CompareState | None = None) -> CompareState:
-        """Make ``names`` the compared models of the session's image, analysing the new ones."""
-        names = self.check_names(names)
-        state = state if state is not None else self.state(key)
-        analyses = {
-            n: state.analyses.get(n) or self.explorers[n].model.analyse(state.rgb) for n in names
-        }
-        state = dataclasses.replace(
-            state,
-            analyses=analyses,
-            costs={n: c for n, c in state.costs.items() if n in analyses},
-            averages={n: a for n, a in state.averages.items() if n in analyses},
-        )
+        state = self.analysed(state, self.check_names(names))
         self.store.put(key, state)
         return state
+
+    def analysed(self, state: CompareState, names: list[str]) -> CompareState:
+        """``state`` with ``names`` chosen, the models not yet run on its image run once."""
+        new = {
+            n: self.explorers[n].model.analyse(state.rgb) for n in names if n not in state.analyses
+        }
+        return dataclasses.replace(state, analyses={**state.analyses, **new}, chosen=tuple(names))
+
+    def choose(self, key: str, names: list[str]) -> CompareState:
+        """Make ``names`` the compared models of the session's image, running the new ones."""
+        return self.keep(key, self.analysed(self.state(key), self.check_names(names)))
+
+    def keep(self, key: str, state: CompareState) -> CompareState:
+        """Store ``state`` as the session's; when the session holds the same image, what it
+        holds (analyses, costs, means, query) stays beside ``state``'s analyses and choice."""
+
+        def merge(current: CompareState) -> CompareState:
+            if not isinstance(current, CompareState) or current.rgb is not state.rgb:
+                return state
+            analyses = {**state.analyses, **current.analyses}
+            return dataclasses.replace(current, analyses=analyses, chosen=state.chosen)
+
+        kept = self.store.update(key, merge)
+        if kept is None:  # nothing stored under key (evicted meanwhile)
+            self.store.put(key, state)
+        return kept or state
 
     def state(self, key: str) -> CompareState:
         """The session's compared image; raises if none is loaded (or it expired)."""
@@ -271,15 +212,27 @@ class Comparison:
         return state
 
     # -- clicks ---------------------------------------------------------------------------
-    def click(self, key: str, x: object, y: object) -> CompareClick:
-        """Every compared model's maps and statistics at image pixel ``(x, y)``, from the cached
-        records (no forward pass). Coordinates are checked as the Explore tab checks them."""
-        state = self.state(key)
+    def click(
+        self, key: str, x: object, y: object, state: CompareState | None = None
+    ) -> CompareClick:
+        """Every chosen model's maps and statistics at image pixel ``(x, y)``, from the cached
+        records (no forward pass). Coordinates are checked as the Explore tab checks them.
+
+        Args:
+            key: The session.
+            x: Pixel column; y: pixel row (whole numbers inside the image).
+            state: Answer for this state of the session (its chosen models), not the one
+                stored now (another request may have chosen others meanwhile).
+        """
+        state = state if state is not None else self.state(key)
         x, y = check_pixel(x, y, state.size)
-        out = [self._head_click(n, state, a, x, y) for n, a in state.analyses.items()]
-        clicked = dataclasses.replace(state, query=(x, y))
-        self.store.put(key, clicked, replacing=state)
-        return CompareClick((x, y), out, clicked)
+        out = [self._head_click(n, state, state.analyses[n], x, y) for n in state.chosen]
+
+        def moved(current: CompareState) -> CompareState | None:  # its costs and means kept
+            return dataclasses.replace(current, query=(x, y)) if current.rgb is state.rgb else None
+
+        clicked = self.store.update(key, moved) or dataclasses.replace(state, query=(x, y))
+        return CompareClick((x, y), out, dataclasses.replace(clicked, chosen=state.chosen))
 
     def _head_click(
         self, name: str, state: CompareState, analysis: ImageState, x: int, y: int
@@ -295,7 +248,7 @@ class Comparison:
         return HeadClick(
             name,
             head.name,
-            head.main_map or (head.maps[0].name if head.maps else None),
+            final_map(head),
             model.class_names[label],
             float(analysis.confidence[y, x]),
             maps,
@@ -317,7 +270,7 @@ class Comparison:
         analysis = state.analyses[name]
         head = analysis.cache.head
         (x, y), (fx, fy) = maps.query, maps.query_feature
-        final = maps.padded[head.main_map or head.maps[0].name][None]  # (1, hp, wp)
+        final = maps.padded[final_map(head)][None]  # (1, hp, wp)
         true = None if state.truth is None else torch.tensor([int(state.truth[y, x])])
         stats = map_stats.map_statistics(
             final,
@@ -330,47 +283,58 @@ class Comparison:
         return {k: float(v[0]) for k, v in stats.items()}
 
     # -- the slower steps after an analysis -----------------------------------------------
-    def measure_costs(self, key: str, budget_s: float = LIVE_BUDGET_SECONDS) -> CompareState:
-        """Time each compared model's forward pass on the session's image, once per image and
+    def measure_costs(
+        self, key: str, budget_s: float = LIVE_BUDGET_SECONDS, names: list[str] | None = None
+    ) -> CompareState:
+        """Time each chosen model's forward pass on the session's image, once per image and
         model, one run at a time per server; once ``budget_s`` seconds have passed (one model is
-        always measured), the models left are reported as not measured. Peak memory is the growth of this process's
-        resident memory (approximate, as the Efficiency tab's live run)."""
-        state = self.state(key)
-        costs = dict(state.costs)
-        start, measured = time.perf_counter(), False
-        with _cost_lock:
-            for name in state.analyses:
-                if name in costs:
+        always measured), the models left are reported as not measured, and a model whose
+        pass fails is reported with its error. Peak memory is the growth of this process's
+        resident memory (approximate, as the Efficiency tab's live run). ``names``: these
+        models rather than the chosen ones."""
+        with _cost_lock:  # the state and the budget are read once the server's last run ended
+            state, costs = self.state(key), {}
+            start = time.perf_counter()
+            for name in state.chosen if names is None else names:
+                if name in state.costs:
                     continue
-                if measured and time.perf_counter() - start > budget_s:
+                if costs and time.perf_counter() - start > budget_s:
                     costs[name] = {"status": "skipped", "reason": f"time budget {budget_s:g} s"}
                     continue
-                costs[name] = forward_cost(self.explorers[name].model, state.rgb)
-                measured = True
-        return self._update(key, state, costs=costs)
+                try:
+                    costs[name] = forward_cost(self.explorers[name].model, state.rgb)
+                except Exception as err:  # e.g. out of memory: said, and the others go on
+                    log.exception("measuring %s failed", name)
+                    costs[name] = {"status": "failed", "reason": f"{type(err).__name__}: {err}"}
+            return self._merge(key, state, "costs", costs)
 
-    def image_averages(self, key: str, budget_s: float = AVERAGE_BUDGET_S) -> CompareState:
-        """The statistics of every query cell of the session's image, per model with maps
-        (``budget_s`` seconds each, then a random sample of the cells)."""
-        state = self.state(key)
-        averages = dict(state.averages)
-        for name, analysis in state.analyses.items():
-            if name in averages or analysis.cache is None:
+    def image_averages(
+        self, key: str, budget_s: float = AVERAGE_BUDGET_S, names: list[str] | None = None
+    ) -> CompareState:
+        """The statistics of every query cell of the session's image, per chosen model with
+        maps (``budget_s`` seconds each, then a random sample of the cells); ``names``: these
+        models rather than the chosen ones."""
+        state, averages = self.state(key), {}
+        for name in state.chosen if names is None else names:
+            cache = state.analyses[name].cache
+            if name in state.averages or cache is None:
                 continue
-            cache = analysis.cache
             averages[name] = map_stats.image_statistics(
                 cache.head, cache.record, self.grid(name, state), budget_s
             )
-        return self._update(key, state, averages=averages)
+        return self._merge(key, state, "averages", averages)
 
-    def _update(self, key: str, state: CompareState, **changes) -> CompareState:
-        """Store ``state`` with ``changes`` unless the session moved to another image."""
-        current = self.store.get(key)
-        if isinstance(current, CompareState) and current.rgb is state.rgb:
-            state = dataclasses.replace(current, **changes)
-            self.store.put(key, state, replacing=current)
-            return state
-        return dataclasses.replace(state, **changes)
+    def _merge(self, key: str, state: CompareState, name: str, new: dict) -> CompareState:
+        """Add ``new`` to the ``name`` field of the session's current state (what a click or
+        another step stored meanwhile kept), unless the session moved to another image."""
+
+        def merge(current: CompareState) -> CompareState | None:
+            if current.rgb is not state.rgb:
+                return None
+            return dataclasses.replace(current, **{name: {**getattr(current, name), **new}})
+
+        merged = self.store.update(key, merge)
+        return merged or dataclasses.replace(state, **{name: {**getattr(state, name), **new}})
 
 
 def forward_cost(model: ExplorerModel, rgb: np.ndarray) -> dict:

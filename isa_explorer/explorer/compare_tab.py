@@ -125,46 +125,50 @@ def build_compare_tab(comparison: Comparison) -> None:
         x, y = state.query or (w // 2, h // 2)
         return shown(cmp.click(key, x, y), note)
 
-    def follow(key: str, seconds: str):
-        """After an analysis: the costs, then the image means, each shown when ready."""
-        yield again(key, f"{seconds} Measuring each head's forward pass on this image...")
-        cmp.measure_costs(key)
-        yield again(
-            key,
-            f"{seconds} Costs measured. Computing the image means (up to "
-            f"{AVERAGE_BUDGET_S:g} s per head)...",
-        )
-        cmp.image_averages(key)
-        yield again(key, f"{seconds} Costs and image means ready: {cmp.state(key).source}.")
-
-    def timed(fn, *args) -> str:
+    def timed(fn, *args) -> tuple:
+        """An analysis (``fn``) and the first click's outputs, its time said."""
         start = time.perf_counter()
         state = fn(*args)
-        return (
+        note = (
             f"Analysed {state.source} ({state.size[1]}x{state.size[0]} px) with "
-            f"{len(state.analyses)} heads in {time.perf_counter() - start:.1f} s."
+            f"{len(state.chosen)} heads in {time.perf_counter() - start:.1f} s."
         )
+        return again(args[0], note)
 
     @guard(n_out, status_index=2)
     def on_example(names, i, ctx, request: gr.Request):
-        key = compare_key(request)
-        yield from follow(key, timed(cmp.load_example, key, int(i), ctx, names))
+        return timed(cmp.load_example, compare_key(request), int(i), ctx, names)
 
     @guard(n_out, status_index=2)
     def on_upload(path, names, request: gr.Request):
         if path is None:
-            return
-        key = compare_key(request)
-        yield from follow(key, timed(cmp.load_file, key, path, names))
+            return tuple([gr.skip()] * n_out)
+        return timed(cmp.load_file, compare_key(request), path, names)
 
     @guard(n_out, status_index=2)
     def on_choice(names, request: gr.Request):
         key = compare_key(request)
         if cmp.store.get(key) is None:  # no image yet: only the choice is checked
             cmp.check_names(names)
+            return tuple([gr.skip()] * n_out)
+        return timed(cmp.choose, key, names)
+
+    @guard(n_out, status_index=2)
+    def on_follow(request: gr.Request):
+        """After an analysis: the costs, then the image means, each shown when ready (its own
+        event: clicks and new choices are answered meanwhile)."""
+        key = compare_key(request)
+        state = cmp.store.get(key)
+        if state is None or not state.pending:  # (or the analysis failed: its message stays)
             yield tuple([gr.skip()] * n_out)
             return
-        yield from follow(key, timed(cmp.choose, key, names))
+        yield again(key, "Measuring each head's forward pass on this image...")
+        cmp.measure_costs(key)
+        yield again(
+            key, f"Costs measured; the image means (up to {AVERAGE_BUDGET_S:g} s a head)..."
+        )
+        cmp.image_averages(key)
+        yield again(key, f"Costs and image means ready: {cmp.state(key).source}.")
 
     @guard(n_out, status_index=2)
     def on_select(evt: gr.SelectData, request: gr.Request):
@@ -184,9 +188,17 @@ def build_compare_tab(comparison: Comparison) -> None:
         return panels.download(cmp, click), f"Saved the maps and statistics of pixel {click.query}."
 
     vis = dict(api_visibility="private")
-    load.click(on_example, [choice, index, context], outputs, **vis)
-    upload.upload(on_upload, [upload, choice], outputs, **vis)
-    choice.input(on_choice, [choice], outputs, **vis)
+    # The slow steps run as their own event, one at a time per server (a 2-core CPU).
+    slow = dict(concurrency_id="compare-slow", concurrency_limit=1, **vis)
+    load.click(on_example, [choice, index, context], outputs, **vis).then(
+        on_follow, None, outputs, **slow
+    )
+    upload.upload(on_upload, [upload, choice], outputs, **vis).then(
+        on_follow, None, outputs, **slow
+    )
+    choice.input(on_choice, [choice], outputs, trigger_mode="always_last", **vis).then(
+        on_follow, None, outputs, **slow
+    )
     for target in (image, *(slot[2] for slot in slots), *(slot[3] for slot in slots)):
         target.select(on_select, None, outputs, **vis)
     save.click(on_save, None, [files, status], **vis)
@@ -194,18 +206,20 @@ def build_compare_tab(comparison: Comparison) -> None:
 
 def compare_api(comparison: Comparison) -> None:
     """Hidden components behind the ``/compare`` endpoint (parameters by keyword: ``image``,
-    ``x``, ``y``, ``heads``, ``image_means``)."""
+    ``x``, ``y``, ``heads``, ``image_means``, ``costs``)."""
     with gr.Row(visible=False):
         image_in = gr.File(type="filepath", label="image")
         x_in, y_in = gr.Number(label="x (pixel column)"), gr.Number(label="y (pixel row)")
         heads_in = gr.JSON(label="heads")
         means_in = gr.Checkbox(False, label="image_means")
+        costs_in = gr.Checkbox(False, label="costs")
         out = gr.JSON(label="comparison")
         button = gr.Button("compare")
 
     @api_guard
-    def compare(image, x, y, heads, image_means):
+    def compare(image, x, y, heads, image_means, costs):
         """Every chosen head's maps and statistics at pixel (x, y) of an image file."""
-        return compare_summary(comparison, image, x, y, heads, bool(image_means))
+        return compare_summary(comparison, image, x, y, heads, bool(image_means), bool(costs))
 
-    button.click(compare, [image_in, x_in, y_in, heads_in, means_in], [out], api_name="compare")
+    inputs = [image_in, x_in, y_in, heads_in, means_in, costs_in]
+    button.click(compare, inputs, [out], api_name="compare")

@@ -77,6 +77,11 @@ class Explorer:
 
     def example_image(self, index: int, context: str = "as drawn") -> CheckedImage:
         """Synthetic scene ``index`` at the model's training size."""
+        return CheckedImage(self.example_scene(index, context)[0])
+
+    def example_scene(self, index: int, context: str = "as drawn") -> tuple[np.ndarray, np.ndarray]:
+        """Synthetic scene ``index`` at the model's training size and its true classes:
+        ``(H, W, 3)`` uint8, ``(H, W)`` int64 (the arguments checked, with their messages)."""
         if not self.model.is_synthetic:
             raise ExplorerError(
                 "examples are synthetic context scenes, which this model was not trained on; "
@@ -87,8 +92,7 @@ class Explorer:
         index = int(index)
         if not 0 <= index < NUM_EXAMPLES:
             raise ExplorerError(f"example index must be in 0..{NUM_EXAMPLES - 1}, got {index}")
-        rgb, _ = generate(EXAMPLE_SEED, index, self.model.train_size, CONTEXTS[context])
-        return CheckedImage(rgb)
+        return generate(EXAMPLE_SEED, index, self.model.train_size, CONTEXTS[context])
 
     def load_example(self, key: str, index: int, context: str = "as drawn") -> ImageState:
         """Analyse example ``index`` for session ``key``."""

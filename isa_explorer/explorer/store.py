@@ -7,7 +7,9 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -81,6 +83,21 @@ class SessionStore:
             ):
                 self._items.popitem(last=False)
             return True
+
+    def update(self, key: str, change: Callable[[Any], Any]) -> Any:
+        """Replace the state of ``key`` by ``change(state)`` in one step (no other thread
+        stores between the read and the write): the new state, or ``None`` when ``key`` holds
+        nothing or ``change`` returns ``None`` (then nothing is stored)."""
+        with self._lock:
+            state = self._items.get(key)
+            new = None if state is None else change(state)
+            if new is None:
+                return None
+            self._items[key] = new
+            self._items.move_to_end(key)
+            while len(self._items) > 1 and self._bytes() > self.max_bytes:
+                self._items.popitem(last=False)
+            return new
 
     def get(self, key: str) -> ImageState | None:
         """The state of ``key`` (marked as recently used), ``None`` if absent or evicted."""
