@@ -387,8 +387,8 @@ for line in findings(committed):
 #
 # 1. Set `R, K = 4, 9` and rerun sections 1 to 3. How many passes would the window need to
 #    reach every cell of the 16 x 16 map? Of the default models' 16 x 32 feature map?
-# 2. Build ISA with `order="short-long"` in its `HeadConfig`. Its `reach` still lists `long`
-#    first: compose the steps in `record.order`. What does one step reach now, and two?
+# 2. Build ISA with `order="short-long"` in its `HeadConfig` (its `reach` lists the steps in
+#    that order). What does one step reach now, and two? Is the combined map the same?
 # 3. In section 3 use the fused path (`attn_impl="fused"`, impl `"fused"`) for the heads that
 #    have it (`heads.get(name).impls`). Whose predicted peak memory drops, and why not FLOPs?
 # 4. In the Compare view click the cue, then a green disc. Whose final map changes most, and

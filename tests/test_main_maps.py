@@ -85,3 +85,14 @@ def test_every_head_with_maps_batches_them(name):
     assert cls.main_maps.__func__ is not heads.Head.main_maps.__func__, (
         f"{cls.__name__} loops over query_maps: give it a batched main_maps"
     )
+
+
+@pytest.mark.parametrize("order", ["long-short", "short-long"])
+def test_isa_reach_lists_its_steps_in_the_order_they_run(order):
+    torch.manual_seed(0)
+    head = heads.get("isa").build(24, 3, HeadConfig(16, 8, 0.0, down_factor=(4, 4), order=order))
+    with torch.no_grad():
+        _, record = head.eval()(torch.randn(1, 24, 11, 13), return_attention=True)
+    reach = heads.get("isa").reach(record, 5, 6)
+    assert list(reach) == order.split("-")
+    assert int(reach["short"].sum()) == 16  # the query's 4 x 4 block (not on the border)

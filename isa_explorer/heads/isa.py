@@ -332,7 +332,8 @@ class ISADecoder(ContextHead):
 
     @classmethod
     def reach(cls, record: ISARecord, fx: int, fy: int) -> dict[str, torch.Tensor]:
-        """``long``: the query's long-range group; ``short``: its block (unpadded cells)."""
+        """``long``: the query's long-range group; ``short``: its block (unpadded cells); in
+        the order the steps run (``record.order``)."""
         g = record.grid
         bi, bj, li, lj = g.locate(fx, fy)
         long_, short_ = torch.zeros(2, g.h, g.w, dtype=torch.bool)
@@ -340,7 +341,7 @@ class ISADecoder(ContextHead):
         long_[rows.start :: rows.step, cols.start :: cols.step] = True
         r0, c0, r1, c1 = g.block_bounds(bi, bj)
         short_[r0:r1, c0:c1] = True
-        return {"long": long_, "short": short_}
+        return {step: {"long": long_, "short": short_}[step] for step in record.order.split("-")}
 
     # -- cost and names --------------------------------------------------------------------------
 

@@ -360,7 +360,8 @@ class Head(nn.Module, ABC):
 
     @classmethod
     def reach(cls, record: Record, fx: int, fy: int) -> dict[str, torch.Tensor]:
-        """``{step: (h, w) bool}``: the cells each attention step can reach from ``(fx, fy)``."""
+        """``{step: (h, w) bool}``: the cells each attention step can reach from ``(fx, fy)``,
+        in the order the steps run."""
         return {}
 
     @classmethod
