@@ -343,14 +343,14 @@ class DAHead(Head):
 
     @classmethod
     def query_maps(cls, record: DARecord, fx: int, fy: int) -> dict[str, torch.Tensor]:
-        """PAM's map of cell ``(fx, fy)``: ``softmax_j(q . k_j)`` over every cell, ``O(N Cp)``."""
-        q, k = record.pam_q[0].double(), record.pam_k[0].double()  # (Cp, h, w)
-        logits = torch.einsum("c,chw->hw", q[:, fy, fx], k)  # no scaling, as mmseg
-        return {"position": logits.flatten().softmax(0).view_as(logits)}
+        """PAM's map of cell ``(fx, fy)``: ``softmax_j(q . k_j)`` over every cell, ``O(N Cp)``
+        (:meth:`main_maps` of one query)."""
+        return {"position": cls.main_maps(record, torch.tensor([fx]), torch.tensor([fy]))[0]}
 
     @classmethod
     def main_maps(cls, record: DARecord, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
-        """PAM's maps (unscaled, as mmseg) of ``Q`` cells at once: their queries against every key.
+        """PAM's maps (unscaled, as mmseg) of ``Q`` cells at once: their queries against every
+        key (the one home of the map math: :meth:`query_maps` asks for one query).
 
         Args:
             record: The head's record.

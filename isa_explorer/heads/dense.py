@@ -91,13 +91,13 @@ class DenseAttentionDecoder(ContextHead):
 
     @classmethod
     def query_maps(cls, record: DenseRecord, fx: int, fy: int) -> dict[str, torch.Tensor]:
-        q, k = record.q[0].double(), record.k[0].double()  # (Ck, h, w)
-        logits = torch.einsum("c,chw->hw", q[:, fy, fx], k) * record.scale
-        return {"dense": logits.flatten().softmax(0).view_as(logits)}
+        """The softmax row of cell ``(fx, fy)`` (:meth:`main_maps` of one query)."""
+        return {"dense": cls.main_maps(record, torch.tensor([fx]), torch.tensor([fy]))[0]}
 
     @classmethod
     def main_maps(cls, record: DenseRecord, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
-        """The dense maps of ``Q`` cells at once: their queries against every key.
+        """The dense maps of ``Q`` cells at once: their queries against every key (the one home
+        of the head's map math: :meth:`query_maps` asks for one query).
 
         Args:
             record: The head's record.

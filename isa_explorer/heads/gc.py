@@ -202,20 +202,20 @@ class GCHead(FCNHead):
     @classmethod
     def query_maps(cls, record: GCRecord, fx: int, fy: int) -> dict[str, torch.Tensor]:
         """``context``: image 0's context mask, whatever the query (renormalised in float64,
-        so it sums to one beyond the recorded precision)."""
-        mask = record.mask[0, 0].double()  # (h, w)
-        return {"context": mask / mask.sum()}
+        so it sums to one beyond the recorded precision; :meth:`main_maps` of one query)."""
+        return {"context": cls.main_maps(record, torch.tensor([fx]), torch.tensor([fy]))[0]}
 
     @classmethod
     def main_maps(cls, record: GCRecord, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
-        """The context mask for each of ``Q`` cells: one map, the same for every query.
+        """The context mask for each of ``Q`` cells: one map, the same for every query (the one
+        home of its maps: :meth:`query_maps` asks for one query).
 
         Args:
             record: The head's record.
             fx, fy: ``(Q,)`` int64 columns and rows of the query cells.
 
         Returns:
-            ``(Q, h, w)`` float64, every row the renormalised mask of :meth:`query_maps`.
+            ``(Q, h, w)`` float64, every row image 0's mask renormalised in float64.
         """
         mask = record.mask[0, 0].double()  # (h, w)
         return (mask / mask.sum()).expand(len(fx), -1, -1).clone()  # (Q, h, w), rows writable

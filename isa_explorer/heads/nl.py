@@ -208,14 +208,14 @@ class NLHead(FCNHead):
 
     @classmethod
     def query_maps(cls, record: NLRecord, fx: int, fy: int) -> dict[str, torch.Tensor]:
-        """The softmax row of cell ``(fx, fy)``: ``O(N * Ci)``, one query against all keys."""
-        q, k = record.q[0].double(), record.k[0].double()  # (Ci, h, w)
-        logits = torch.einsum("c,chw->hw", q[:, fy, fx], k) * record.scale  # (h, w)
-        return {"nl": logits.flatten().softmax(0).view_as(logits)}
+        """The softmax row of cell ``(fx, fy)``: ``O(N * Ci)``, one query against all keys
+        (:meth:`main_maps` of one query)."""
+        return {"nl": cls.main_maps(record, torch.tensor([fx]), torch.tensor([fy]))[0]}
 
     @classmethod
     def main_maps(cls, record: NLRecord, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
-        """The non-local maps of ``Q`` cells at once: their queries against every key.
+        """The non-local maps of ``Q`` cells at once: their queries against every key (the one
+        home of the head's map math: :meth:`query_maps` asks for one query).
 
         Args:
             record: The head's record.
