@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from isa_explorer.explorer.compare import CompareState, Comparison
+from isa_explorer.explorer.compare import Comparison
+from isa_explorer.explorer.compare_state import CompareState
 from isa_explorer.explorer.service import Explorer, ExplorerError, check_pixel
 from isa_explorer.explorer.store import ImageState
 from isa_explorer.explorer.uploads import check_image, load_image_file

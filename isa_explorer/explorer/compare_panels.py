@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from isa_explorer.explorer import map_stats, render
-from isa_explorer.explorer.compare import CompareClick, CompareState, Comparison, HeadClick
+from isa_explorer.explorer.compare import Comparison
+from isa_explorer.explorer.compare_state import CompareClick, CompareState, HeadClick
 
 #: Longest side of the Compare view's panels.
 COMPARE_MAX_SIDE = 512

@@ -18,9 +18,9 @@ from isa_explorer.explorer.compare import (
     AVERAGE_BUDGET_S,
     MAX_HEADS,
     MIN_HEADS,
-    CompareClick,
     Comparison,
 )
+from isa_explorer.explorer.compare_state import CompareClick
 from isa_explorer.explorer.service import CONTEXTS, NUM_EXAMPLES, ExplorerError
 from isa_explorer.explorer.ui import api_guard, guard, session_key
 from isa_explorer.explorer.uploads import FORMAT_NAMES

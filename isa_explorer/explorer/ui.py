@@ -23,15 +23,12 @@ def session_key(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "default"
 
 
-def _problem(fn: Callable) -> str:
-    """The message of the exception being handled: the user's own, or an internal error
-    (its traceback in the server log only)."""
-    import sys
-
-    err = sys.exc_info()[1]
+def _problem(fn: Callable, err: Exception) -> str:
+    """The message for ``err``: the user's own, or an internal error (its traceback in the
+    server log only)."""
     if isinstance(err, ExplorerError):
         return str(err)
-    log.exception("explorer callback %s failed", fn.__name__)
+    log.error("explorer callback %s failed", fn.__name__, exc_info=err)
     return "internal error while processing the request (see the server log)"
 
 
@@ -59,8 +56,8 @@ def guard(n_outputs: int, status_index: int | None = None) -> Callable:
             def stream(*args, **kwargs):
                 try:
                     yield from fn(*args, **kwargs)
-                except Exception:
-                    yield _unchanged(n_outputs, status_index, _problem(fn))
+                except Exception as err:
+                    yield _unchanged(n_outputs, status_index, _problem(fn, err))
 
             return stream
 
@@ -68,8 +65,8 @@ def guard(n_outputs: int, status_index: int | None = None) -> Callable:
         def inner(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
-            except Exception:
-                return _unchanged(n_outputs, status_index, _problem(fn))
+            except Exception as err:
+                return _unchanged(n_outputs, status_index, _problem(fn, err))
 
         return inner
 

@@ -19,8 +19,9 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 
 from isa_explorer.explorer import map_stats
-from isa_explorer.explorer.compare import CompareClick, CompareState, Comparison, HeadClick
+from isa_explorer.explorer.compare import Comparison
 from isa_explorer.explorer.compare_panels import fmt
+from isa_explorer.explorer.compare_state import CompareClick, CompareState, HeadClick
 from isa_explorer.explorer.service import CONTEXTS, NUM_EXAMPLES, ExplorerError
 from isa_explorer.explorer.widgets import base
 from isa_explorer.explorer.widgets.base import _View, _widgets, new_figure
